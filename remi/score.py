@@ -1,0 +1,108 @@
+"""The in-memory piece of music that every part of `remi` speaks: notes, tempos, meters, in ticks.
+
+A `Score` is what the MIDI reader produces, what the REMI encoder consumes, what the decoder
+returns and what the music metrics measure. It is plain data (numpy + tuples), no mido.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+# Column layout of `Score.notes`.
+START, END, PITCH, VELOCITY = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Tempo:
+    tick: int
+    bpm: float  # quarter notes per minute
+
+
+@dataclass(frozen=True)
+class TimeSignature:
+    tick: int
+    numerator: int
+    denominator: int
+
+
+@dataclass(frozen=True)
+class KeySignature:
+    tick: int
+    key: str  # as MIDI/mido spell it: "C", "F#m", "Bb", ...
+
+
+@dataclass
+class Score:
+    """One piano stream.
+
+    notes: int64 array (N, 4) with columns START, END, PITCH, VELOCITY, in ticks, sorted by
+    (start, pitch, end). `end >= start` (zero-length notes are allowed on input).
+    tempos / time_signatures / key_signatures are sorted by tick; an empty tempo list means
+    120 bpm, an empty time-signature list means 4/4 (the MIDI defaults).
+    pedals: sustain-pedal (CC64) intervals as (start_tick, end_tick), sorted.
+    """
+
+    ticks_per_beat: int
+    notes: np.ndarray
+    tempos: list[Tempo] = field(default_factory=list)
+    time_signatures: list[TimeSignature] = field(default_factory=list)
+    key_signatures: list[KeySignature] = field(default_factory=list)
+    pedals: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        notes = np.asarray(self.notes, dtype=np.int64)
+        if notes.size == 0:
+            notes = notes.reshape(0, 4)
+        if notes.ndim != 2 or notes.shape[1] != 4:
+            raise ValueError(f"Score.notes must have shape (N, 4), got {notes.shape}")
+        self.notes = notes
+
+    @classmethod
+    def from_notes(
+        cls,
+        notes: Iterable[Sequence[int]],
+        ticks_per_beat: int = 480,
+        tempos: Iterable[Tempo] = (),
+        time_signatures: Iterable[TimeSignature] = (),
+        **kwargs,
+    ) -> "Score":
+        """Build from (start, end, pitch, velocity) rows in any order; sorts them."""
+        arr = np.asarray(list(notes), dtype=np.int64).reshape(-1, 4)
+        return cls(
+            ticks_per_beat=ticks_per_beat,
+            notes=sort_notes(arr),
+            tempos=sorted(tempos, key=lambda t: t.tick),
+            time_signatures=sorted(time_signatures, key=lambda t: t.tick),
+            **kwargs,
+        )
+
+    def __len__(self) -> int:
+        return int(self.notes.shape[0])
+
+    @property
+    def end_tick(self) -> int:
+        return int(self.notes[:, END].max()) if len(self) else 0
+
+    def seconds(self) -> float:
+        """Length of the piece in seconds, following the tempo map (120 bpm before the first tempo)."""
+        return ticks_to_seconds(self.end_tick, self.ticks_per_beat, self.tempos)
+
+
+def sort_notes(notes: np.ndarray) -> np.ndarray:
+    """Sort (N, 4) note rows by start, then pitch, then end (the canonical order)."""
+    if len(notes) == 0:
+        return notes.reshape(0, 4)
+    order = np.lexsort((notes[:, END], notes[:, PITCH], notes[:, START]))
+    return notes[order]
+
+
+def ticks_to_seconds(tick: int, ticks_per_beat: int, tempos: Sequence[Tempo]) -> float:
+    seconds, last_tick, bpm = 0.0, 0, 120.0
+    for t in tempos:
+        if t.tick >= tick:
+            break
+        seconds += (t.tick - last_tick) / ticks_per_beat * 60.0 / bpm
+        last_tick, bpm = t.tick, t.bpm
+    return seconds + (tick - last_tick) / ticks_per_beat * 60.0 / bpm
