@@ -1,0 +1,132 @@
+"""Krumhansl–Schmuckler key finding, and key names <-> key signatures.
+
+The key of a passage is the one of the 24 major/minor keys whose Krumhansl–Kessler probe-tone
+profile, rotated to that tonic, correlates best (Pearson) with the passage's pitch-class profile
+(each pitch class weighted by how long it sounds). Krumhansl, "Cognitive Foundations of Musical
+Pitch" (1990), ch. 4. Pure numpy over `Score` notes; no mido, no music21.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .score import END, PITCH, START, Score
+
+# Krumhansl & Kessler (1982) probe-tone ratings, index 0 = the tonic.
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+# Letter + accidental -> pitch class, for parsing MIDI key names ("F#m", "Bb", "Cbm").
+_LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+@dataclass(frozen=True)
+class Key:
+    tonic: int  # pitch class 0..11, C = 0
+    minor: bool
+
+    @property
+    def name(self) -> str:
+        return PITCH_NAMES[self.tonic] + (" minor" if self.minor else " major")
+
+    @property
+    def fifths(self) -> int:
+        """Key signature as sharps (> 0) or flats (< 0), in -5..6 (F# major, not Gb major)."""
+        return key_signature_fifths(self.tonic, self.minor)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def key_signature_fifths(tonic: int, minor: bool) -> int:
+    """Sharps (> 0) / flats (< 0) of the signature of `tonic` major/minor, folded into -5..6.
+
+    Signatures are compared modulo 12 (enharmonic spellings: 6 sharps = 6 flats), so the
+    folding never changes whether two keys share a signature.
+    """
+    major_tonic = (tonic + 3) % 12 if minor else tonic % 12  # the relative major shares it
+    fifths = (major_tonic * 7) % 12  # C=0, G=1, D=2, ... (7 semitones up = one more sharp)
+    return fifths - 12 if fifths > 6 else fifths
+
+
+def same_signature(a: int, b: int) -> bool:
+    """Whether two signatures (sharps/flats counts) are the same, enharmonics included."""
+    return (a - b) % 12 == 0
+
+
+def parse_key_name(name: str) -> Key:
+    """A MIDI key_signature name as mido spells it ("C", "F#m", "Bb", "Ebm") -> Key."""
+    text = name.strip()
+    minor = text.endswith("m")
+    if minor:
+        text = text[:-1]
+    if not text or text[0].upper() not in _LETTER_PC:
+        raise ValueError(f"not a key name: {name!r} (expected e.g. 'C', 'F#m', 'Bb')")
+    pc = _LETTER_PC[text[0].upper()]
+    for accidental in text[1:]:
+        if accidental == "#":
+            pc += 1
+        elif accidental == "b":
+            pc -= 1
+        else:
+            raise ValueError(f"not a key name: {name!r} (bad accidental {accidental!r})")
+    return Key(pc % 12, minor)
+
+
+def pitch_class_profile(score: Score, weight: str = "duration") -> np.ndarray:
+    """(12,) how much each pitch class sounds: summed note durations in ticks (or note counts).
+
+    weight="duration" follows Krumhansl–Schmuckler; zero-length notes then count one tick so
+    that they are not ignored. weight="count" counts notes.
+    """
+    notes = score.notes
+    pcs = notes[:, PITCH] % 12
+    if weight == "duration":
+        w = np.maximum(notes[:, END] - notes[:, START], 1).astype(float)
+    elif weight == "count":
+        w = np.ones(len(notes))
+    else:
+        raise ValueError(f"weight must be 'duration' or 'count', got {weight!r}")
+    return np.bincount(pcs, weights=w, minlength=12).astype(float)
+
+
+def key_correlations(profile: np.ndarray) -> np.ndarray:
+    """(24,) Pearson correlation of a pitch-class profile with each key's rotated K-K profile.
+
+    Index k < 12: major key with tonic k; index 12 + k: minor key with tonic k. A flat profile
+    (no notes, or every pitch class equal) correlates 0 with every key.
+    """
+    profile = np.asarray(profile, dtype=float)
+    # Row k holds the key profile rotated so that its tonic sits on pitch class k.
+    templates = np.stack(
+        [np.roll(MAJOR_PROFILE, k) for k in range(12)] + [np.roll(MINOR_PROFILE, k) for k in range(12)]
+    )  # (24, 12)
+    x = profile - profile.mean()
+    t = templates - templates.mean(axis=1, keepdims=True)
+    denom = np.linalg.norm(t, axis=1) * np.linalg.norm(x)
+    if denom[0] == 0:
+        return np.zeros(24)
+    return t @ x / denom
+
+
+def find_key(score: Score, weight: str = "duration") -> Key | None:
+    """The Krumhansl–Schmuckler key of a score; None when it has no notes."""
+    if len(score) == 0:
+        return None
+    corr = key_correlations(pitch_class_profile(score, weight))
+    best = int(np.argmax(corr))
+    return Key(best % 12, best >= 12)
+
+
+def stated_key(score: Score) -> Key | None:
+    """The first key signature the score states (a MIDI key_signature event), if any."""
+    if not score.key_signatures:
+        return None
+    return parse_key_name(score.key_signatures[0].key)
+
+
+def key_agrees(found: Key, stated: Key) -> bool:
+    """Found key matches a stated one up to the mode: same signature (relative keys agree)."""
+    return same_signature(found.fifths, stated.fifths)
