@@ -1,0 +1,141 @@
+"""Token windows for training, and a fixed validation set, over plain numpy token arrays.
+
+Knows token ids only, never MIDI: `train.py` loads the shards (via `remi.shards`) and hands the
+arrays in. Two datasets:
+
+- `TrainWindows` — an endless stream of batches of random windows of `block_size + 1` tokens
+  (inputs are the first `block_size`, targets the last `block_size`). Batch number `k` on rank `r`
+  is drawn from a generator seeded with `(seed, r, k)`, so the stream is a pure function of its
+  position: each DDP rank sees different windows, and resuming at step `s` continues exactly
+  where a straight run would be, with no sampler state to save.
+- `ValWindows` — every validation song in full, cut in order into windows of `block_size`
+  predicted tokens that never cross a song boundary (the last window of a song is padded with
+  target -1). Every token after a song's first (BOS) is predicted exactly once, so the summed
+  negative log-likelihood is a fixed, comparable quantity: divided by the songs' note count it
+  gives bits per note.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    block_size: int          # tokens the model sees per window
+    batch_size: int          # windows per batch, per process
+    seed: int = 1337
+    val_batch_size: int | None = None  # default: batch_size
+
+
+def _as_int64(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+
+class TrainWindows(IterableDataset):
+    """Endless batches (x, y), each (batch_size, block_size) int64, of random windows of `tokens`.
+
+    `position()` is called when iteration starts and gives the number of batches this rank has
+    already consumed (from the trainer's step counter), so a resumed run picks up mid-stream.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
+                 rank: int = 0, position: Callable[[], int] = lambda: 0):
+        if len(tokens) < block_size + 2:
+            raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
+                             f"block_size + 1 = {block_size + 1}; use more data or a smaller scale.block_size")
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.seed, self.rank, self.position = seed, rank, position
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch number k of this rank (a pure function of seed, rank and k)."""
+        rng = np.random.default_rng((self.seed, self.rank, k))
+        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
+        idx = starts[:, None] + np.arange(self.block_size + 1)     # (B, T+1)
+        w = _as_int64(self.tokens[idx])
+        return w[:, :-1], w[:, 1:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        k = int(self.position())
+        while True:
+            yield self.batch(k)
+            k += 1
+
+
+def val_windows(offsets: np.ndarray, block_size: int) -> np.ndarray:
+    """(n_windows, 3) int64 rows (song, first input position, n predicted) covering every song.
+
+    A song of n tokens has n - 1 predicted tokens, cut into ceil((n - 1) / block_size) windows.
+    Rows are in song order, then position order.
+    """
+    rows = []
+    for s in range(len(offsets) - 1):
+        n_pred = int(offsets[s + 1] - offsets[s]) - 1
+        for c in range(0, n_pred, block_size):
+            rows.append((s, int(offsets[s]) + c, min(block_size, n_pred - c)))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+class ValWindows(Dataset):
+    """Windows `val_windows(...)[rank::world_size]`: (x, y), each (block_size,), y padded with -1."""
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, block_size: int,
+                 rank: int = 0, world_size: int = 1):
+        self.tokens, self.block_size = tokens, block_size
+        self.rows = val_windows(offsets, block_size)[rank::world_size]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, start, n = (int(v) for v in self.rows[i])
+        w = _as_int64(self.tokens[start:start + n + 1])
+        x = torch.zeros(self.block_size, dtype=torch.int64)
+        y = torch.full((self.block_size,), -1, dtype=torch.int64)
+        x[:n], y[:n] = w[:-1], w[1:]
+        return x, y
+
+
+class WindowDataModule(L.LightningDataModule):
+    """Training windows and the fixed validation set over token arrays (one per split).
+
+    Rank and world size come from the trainer when the loaders are made; the training position
+    is the trainer's step counter times gradient accumulation (batches consumed per rank).
+    """
+
+    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, val_offsets: np.ndarray,
+                 config: WindowConfig):
+        super().__init__()
+        self.train_tokens, self.val_tokens, self.val_offsets = train_tokens, val_tokens, val_offsets
+        self.config = config
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def position(self) -> int:
+        """Batches this rank has consumed so far (0 without a trainer)."""
+        t = self.trainer
+        return 0 if t is None else t.global_step * t.accumulate_grad_batches
+
+    def train_dataloader(self) -> DataLoader:
+        rank, _ = self._rank_world()
+        ds = TrainWindows(self.train_tokens, self.config.block_size, self.config.batch_size,
+                          self.config.seed, rank=rank, position=self.position)
+        return DataLoader(ds, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        ds = ValWindows(self.val_tokens, self.val_offsets, self.config.block_size, rank, world)
+        return DataLoader(ds, batch_size=self.config.val_batch_size or self.config.batch_size,
+                          shuffle=False, num_workers=0)
+
+    def state_dict(self) -> dict:
+        # Nothing is needed to resume (the stream is a function of the step); stored so a
+        # checkpoint says where the data stream stood.
+        return {"position": self.position(), "seed": self.config.seed}

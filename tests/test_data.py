@@ -1,0 +1,83 @@
+"""model.data: training windows are a pure function of (seed, rank, batch number); the validation
+set covers every val token exactly once, in order, never crossing a song boundary."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.data import TrainWindows, ValWindows, WindowConfig, WindowDataModule, val_windows
+
+
+def songs_array(lengths, seed=0):
+    """Songs of the given lengths (each BOS=1 ... EOS=2, body ids >= 3) concatenated, with offsets."""
+    rng = np.random.default_rng(seed)
+    songs = [np.concatenate([[1], rng.integers(3, 50, size=n - 2), [2]]) for n in lengths]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return np.concatenate(songs).astype(np.uint16), offsets
+
+
+def test_train_windows_are_shifted_slices_of_the_stream():
+    tokens, _ = songs_array([300, 500, 200])
+    ds = TrainWindows(tokens, block_size=32, batch_size=4, seed=7)
+    x, y = ds.batch(3)
+    assert x.shape == y.shape == (4, 32) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])                        # targets are inputs shifted by one
+    stream = torch.from_numpy(tokens.astype(np.int64))
+    for row in x:                                                   # every row is a real slice
+        starts = [s for s in range(len(tokens) - 32) if torch.equal(stream[s:s + 32], row)]
+        assert starts
+
+
+def test_train_stream_is_a_function_of_seed_rank_and_position():
+    tokens, _ = songs_array([400, 400, 400])
+    a = TrainWindows(tokens, 16, 8, seed=1, rank=0)
+    again = TrainWindows(tokens, 16, 8, seed=1, rank=0, position=lambda: 5)
+    other_rank = TrainWindows(tokens, 16, 8, seed=1, rank=1)
+    other_seed = TrainWindows(tokens, 16, 8, seed=2, rank=0)
+    it = iter(again)
+    assert torch.equal(next(it)[0], a.batch(5)[0])                  # resuming at 5 continues with batch 5
+    assert torch.equal(next(it)[0], a.batch(6)[0])
+    assert not torch.equal(a.batch(0)[0], other_rank.batch(0)[0])   # DDP ranks see different windows
+    assert not torch.equal(a.batch(0)[0], other_seed.batch(0)[0])
+    assert not torch.equal(a.batch(0)[0], a.batch(1)[0])
+
+
+def test_too_short_training_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="block_size"):
+        TrainWindows(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2, seed=0)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_val_windows_predict_every_token_after_bos_exactly_once(block):
+    lengths = [5, 64, 65, 130, 2]
+    tokens, offsets = songs_array(lengths, seed=3)
+    ds = ValWindows(tokens, offsets, block_size=block)
+    predicted = []
+    for i in range(len(ds)):
+        x, y = ds[i]
+        n = int((y >= 0).sum())
+        assert torch.all(y[n:] == -1) and torch.all(y[:n] >= 0)   # padding only at the end
+        assert torch.equal(x[1:n], y[:n - 1])
+        song, start, _ = ds.rows[i]
+        assert offsets[song] <= start and start + n < offsets[song + 1] + 1  # stays inside its song
+        predicted.extend(y[:n].tolist())
+    expected = [t for s in range(len(lengths)) for t in tokens[offsets[s] + 1:offsets[s + 1]].tolist()]
+    assert predicted == expected                                    # in order, each once, no BOS
+
+
+def test_val_windows_split_across_ranks_without_overlap():
+    tokens, offsets = songs_array([100, 37, 250, 90], seed=4)
+    rows = val_windows(offsets, 32)
+    shards = [ValWindows(tokens, offsets, 32, rank=r, world_size=3).rows for r in range(3)]
+    assert sorted(map(tuple, np.concatenate(shards).tolist())) == sorted(map(tuple, rows.tolist()))
+
+
+def test_datamodule_without_trainer_serves_rank0_from_position0():
+    tokens, offsets = songs_array([300, 300])
+    dm = WindowDataModule(tokens, tokens, offsets, WindowConfig(block_size=16, batch_size=3, seed=9))
+    x, y = next(iter(dm.train_dataloader()))
+    assert torch.equal(x, TrainWindows(tokens, 16, 3, seed=9).batch(0)[0])
+    assert dm.state_dict() == {"position": 0, "seed": 9}
+    vx, vy = next(iter(dm.val_dataloader()))
+    assert vx.shape == (3, 16) and torch.equal(vy[0, :15], vx[0, 1:])
