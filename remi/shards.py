@@ -1,0 +1,205 @@
+"""Token shards on disk: one flat token array per split, song offsets, note counts, a manifest.
+
+A shard folder is complete exactly when its `manifest.json` exists: writers build the folder
+under a temporary name, write the manifest last and rename the folder into place, so a killed
+preparation never leaves a folder that looks complete. Readers check every file's byte size
+against the manifest and the tokenizer hash against the caller's, so a truncated or stale
+shard is an error, never silently read.
+
+Layout of `<dir>/`, per split in SPLITS:
+    {split}.bin        flat token ids (uint16, or uint32 if vocab > 65535), songs concatenated
+    {split}.idx.npy    int64 song offsets into .bin, length n_songs + 1 (offsets[0] == 0)
+    {split}.notes.npy  int64 note count per song (for bits per note)
+    manifest.json      tokenizer JSON + hash, dtype, per-split counts and byte sizes, sources...
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """A shard folder that is missing, incomplete, truncated or built for another tokenizer."""
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    """One split of a shard folder. `tokens[offsets[i]:offsets[i+1]]` is song i (BOS ... EOS)."""
+
+    tokens: np.ndarray  # (n_tokens,) uint16/uint32 memmap
+    offsets: np.ndarray  # (n_songs + 1,) int64
+    notes: np.ndarray  # (n_songs,) int64
+
+    @property
+    def n_songs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def song(self, i: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]])
+
+    def __len__(self) -> int:
+        return self.n_songs
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 holds ids < 65536; a larger vocabulary needs uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def split_files(split: str) -> tuple[str, str, str]:
+    return f"{split}.bin", f"{split}.idx.npy", f"{split}.notes.npy"
+
+
+def write_split(folder: Path, split: str, songs: Sequence[np.ndarray], notes: Sequence[int], dtype: np.dtype) -> dict:
+    """Write one split's three files into `folder` (a temporary folder); returns its manifest entry."""
+    if len(songs) != len(notes):
+        raise ValueError(f"split {split!r}: {len(songs)} songs but {len(notes)} note counts")
+    folder = Path(folder)
+    bin_name, idx_name, notes_name = split_files(split)
+    lengths = np.fromiter((len(s) for s in songs), dtype=np.int64, count=len(songs))
+    offsets = np.zeros(len(songs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    vmax = np.iinfo(dtype).max
+    with open(folder / bin_name, "wb") as f:
+        for s in songs:
+            arr = np.asarray(s)
+            if arr.size and (arr.min() < 0 or arr.max() > vmax):
+                raise ValueError(f"split {split!r}: token id out of range for {dtype} (max {vmax})")
+            f.write(arr.astype(dtype, copy=False).tobytes())
+    np.save(folder / idx_name, offsets)
+    np.save(folder / notes_name, np.asarray(notes, dtype=np.int64))
+    return {
+        "songs": int(len(songs)),
+        "tokens": int(offsets[-1]),
+        "notes": int(np.sum(notes, dtype=np.int64)) if len(notes) else 0,
+        "bytes": {name: (folder / name).stat().st_size for name in (bin_name, idx_name, notes_name)},
+    }
+
+
+def write_shards(
+    final_dir: Path,
+    splits: Mapping[str, tuple[Sequence[np.ndarray], Sequence[int]]],
+    vocab_size: int,
+    manifest: Mapping[str, Any],
+) -> Path:
+    """Write every split and the manifest to a temporary folder, then rename it to `final_dir`.
+
+    `splits[name] = (songs, note_counts)`. `manifest` is extended with format, dtype and the
+    per-split counts/byte sizes. An existing complete `final_dir` is replaced.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_dir.with_name(f".tmp-{final_dir.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    dtype = dtype_for_vocab(vocab_size)
+    entries = {}
+    try:
+        for split in SPLITS:
+            songs, notes = splits.get(split, ([], []))
+            entries[split] = write_split(tmp, split, songs, notes, dtype)
+        full = dict(manifest)
+        full.update({"format": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": int(vocab_size), "splits": entries})
+        _write_json_atomic(tmp / MANIFEST, full)  # last: its presence marks the folder complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final_dir.exists():  # stale or concurrent copy: ours replaces it
+        old = final_dir.with_name(f".old-{final_dir.name}-{os.getpid()}")
+        final_dir.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp.rename(final_dir)
+    return final_dir
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{folder} is not a complete shard folder (no {MANIFEST}); prepare it with `python -m remi.prepare`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path} is not valid JSON ({e}); delete {folder} and prepare again") from e
+
+
+def verify(folder: str | Path, expect_hash: str | None = None, key: str | None = None) -> dict:
+    """Check a shard folder without loading it: manifest present, tokenizer hash and cache key
+    as expected, every file's byte size as recorded. Returns the manifest; raises ShardError."""
+    folder = Path(folder)
+    m = read_manifest(folder)
+    if m.get("format") != FORMAT_VERSION:
+        raise ShardError(f"{folder}: shard format {m.get('format')} != {FORMAT_VERSION}; prepare it again")
+    if expect_hash is not None and m.get("tokenizer_hash") != expect_hash:
+        raise ShardError(
+            f"{folder} was built with tokenizer {str(m.get('tokenizer_hash'))[:12]}, "
+            f"not {expect_hash[:12]}: shards and tokenizer do not match"
+        )
+    if key is not None and m.get("key") != key:
+        raise ShardError(f"{folder}: cache key {m.get('key')} != expected {key}; prepare it again")
+    for split, entry in m.get("splits", {}).items():
+        for name, size in entry["bytes"].items():
+            path = folder / name
+            actual = path.stat().st_size if path.is_file() else None
+            if actual != size:
+                raise ShardError(
+                    f"{path}: {'missing' if actual is None else f'{actual} bytes'}, manifest says {size} bytes "
+                    "(truncated or modified shard); delete the folder and prepare again"
+                )
+    return m
+
+
+def load_split(folder: str | Path, split: str, expect_hash: str | None = None) -> ShardSplit:
+    """Memory-map one split of a verified shard folder."""
+    folder = Path(folder)
+    m = verify(folder, expect_hash)
+    if split not in m["splits"]:
+        raise ShardError(f"{folder}: no split {split!r} (have {sorted(m['splits'])})")
+    entry = m["splits"][split]
+    bin_name, idx_name, notes_name = split_files(split)
+    offsets = np.load(folder / idx_name)
+    notes = np.load(folder / notes_name)
+    dtype = np.dtype(m["dtype"])
+    n_tokens = entry["tokens"]
+    if len(offsets) != entry["songs"] + 1 or len(notes) != entry["songs"] or int(offsets[-1]) != n_tokens:
+        raise ShardError(f"{folder}/{split}: offsets/notes disagree with the manifest; prepare it again")
+    if n_tokens * dtype.itemsize != entry["bytes"][bin_name]:
+        raise ShardError(f"{folder}/{bin_name}: size does not match {n_tokens} {dtype} tokens")
+    if n_tokens:
+        tokens = np.memmap(folder / bin_name, dtype=dtype, mode="r", shape=(n_tokens,))
+    else:  # np.memmap refuses empty files
+        tokens = np.zeros(0, dtype=dtype)
+    return ShardSplit(tokens=tokens, offsets=offsets, notes=notes)
+
+
+def is_complete(folder: str | Path, expect_hash: str | None = None, key: str | None = None) -> bool:
+    try:
+        verify(folder, expect_hash, key)
+        return True
+    except (ShardError, OSError, KeyError, TypeError):
+        return False
+
+
+def iter_songs(split: ShardSplit) -> Iterable[np.ndarray]:
+    for i in range(split.n_songs):
+        yield split.song(i)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    os.replace(tmp, path)
