@@ -1,0 +1,147 @@
+"""Training callbacks that know token ids and tensors, never MIDI.
+
+- `NaNGuard` stops the run at the first non-finite training loss, before any checkpoint of that
+  step is written (Lightning runs checkpoint callbacks last), so `last.ckpt` stays the last good one.
+- `Throughput` logs tokens/s and, where the accelerator's peak is known, model FLOPs utilisation.
+- `SampleCallback` generates a few pieces every N steps (and at the end) and hands the ids to a
+  `render(samples, out_dir) -> dict` callable supplied by the caller (train.py, which knows MIDI);
+  whatever files it reports are logged to wandb as media, its scalars to every logger.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from model.flops import flops_per_token, peak_flops
+
+Render = Callable[[list[list[int]], Path], dict]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _loss_of(outputs: Any) -> torch.Tensor | None:
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    return outputs if isinstance(outputs, torch.Tensor) else None
+
+
+class NaNGuard(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = _loss_of(outputs)
+        if loss is None or bool(torch.isfinite(loss.detach()).all()):
+            return
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise NonFiniteLossError(
+            f"training loss became {float(loss)} at step {trainer.global_step} (batch {batch_idx}); "
+            f"the run is stopped. Last good checkpoint: {ckpt}. Try a lower optim.lr, a longer "
+            f"optim.warmup_steps, or bf16 instead of fp16 precision.")
+
+
+class Throughput(L.Callback):
+    """tokens/s over the last `log_every` steps, all ranks together; MFU when the peak is known."""
+
+    def __init__(self, log_every: int = 10):
+        self.log_every = max(1, int(log_every))
+        self._t0: float | None = None
+        self._tokens = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._tokens += batch[0].numel() * trainer.world_size
+        if self._t0 is None:            # the first batch includes start-up: start timing after it
+            self._t0, self._tokens = now, 0
+            return
+        if trainer.global_step % self.log_every or now <= self._t0:
+            return
+        tps = self._tokens / (now - self._t0)
+        metrics = {"perf/tokens_per_s": tps}
+        gpt = getattr(pl_module, "gpt", None)
+        peak = peak_flops(pl_module.device)
+        if gpt is not None and peak:
+            metrics["perf/mfu"] = tps * flops_per_token(gpt.config) / (peak * trainer.world_size)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._t0, self._tokens = now, 0
+
+
+class SampleCallback(L.Callback):
+    """Every `every_n_steps` steps and at the end of training, rank 0 samples `n_samples` pieces.
+
+    Generation starts from `bos_id`, stops at `eos_id` or after `max_new_tokens`. `render` gets
+    the id lists (BOS included) and `out_dir/step_XXXXXX`, and returns a dict that may hold
+    lists of paths under "midi", "images", "audio" and float scalars (e.g. "grammar_error_rate").
+    """
+
+    def __init__(self, every_n_steps: int, n_samples: int = 2, max_new_tokens: int = 256,
+                 temperature: float = 1.0, top_k: int | None = None, out_dir: str | Path = "samples",
+                 render: Render | None = None, bos_id: int = 0, eos_id: int | None = None,
+                 seed: int = 0):
+        self.every_n_steps, self.n_samples = int(every_n_steps), int(n_samples)
+        self.max_new_tokens, self.temperature, self.top_k = int(max_new_tokens), temperature, top_k
+        self.out_dir, self.render = Path(out_dir), render
+        self.bos_id, self.eos_id, self.seed = bos_id, eos_id, seed
+        self.last_step = -1
+        self.results: list[dict] = []       # what render returned, per sampling (rank 0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self.last_step:
+            self.sample(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self.last_step:
+            self.sample(trainer, pl_module)
+
+    @torch.no_grad()
+    def generate(self, gpt: torch.nn.Module, device: torch.device, step: int) -> list[list[int]]:
+        g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
+        idx = torch.full((self.n_samples, 1), self.bos_id, dtype=torch.long, device=device)
+        out = gpt.generate(idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                           eos_id=self.eos_id, generator=g)
+        samples = []
+        for row in out.tolist():            # cut the EOS padding of rows that finished early
+            if self.eos_id is not None and self.eos_id in row[1:]:
+                row = row[: row.index(self.eos_id, 1) + 1]
+            samples.append(row)
+        return samples
+
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = self.last_step = trainer.global_step
+        if not trainer.is_global_zero or self.n_samples <= 0:
+            return
+        samples = self.generate(pl_module.gpt, pl_module.device, step)
+        result: dict[str, Any] = {"step": step, "ids": samples}
+        if self.render is not None:
+            result.update(self.render(samples, self.out_dir / f"step_{step:06d}"))
+        self.results.append(result)
+        scalars = {f"samples/{k}": float(v) for k, v in result.items()
+                   if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v))}
+        scalars["samples/tokens_mean"] = sum(map(len, samples)) / len(samples)
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+            if isinstance(logger, WandbLogger):
+                self._log_media(logger, result, step)
+
+    def _log_media(self, logger: WandbLogger, result: dict, step: int) -> None:
+        import wandb
+
+        run = logger.experiment
+        media: dict[str, Any] = {}
+        if result.get("images"):
+            media["samples/pianoroll"] = [wandb.Image(str(p), caption=Path(p).stem) for p in result["images"]]
+        if result.get("audio"):
+            media["samples/audio"] = [wandb.Audio(str(p), caption=Path(p).stem) for p in result["audio"]]
+        if media:
+            run.log(media, step=step)
+        for p in result.get("midi", []):     # MIDI has no wandb media type: keep the files with the run
+            run.save(str(p), base_path=str(self.out_dir.parent), policy="now")

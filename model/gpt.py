@@ -1,0 +1,350 @@
+"""GPT-2, written out: LayerNorm -> attention -> MLP -> Block -> GPTConfig -> GPT.
+
+The module knows tensors and token ids, never MIDI. Parameter names are GPT-2's own
+(`transformer.wte`, `transformer.h.N.attn.c_attn`, ..., `lm_head`), so a Hugging Face GPT-2
+state dict maps onto ours key for key (their `Conv1D` weights are stored transposed).
+
+Shapes: B batch, T time, C = n_embd, nh = n_head, hs = C // nh (head size), V vocabulary.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.sampling import next_token
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's own has no `bias=False` on older versions)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        # eps 1e-5 is GPT-2's layer_norm_epsilon
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class LayerCache:
+    """Keys and values of one layer, preallocated to the context length on first write.
+
+    The buffers are (B, nh, block_size, hs); `update` writes the new positions in place and
+    returns views of everything cached so far, so a decoding step never reallocates.
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            # allocated here rather than up front so the dtype follows autocast (bf16 under it)
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        end = start + T
+        if end > self.max_len:
+            raise ValueError(f"cache holds {self.max_len} positions, asked to write up to {end}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hs)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, cache: LayerCache | None = None, start: int = 0) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(start, k, v)  # (B, nh, start + T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:
+            # one new query may look at every cached position: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # T new queries after `start` cached ones: query i sees keys 0 .. start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        # GPT-2's GELU is the tanh approximation ("gelu_new" in Hugging Face)
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cache: LayerCache | None = None, start: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    """Everything that fixes the network's shape; plain values only, so it round-trips as a dict.
+
+    `pad_vocab_multiple` > 1 rounds the embedding/head rows up (e.g. to 64) for faster matmuls;
+    the extra rows are never a target and `GPT.forward` returns logits over `vocab_size` only.
+    """
+
+    vocab_size: int = 512
+    block_size: int = 1024
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 512
+    dropout: float = 0.0
+    bias: bool = True
+    pad_vocab_multiple: int = 1
+    # derived once in __post_init__, not constructor arguments
+    head_size: int = field(init=False, repr=False)
+    padded_vocab_size: int = field(init=False, repr=False)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        self.head_size = self.n_embd // self.n_head
+        m = self.pad_vocab_multiple
+        self.padded_vocab_size = (self.vocab_size + m - 1) // m * m
+
+    def to_dict(self) -> dict:
+        """The constructor arguments only (derived fields are recomputed on load)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        """Inverse of `to_dict`; tolerates derived keys (e.g. from `dataclasses.asdict`)."""
+        names = {f.name for f in fields(cls) if f.init}
+        unknown = set(d) - names - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown GPTConfig key(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Hugging Face GPT-2 keeps these as Conv1D (in, out) matrices; nn.Linear stores (out, in).
+_HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity(),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied: one (V, C) matrix embeds and predicts
+        self.apply(self._init_weights)
+        # GPT-2: each block adds two residual branches, so their output projections start smaller
+        # to keep the residual stream's variance independent of depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; non-embedding leaves out wte (hence the tied head) and wpe."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    # ------------------------------------------------------------------ forward
+
+    def _hidden(self, idx: Tensor, caches: list[LayerCache] | None = None, start: int = 0) -> Tensor:
+        """Final-LayerNorm hidden states (B, T, C) for ids (B, T) at positions start .. start+T-1."""
+        B, T = idx.shape
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} positions exceeds block_size {self.config.block_size}; crop the input"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if caches is None else caches[i], start)
+        return self.transformer.ln_f(x)
+
+    def _head(self, h: Tensor) -> Tensor:
+        logits = self.lm_head(h)  # (B, T, padded V)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits  # (B, T, V)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean"):
+        """Logits (B, T, V); with targets (B, T) also the cross-entropy, ignoring targets of -1.
+
+        reduction="mean" gives the mean over counted tokens; "none" gives per-token losses (B, T),
+        0 where the target is -1; "sum" their sum.
+        """
+        logits = self._head(self._hidden(idx))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1, reduction=reduction
+        )
+        if reduction == "none":
+            loss = loss.view(targets.shape)
+        return logits, loss
+
+    # --------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        allowed: Callable[[Tensor], Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
+
+        Decoding uses a preallocated key-value cache. Once the sequence fills the context, the
+        window slides: GPT-2's positions are absolute, so every cached key would be stale, and each
+        further step recomputes the last `block_size` tokens (exactly what an uncached model sees).
+        Stops early when every row has produced `eos_id`; finished rows are padded with it.
+        `allowed(ids (B, T')) -> bool (B, V)` restricts each step to the tokens it permits.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
+        B, T0 = idx.shape
+        if T0 == 0:
+            raise ValueError("generate needs a prompt of at least one token (e.g. BOS)")
+        block = self.config.block_size
+        was_training = self.training
+        self.eval()
+        out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
+        out[:, :T0] = idx
+        n = T0
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        caches = [LayerCache(block) for _ in range(self.config.n_layer)]
+        ctx = out[:, max(0, n - block) : n]
+        cached = ctx.size(1)  # positions held in the cache
+        logits = self._head(self._hidden(ctx, caches, 0)[:, -1:])[:, -1]  # (B, V)
+        try:
+            for step in range(max_new_tokens):
+                mask = None
+                if allowed is not None:
+                    mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
+                    if eos_id is not None:
+                        mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
+                tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator)  # (B,)
+                if eos_id is not None:
+                    tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
+                    finished |= tok == eos_id
+                out[:, n] = tok
+                n += 1
+                if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
+                    break
+                if cached < block:
+                    logits = self._head(self._hidden(out[:, n - 1 : n], caches, cached))[:, -1]
+                    cached += 1
+                else:
+                    logits = self._head(self._hidden(out[:, n - block : n])[:, -1:])[:, -1]
+        finally:
+            self.train(was_training)
+        return out[:, :n]
+
+    # ------------------------------------------------------------- Hugging Face
+
+    @classmethod
+    def from_hf(cls, hf_model) -> GPT:
+        """A GPT with the weights of a `transformers.GPT2LMHeadModel` (any size)."""
+        c = hf_model.config
+        problems = []
+        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            problems.append(f"activation_function={c.activation_function!r} (only GPT-2's tanh GELU)")
+        if c.n_inner is not None and c.n_inner != 4 * c.n_embd:
+            problems.append(f"n_inner={c.n_inner} (only 4 * n_embd)")
+        if abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
+            problems.append(f"layer_norm_epsilon={c.layer_norm_epsilon} (only 1e-5)")
+        if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
+            problems.append("attention scaling other than 1/sqrt(head size)")
+        if getattr(c, "add_cross_attention", False):
+            problems.append("cross-attention")
+        sd = hf_model.state_dict()
+        if not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
+            problems.append("lm_head not tied to wte")
+        if problems:
+            raise ValueError("GPT.from_hf cannot represent this GPT2LMHeadModel: " + "; ".join(problems))
+        dropouts = {c.resid_pdrop, c.embd_pdrop, c.attn_pdrop}
+        config = GPTConfig(
+            vocab_size=c.vocab_size,
+            block_size=c.n_positions,
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_embd=c.n_embd,
+            dropout=float(max(dropouts)),
+            bias=True,
+        )
+        gpt = cls(config)
+        own = gpt.state_dict()
+        with torch.no_grad():
+            for key, dst in own.items():
+                if key not in sd:
+                    raise ValueError(f"GPT.from_hf: Hugging Face state dict lacks {key!r}")
+                src = sd[key].t() if key.endswith(_HF_TRANSPOSED) else sd[key]
+                if src.shape != dst.shape:
+                    raise ValueError(f"GPT.from_hf: {key} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+                dst.copy_(src)
+        return gpt.to(device=next(hf_model.parameters()).device, dtype=next(hf_model.parameters()).dtype)
