@@ -1,9 +1,16 @@
 """Krumhansl–Schmuckler key finding, and key names <-> key signatures.
 
-The key of a passage is the one of the 24 major/minor keys whose Krumhansl–Kessler probe-tone
-profile, rotated to that tonic, correlates best (Pearson) with the passage's pitch-class profile
-(each pitch class weighted by how long it sounds). Krumhansl, "Cognitive Foundations of Musical
-Pitch" (1990), ch. 4. Pure numpy over `Score` notes; no mido, no music21.
+The key of a passage is the one of the 24 major/minor keys whose key profile, rotated to that
+tonic, correlates best (Pearson) with the passage's pitch-class profile (each pitch class
+weighted by how long it sounds). Krumhansl, "Cognitive Foundations of Musical Pitch" (1990),
+ch. 4. Pure numpy over `Score` notes; no mido, no music21.
+
+The algorithm is Krumhansl–Schmuckler's; the profiles are a choice (`PROFILES`). The default is
+Bellman–Budge's, because Krumhansl–Kessler's probe-tone ratings mistake many Bach chorales for
+their dominant key: on the 433 Bach pieces of music21's corpus, the found key shares the stated
+signature for 73% with "krumhansl", 86% with "temperley", 87% with "bellman" (most of the rest
+are minor chorales written with the older "Dorian" signature, one flat fewer).
+`python -m remi.metrics key-accuracy --profiles all` measures them on the bundled pieces.
 """
 from __future__ import annotations
 
@@ -13,9 +20,25 @@ import numpy as np
 
 from .score import END, PITCH, START, Score
 
-# Krumhansl & Kessler (1982) probe-tone ratings, index 0 = the tonic.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+# (major, minor) key profiles, index 0 = the tonic.
+PROFILES: dict[str, tuple[np.ndarray, np.ndarray]] = {
+    # Krumhansl & Kessler (1982): probe-tone ratings.
+    "krumhansl": (
+        np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+        np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
+    ),
+    # Temperley (1999), "What's key for key? The Krumhansl-Schmuckler algorithm reconsidered".
+    "temperley": (
+        np.array([5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0]),
+        np.array([5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0]),
+    ),
+    # Bellman (2005) from Budge's (1943) chord statistics of 18th-19th century music.
+    "bellman": (
+        np.array([16.80, 0.86, 12.95, 1.41, 13.49, 11.93, 1.25, 20.28, 1.80, 8.04, 0.62, 10.57]),
+        np.array([18.16, 0.69, 12.99, 13.34, 1.07, 11.15, 1.38, 21.07, 7.49, 1.53, 0.92, 10.21]),
+    ),
+}
+DEFAULT_PROFILE = "bellman"
 
 PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 # Letter + accidental -> pitch class, for parsing MIDI key names ("F#m", "Bb", "Cbm").
@@ -92,16 +115,19 @@ def pitch_class_profile(score: Score, weight: str = "duration") -> np.ndarray:
     return np.bincount(pcs, weights=w, minlength=12).astype(float)
 
 
-def key_correlations(profile: np.ndarray) -> np.ndarray:
-    """(24,) Pearson correlation of a pitch-class profile with each key's rotated K-K profile.
+def key_correlations(profile: np.ndarray, profiles: str = DEFAULT_PROFILE) -> np.ndarray:
+    """(24,) Pearson correlation of a pitch-class profile with each key's rotated key profile.
 
     Index k < 12: major key with tonic k; index 12 + k: minor key with tonic k. A flat profile
     (no notes, or every pitch class equal) correlates 0 with every key.
     """
+    if profiles not in PROFILES:
+        raise ValueError(f"unknown key profiles {profiles!r}; choose one of {sorted(PROFILES)}")
+    major, minor = PROFILES[profiles]
     profile = np.asarray(profile, dtype=float)
     # Row k holds the key profile rotated so that its tonic sits on pitch class k.
     templates = np.stack(
-        [np.roll(MAJOR_PROFILE, k) for k in range(12)] + [np.roll(MINOR_PROFILE, k) for k in range(12)]
+        [np.roll(major, k) for k in range(12)] + [np.roll(minor, k) for k in range(12)]
     )  # (24, 12)
     x = profile - profile.mean()
     t = templates - templates.mean(axis=1, keepdims=True)
@@ -111,11 +137,11 @@ def key_correlations(profile: np.ndarray) -> np.ndarray:
     return t @ x / denom
 
 
-def find_key(score: Score, weight: str = "duration") -> Key | None:
+def find_key(score: Score, weight: str = "duration", profiles: str = DEFAULT_PROFILE) -> Key | None:
     """The Krumhansl–Schmuckler key of a score; None when it has no notes."""
     if len(score) == 0:
         return None
-    corr = key_correlations(pitch_class_profile(score, weight))
+    corr = key_correlations(pitch_class_profile(score, weight), profiles)
     best = int(np.argmax(corr))
     return Key(best % 12, best >= 12)
 

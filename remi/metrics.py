@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .keys import find_key, key_agrees, stated_key
+from .keys import DEFAULT_PROFILE, PROFILES, find_key, key_agrees, stated_key
 from .score import END, PITCH, START, VELOCITY, Score, ticks_to_seconds
 
 NAN = float("nan")
@@ -441,7 +441,7 @@ def continuation_consistency(score: Score, prompt_bars: int, total_bars: int | N
 # Key-finding accuracy against stated key signatures
 
 
-def key_accuracy(scores: Iterable[tuple[str, Score]]) -> dict:
+def key_accuracy(scores: Iterable[tuple[str, Score]], profiles: str = DEFAULT_PROFILE) -> dict:
     """Share of scores stating a key signature whose Krumhansl–Schmuckler key has that signature.
 
     Scores without a key_signature event are skipped (counted in `skipped`). Returns
@@ -451,7 +451,7 @@ def key_accuracy(scores: Iterable[tuple[str, Score]]) -> dict:
     misses: list[tuple[str, str, str]] = []
     for name, score in scores:
         stated = stated_key(score)
-        found = find_key(score)
+        found = find_key(score, profiles=profiles)
         if stated is None or found is None:
             skipped += 1
             continue
@@ -470,6 +470,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     acc = sub.add_parser("key-accuracy", help="key finding vs the key signatures MIDI files state")
     acc.add_argument("paths", nargs="*", help="MIDI files or folders (default: the bundled Bach chorales)")
+    acc.add_argument("--profiles", default=DEFAULT_PROFILE, help=f"one of {sorted(PROFILES)}, or 'all'")
     acc.add_argument("--show-misses", action="store_true")
     args = parser.parse_args(argv)
 
@@ -477,14 +478,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     paths = [Path(p) for p in args.paths] or _bundled_chorales()
     files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.mid*")))
-    result = key_accuracy((str(f), read_midi(f)) for f in files)
-    print(
-        f"key finding agrees with the stated signature on {result['agree']}/{result['n']} pieces "
-        f"({100 * result['accuracy']:.1f}%); {result['skipped']} without a key signature skipped"
-    )
-    if args.show_misses:
-        for name, stated, found in result["misses"]:
-            print(f"  {name}: stated {stated}, found {found}")
+    scores = [(str(f), read_midi(f)) for f in files]
+    for profiles in sorted(PROFILES) if args.profiles == "all" else [args.profiles]:
+        result = key_accuracy(scores, profiles)
+        print(
+            f"{profiles}: key finding agrees with the stated signature on {result['agree']}/{result['n']} "
+            f"pieces ({100 * result['accuracy']:.1f}%); {result['skipped']} without a key signature skipped"
+        )
+        if args.show_misses:
+            for name, stated, found in result["misses"]:
+                print(f"  {name}: stated {stated}, found {found}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from remi.keys import (
+    PROFILES,
     Key,
     find_key,
     key_agrees,
@@ -59,10 +60,16 @@ def test_harmonic_minor_scale_is_minor(shift):
     assert find_key(score) == Key((9 + shift) % 12, True)
 
 
+@pytest.mark.parametrize("profiles", sorted(PROFILES))
 @pytest.mark.parametrize("tonic", range(12))
 @pytest.mark.parametrize("minor", [False, True])
-def test_cadences_in_all_24_keys(tonic, minor):
-    assert find_key(cadence(tonic, minor)) == Key(tonic, minor)
+def test_cadences_in_all_24_keys(tonic, minor, profiles):
+    assert find_key(cadence(tonic, minor), profiles=profiles) == Key(tonic, minor)
+
+
+def test_unknown_profiles_are_refused():
+    with pytest.raises(ValueError, match="unknown key profiles 'nope'"):
+        find_key(melody(C_MAJOR), profiles="nope")
 
 
 def test_profile_weights_by_duration():
