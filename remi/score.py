@@ -91,10 +91,11 @@ class Score:
 
 
 def sort_notes(notes: np.ndarray) -> np.ndarray:
-    """Sort (N, 4) note rows by start, then pitch, then end (the canonical order)."""
+    """Sort (N, 4) note rows by start, then pitch, then end (the canonical order); exact ties
+    in those three are ordered by velocity, so the order never depends on the input order."""
     if len(notes) == 0:
         return notes.reshape(0, 4)
-    order = np.lexsort((notes[:, END], notes[:, PITCH], notes[:, START]))
+    order = np.lexsort((notes[:, VELOCITY], notes[:, END], notes[:, PITCH], notes[:, START]))
     return notes[order]
 
 

@@ -1,0 +1,354 @@
+"""Score -> quantized grid -> REMI ids, vectorised with numpy.
+
+Quantization follows MidiTok 3.x REMI step by step (so `conf/tokenizer/miditok.yaml` reproduces
+its tokens): time signatures outside the vocabulary are dropped and each one is delayed to the next
+bar line; the piece is resampled to `res * max_denominator / 4` ticks per quarter (onsets and
+durations rounded half up, separately; durations at least one tick); onsets are snapped to the grid
+of their meter section; velocities, durations and tempos (in microseconds per quarter) go to the
+closest bin, ties to the higher bin. Then our own two additions: the leading-silence trim and the
+cap on consecutive empty bars (both remove whole bars, so in-bar positions are unchanged).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .score import END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, sort_notes
+from .vocab import (BAR, DEFAULT_TIME_SIGNATURE, DURATION, PITCH as PITCH_T, POSITION, TEMPO,
+                    TIMESIG, VELOCITY as VELOCITY_T, Vocab, closest_index)
+
+
+@dataclass
+class Grid:
+    """A score quantized onto the token grid (ticks at `tpq` per quarter).
+
+    notes: (N, 4) int64 columns onset tick, duration-bin index, pitch, velocity-bin index;
+        sorted by (onset, pitch, duration, velocity).
+    tempos: (T, 2) int64 tick, tempo-bin index; one per tick, first at tick 0 (when tempos used).
+    time_sigs: [(tick, numerator, denominator)], first at tick 0, each on a bar line.
+    """
+
+    tpq: int
+    notes: np.ndarray
+    tempos: np.ndarray
+    time_sigs: list[tuple[int, int, int]]
+
+
+class Bars:
+    """The bar grid implied by a time-signature list: bar index <-> bar start tick, in O(#TS)."""
+
+    def __init__(self, time_sigs: list[tuple[int, int, int]], tpq: int, res: int):
+        self.starts = np.array([t for t, _, _ in time_sigs], dtype=np.int64)
+        self.lengths = np.array([tpq * 4 * n // d for _, n, d in time_sigs], dtype=np.int64)
+        self.ticks_per_pos = np.array([tpq * 4 // d // res for _, _, d in time_sigs], dtype=np.int64)
+        first = [0]
+        for i in range(1, len(time_sigs)):
+            first.append(first[-1] + int((self.starts[i] - self.starts[i - 1]) // self.lengths[i - 1]))
+        self.first_bar = np.array(first, dtype=np.int64)
+
+    def section_of_tick(self, ticks: np.ndarray) -> np.ndarray:
+        return np.maximum(np.searchsorted(self.starts, ticks, side="right") - 1, 0)
+
+    def bar_of_tick(self, ticks: np.ndarray) -> np.ndarray:
+        s = self.section_of_tick(ticks)
+        return self.first_bar[s] + (ticks - self.starts[s]) // self.lengths[s]
+
+    def section_of_bar(self, bars: np.ndarray) -> np.ndarray:
+        return np.maximum(np.searchsorted(self.first_bar, bars, side="right") - 1, 0)
+
+    def bar_start(self, bars: np.ndarray) -> np.ndarray:
+        s = self.section_of_bar(bars)
+        return self.starts[s] + (bars - self.first_bar[s]) * self.lengths[s]
+
+
+def _round_half_up(x: np.ndarray) -> np.ndarray:
+    return np.floor(x + 0.5).astype(np.int64)
+
+
+def _ticks_per_bar(tpq: int, num: int, den: int) -> int:
+    return tpq * 4 * num // den
+
+
+def _preprocess_time_signatures(ts: list[list[int]], tpq: int) -> list[list[int]]:
+    """Delay each time signature to the next bar line, drop repeats (MidiTok's rules)."""
+    i = 0
+    ticks_per_bar = _ticks_per_bar(tpq, ts[0][1], ts[0][2])
+    previous_tick = 0
+    while i < len(ts):
+        if i >= 1 and ts[i][1:] == ts[i - 1][1:]:
+            del ts[i]
+            continue
+        if i >= 1 and ts[i][0] < ts[i - 1][0]:
+            ts[i][0] = ts[i - 1][0]
+        bar_offset, rest = divmod(ts[i][0] - previous_tick, ticks_per_bar)
+        if rest > 0:
+            ts[i][0] = previous_tick + (bar_offset + 1) * ticks_per_bar
+        ticks_per_bar = _ticks_per_bar(tpq, ts[i][1], ts[i][2])
+        previous_tick = ts[i][0]
+        if i >= 1 and ts[i][0] == ts[i - 1][0]:
+            del ts[i - 1]
+            if i >= 2 and ts[i - 1][1:] == ts[i - 2][1:]:
+                del ts[i - 1]
+                ticks_per_bar = _ticks_per_bar(tpq, ts[i - 2][1], ts[i - 2][2])
+                previous_tick = ts[i - 2][0]
+                i -= 1
+            continue
+        i += 1
+    if not ts or ts[0][0] != 0:
+        ts.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
+    return ts
+
+
+def _sections(ts: list[list[int]], end: int, value) -> np.ndarray:
+    """(K, 2) [section end tick, value(denominator)] with equal successive values merged."""
+    rows = [[ts[i + 1][0], value(ts[i][2])] for i in range(len(ts) - 1)]
+    rows.append([end + 1, value(ts[-1][2])])
+    for i in range(len(rows) - 1, 0, -1):
+        if rows[i][1] == rows[i - 1][1]:
+            rows[i - 1][0] = rows[i][0]
+            del rows[i]
+    return np.array(rows, dtype=np.int64)
+
+
+def _snap_sorted(times: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Snap ascending ticks to the grid of their meter section (MidiTok `_adjust_time_to_tpb`)."""
+    times = times.copy()
+    ends = np.searchsorted(times, factors[:, 0])
+    ends[-1] = len(times)
+    first, grid_start = 0, 0
+    for (end_tick, step), last in zip(factors, ends):
+        if step != 1 and first < last:
+            seg = times[first:last]
+            times[first:last] = np.round((seg - grid_start) / step).astype(np.int64) * step + grid_start
+        first, grid_start = last, int(end_tick)
+    return times
+
+
+def extend_by_pedal(notes: np.ndarray, pedals: list[tuple[int, int]]) -> np.ndarray:
+    """Notes released while the sustain pedal is down sound until it lifts."""
+    if not pedals or len(notes) == 0:
+        return notes
+    p = np.asarray(pedals, dtype=np.int64).reshape(-1, 2)
+    k = np.searchsorted(p[:, 0], notes[:, END], side="right") - 1
+    inside = (k >= 0) & (notes[:, END] < p[np.maximum(k, 0), 1])
+    out = notes.copy()
+    out[inside, END] = p[k[inside], 1]
+    return out
+
+
+def quantize_grid(score: Score, vocab: Vocab) -> Grid:
+    """Score (any ticks per beat) -> Grid. Pure; never mutates `score`."""
+    cfg = vocab.config
+    tpq_in = int(score.ticks_per_beat)
+    notes = score.notes
+    lo, hi = cfg.pitch_range
+    notes = notes[(notes[:, PITCH] >= lo) & (notes[:, PITCH] <= hi)]
+    if len(notes) > 1 and np.any(notes[1:, START] < notes[:-1, START]):
+        notes = sort_notes(notes)  # a hand-built Score may be unsorted; the steps below need onsets ascending
+    if cfg.sustain_pedal == "extend":
+        notes = extend_by_pedal(notes, score.pedals)
+
+    # 1. Time signatures in the vocabulary decide the resampled resolution.
+    if cfg.use_time_signatures:
+        allowed = set(vocab.time_signatures)
+        ts = [[t.tick, t.numerator, t.denominator] for t in score.time_signatures
+              if (t.numerator, t.denominator) in allowed]
+        if not ts or ts[0][0] != 0:
+            ts.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
+    else:
+        ts = [[0, *DEFAULT_TIME_SIGNATURE]]
+    max_den = max(d for _, _, d in ts)
+    tpq = vocab.res * max_den // 4
+    factor = tpq / tpq_in
+
+    # 2. Resample (onset and duration rounded separately, as symusic's resample(min_dur=1)).
+    starts = _round_half_up(notes[:, START] * factor)
+    durs = np.maximum(_round_half_up((notes[:, END] - notes[:, START]) * factor), 1)
+    for row in ts:  # time signature ticks are truncated, not rounded (MidiTok)
+        row[0] = int(row[0] * factor)
+    if cfg.use_tempos:
+        t_ticks = _round_half_up(np.array([t.tick for t in score.tempos], dtype=np.float64) * factor)
+        mspq = np.array([round(60_000_000 / t.bpm) for t in score.tempos], dtype=np.float64)
+    ts = _preprocess_time_signatures(ts, tpq) if cfg.use_time_signatures else ts
+
+    # 3. Snap onsets to their meter's grid when meters of different denominators mix.
+    end_tick = int((starts + durs).max()) if len(starts) else 0
+    if len({d for _, _, d in ts}) > 1:
+        factors = _sections(ts, end_tick, lambda d: tpq // (vocab.res * d // 4))
+        starts = _snap_sorted(starts, factors)
+        if cfg.use_tempos and len(t_ticks):
+            t_ticks = _snap_sorted(t_ticks, factors)
+
+    # 4. Bins: velocity, duration (per meter: a beat is tpq*4/den ticks), tempo.
+    vel_idx = closest_index(vocab.velocities, notes[:, VELOCITY])
+    dur_idx = np.zeros(len(starts), dtype=np.int64)
+    tpb_sections = _sections(ts, end_tick, lambda d: tpq * 4 // d)
+    first = 0
+    last_onset = starts[-1] if len(starts) else 0
+    for k, (sec_end, tpb) in enumerate(tpb_sections):
+        if k + 1 == len(tpb_sections) or sec_end > last_onset:
+            last = len(starts)
+        else:
+            last = first + int(np.argmax(starts[first:] >= sec_end))
+        dur_idx[first:last] = closest_index(vocab.duration_ticks(int(tpb)), durs[first:last])
+        first = last
+        if last == len(starts):
+            break
+
+    if cfg.use_tempos:
+        if len(t_ticks):
+            t_idx = vocab.tempo_mspq_order[closest_index(vocab.tempo_mspq_sorted, mspq)]
+            keep = np.append(t_ticks[1:] != t_ticks[:-1], True)  # last change at a tick wins
+            tempos = np.stack([t_ticks[keep], t_idx[keep]], axis=1)
+            if tempos[0, 0] != 0:
+                tempos = np.vstack([[0, vocab.default_tempo_index], tempos])
+        else:
+            tempos = np.array([[0, vocab.default_tempo_index]], dtype=np.int64)
+    else:
+        tempos = np.zeros((0, 2), dtype=np.int64)
+
+    grid_notes = np.stack([starts, dur_idx, notes[:, PITCH], vel_idx], axis=1).astype(np.int64)
+    # Canonical order at one position: pitch, then duration, then velocity. MidiTok keeps the
+    # pre-quantization onset order instead; ours is what makes encode(decode(ids)) == ids hold.
+    grid_notes = grid_notes[np.lexsort((grid_notes[:, 3], grid_notes[:, 1], grid_notes[:, 2], grid_notes[:, 0]))]
+    grid = Grid(tpq=tpq, notes=grid_notes.reshape(-1, 4), tempos=tempos.astype(np.int64).reshape(-1, 2),
+                time_sigs=[tuple(r) for r in ts])
+    if cfg.leading_silence == "trim":
+        grid = _trim_leading(grid, vocab)
+    return _cap_empty_bars(grid, vocab)
+
+
+def _trim_leading(grid: Grid, vocab: Vocab) -> Grid:
+    """More than one empty bar before the first note -> exactly one (whole bars removed)."""
+    if len(grid.notes) == 0:
+        return grid
+    bars = Bars(grid.time_sigs, grid.tpq, vocab.res)
+    b0 = int(bars.bar_of_tick(grid.notes[:1, 0])[0])
+    if b0 < 2:
+        return grid
+    cut = int(bars.bar_start(np.array([b0 - 1]))[0])
+    # Meter and tempo in force at the cut move to tick 0; earlier changes vanish.
+    ts = [t for t in grid.time_sigs if t[0] <= cut]
+    ts = [(0, ts[-1][1], ts[-1][2])] + [(t - cut, n, d) for t, n, d in grid.time_sigs if t > cut]
+    tempos = grid.tempos
+    if len(tempos):
+        k = int(np.searchsorted(tempos[:, 0], cut, side="right")) - 1
+        tempos = tempos[k:].copy()
+        tempos[:, 0] = np.maximum(tempos[:, 0] - cut, 0)
+    notes = grid.notes.copy()
+    notes[:, 0] -= cut
+    return Grid(grid.tpq, notes, tempos, ts)
+
+
+def _cap_empty_bars(grid: Grid, vocab: Vocab) -> Grid:
+    """Remove the bars beyond `max_empty_bars` from every run of bars holding no event at all."""
+    cap = vocab.config.max_empty_bars
+    bars = Bars(grid.time_sigs, grid.tpq, vocab.res)
+    ticks = np.concatenate([grid.notes[:, 0], grid.tempos[:, 0],
+                            np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64)])
+    occupied = np.unique(bars.bar_of_tick(ticks))
+    gaps = np.diff(occupied) - 1
+    big = np.nonzero(gaps > cap)[0]
+    if len(big) == 0:
+        return grid
+    cut_from = bars.bar_start(occupied[big] + 1 + cap)
+    cut_to = bars.bar_start(occupied[big + 1])
+    shift_after = np.concatenate([[0], np.cumsum(cut_to - cut_from)])
+
+    def shift(t: np.ndarray) -> np.ndarray:
+        return t - shift_after[np.searchsorted(cut_to, t, side="right")]
+
+    notes = grid.notes.copy()
+    notes[:, 0] = shift(notes[:, 0])
+    tempos = grid.tempos.copy()
+    tempos[:, 0] = shift(tempos[:, 0])
+    ts_ticks = shift(np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64))
+    ts = [(int(t), n, d) for t, (_, n, d) in zip(ts_ticks, grid.time_sigs)]
+    return Grid(grid.tpq, notes, tempos, ts)
+
+
+def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
+    """Grid -> REMI base ids (no BOS/EOS), as an int64 array.
+
+    Events are time signatures, tempos and notes, stably sorted by tick (in that order at one
+    tick). Before an event at a new tick come the Bar tokens up to its bar (each followed by the
+    TimeSig in force in that bar), then a Position (not for a time signature, whose token is the
+    TimeSig after its Bar), then the event's own tokens.
+    """
+    use_ts = vocab.config.use_time_signatures
+    first = vocab.first
+    ts_ticks = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64) if use_ts else np.zeros(0, np.int64)
+    times = np.concatenate([ts_ticks, grid.tempos[:, 0], grid.notes[:, 0]])
+    kinds = np.concatenate([np.zeros(len(ts_ticks), np.int8), np.ones(len(grid.tempos), np.int8),
+                            np.full(len(grid.notes), 2, np.int8)])
+    payload = np.concatenate([np.arange(len(ts_ticks)), grid.tempos[:, 1], np.arange(len(grid.notes))])
+    order = np.argsort(times, kind="stable")
+    times, kinds, payload = times[order], kinds[order], payload[order]
+    n = len(times)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    bars = Bars(grid.time_sigs, grid.tpq, vocab.res)
+    bar_idx = bars.bar_of_tick(times)
+    nb = np.diff(np.concatenate([[-1], bar_idx]))
+    prev_kind = np.concatenate([[-1], kinds[:-1]])
+    new_tick = np.concatenate([[True], times[1:] != times[:-1]])
+    need_pos = (kinds != 0) & (new_tick | (prev_kind == 0))
+    w = 2 if use_ts else 1
+    ev_len = np.choose(kinds, [0, 1, 3])
+    lengths = nb * w + need_pos + ev_len
+    offs = np.cumsum(lengths) - lengths
+    out = np.empty(int(lengths.sum()), dtype=np.int64)
+
+    # Bars 0..last, each owned by the first event at or after it.
+    n_bars = int(nb.sum())
+    bar_ev = np.repeat(np.arange(n), nb)
+    k = np.arange(n_bars) - np.repeat(np.cumsum(nb) - nb, nb)
+    bar_pos = offs[bar_ev] + k * w
+    out[bar_pos] = first[BAR]
+    if use_ts:
+        ts_ids = np.array([vocab.timesig_id(nn, d) for _, nn, d in grid.time_sigs], dtype=np.int64)
+        out[bar_pos + 1] = ts_ids[bars.section_of_bar(np.arange(n_bars))]
+
+    pos_at = offs + nb * w
+    sec = bars.section_of_tick(times)
+    pos_val = (times - bars.bar_start(bar_idx)) // bars.ticks_per_pos[sec]
+    out[pos_at[need_pos]] = first[POSITION] + pos_val[need_pos]
+
+    ev_at = pos_at + need_pos
+    is_tempo = kinds == 1
+    out[ev_at[is_tempo]] = first[TEMPO] + payload[is_tempo]
+    is_note = kinds == 2
+    at = ev_at[is_note]
+    nts = grid.notes[payload[is_note]]
+    out[at] = first[PITCH_T] + nts[:, 2] - vocab.config.pitch_range[0]
+    out[at + 1] = first[VELOCITY_T] + nts[:, 3]
+    out[at + 2] = first[DURATION] + nts[:, 1]
+    return out
+
+
+def grid_to_score(grid: Grid, vocab: Vocab) -> Score:
+    """The Score a Grid stands for, at the vocabulary's ticks per beat (what decode returns)."""
+    tpq = vocab.ticks_per_beat
+    scale = tpq // grid.tpq
+    notes = grid.notes
+    n = len(notes)
+    out = np.empty((n, 4), dtype=np.int64)
+    out[:, START] = notes[:, 0] * scale
+    if n:
+        # Duration in ticks depends on the meter in force at the onset (beat = tpq*4/den).
+        dens = np.array([d for _, _, d in grid.time_sigs], dtype=np.int64)
+        starts_ts = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64) * scale
+        sec = np.maximum(np.searchsorted(starts_ts, out[:, START], side="right") - 1, 0)
+        table = {int(d): vocab.duration_ticks(tpq * 4 // int(d)) for d in set(dens.tolist())}
+        dur = np.empty(n, dtype=np.int64)
+        for d, tab in table.items():
+            m = dens[sec] == d
+            dur[m] = tab[notes[m, 1]]
+        out[:, END] = out[:, START] + dur
+    out[:, PITCH] = notes[:, 2]
+    out[:, VELOCITY] = vocab.velocities[notes[:, 3]] if n else 0
+    tempos = [Tempo(int(t) * scale, float(vocab.tempos[i])) for t, i in grid.tempos]
+    ts = [TimeSignature(int(t) * scale, nn, d) for t, nn, d in grid.time_sigs]
+    return Score(ticks_per_beat=tpq, notes=sort_notes(out), tempos=tempos, time_signatures=ts)

@@ -1,0 +1,133 @@
+"""The REMI grammar as data: which token type may follow which, plus the cheap value rules.
+
+`FOLLOWS[type]` lists the types allowed next. On top of the type table, `GrammarState` enforces
+what decoding needs to reproduce a sequence exactly: Positions strictly increase inside a bar and
+stay inside the bar's meter, and Pitches do not decrease at one position (the encoder's order).
+`token_errors` is the fraction of non-special tokens breaking these rules; `allowed_next` is the
+mask a sampler uses so every generated sequence decodes with no skipped tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .vocab import BAR, DURATION, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG, VELOCITY, Vocab
+
+START = -1   # nothing yet (or only BOS)
+END = -2     # after EOS: only PAD may follow
+
+
+def follows_table(vocab: Vocab) -> dict[int, tuple[int, ...]]:
+    """Type transition table for this vocabulary. `SPECIAL` in a row means EOS may come next."""
+    cfg = vocab.config
+    after_bar = (TIMESIG,) if cfg.use_time_signatures else (POSITION, BAR)
+    after_pos = (TEMPO, PITCH) if cfg.use_tempos else (PITCH,)
+    return {
+        START: (BAR, SPECIAL),
+        BAR: after_bar,
+        TIMESIG: (POSITION, BAR, SPECIAL),
+        POSITION: after_pos,
+        TEMPO: (PITCH, POSITION, BAR, SPECIAL),
+        PITCH: (VELOCITY,),
+        VELOCITY: (DURATION,),
+        DURATION: (PITCH, POSITION, BAR, SPECIAL),
+        END: (),
+    }
+
+
+class GrammarState:
+    """Incremental grammar automaton over base ids; `step` returns False on a rule break
+    (the offending token is then ignored, as the decoder skips it)."""
+
+    __slots__ = ("vocab", "table", "last", "pos", "bar_positions", "pitch", "eos", "bos", "pad")
+
+    def __init__(self, vocab: Vocab, table: dict[int, tuple[int, ...]] | None = None):
+        self.vocab = vocab
+        self.table = table or follows_table(vocab)
+        self.last = START
+        self.pos = -1
+        self.bar_positions = vocab.res * 4
+        self.pitch = -1
+        self.eos = vocab.special_id("EOS")
+        self.bos = vocab.special_id("BOS")
+        self.pad = vocab.special_id("PAD")
+
+    def copy(self) -> "GrammarState":
+        s = GrammarState.__new__(GrammarState)
+        for k in self.__slots__:
+            setattr(s, k, getattr(self, k))
+        return s
+
+    def key(self) -> tuple:
+        return (self.last, self.pos, self.bar_positions, self.pitch)
+
+    def step(self, token: int) -> bool:
+        v = self.vocab
+        t = int(v.types[token])
+        if t == SPECIAL:
+            if token == self.eos:
+                ok = SPECIAL in self.table[self.last]
+                self.last = END
+                return ok
+            if token == self.bos:
+                return self.last == START
+            return token == self.pad or self.last != END  # MASK/PAD: neutral
+        if t not in self.table[self.last]:
+            return False
+        val = int(v.values[token])
+        if t == POSITION:
+            if val <= self.pos or val >= self.bar_positions:
+                return False
+            self.pos, self.pitch = val, -1
+        elif t == PITCH:
+            if val < self.pitch:
+                return False
+            self.pitch = val
+        elif t == BAR:
+            self.pos, self.pitch = -1, -1
+        elif t == TIMESIG:
+            n, _ = v.time_signatures[val]
+            self.bar_positions = v.res * n
+        self.last = t
+        return True
+
+    def mask(self) -> np.ndarray:
+        """(V,) bool: base ids allowed next."""
+        v = self.vocab
+        allowed = self.table[self.last]
+        m = np.isin(v.types, [a for a in allowed if a != SPECIAL])
+        if POSITION in allowed:
+            lo = v.first[POSITION]
+            m[lo:lo + self.pos + 1] = False
+            m[lo + self.bar_positions:lo + v.num_positions] = False
+        if PITCH in allowed and self.pitch > 0:
+            lo = v.first[PITCH]
+            m[lo:lo + self.pitch] = False
+        if SPECIAL in allowed:
+            m[self.eos] = True
+        if self.last == START:
+            m[self.bos] = True
+        if self.last == END:
+            m[self.pad] = True
+        return m
+
+
+def token_errors(ids: np.ndarray, vocab: Vocab) -> float:
+    """Fraction of non-special tokens that break the grammar (0.0 for an empty sequence)."""
+    state = GrammarState(vocab)
+    errors = total = 0
+    types = vocab.types
+    for tok in np.asarray(ids, dtype=np.int64).tolist():
+        if types[tok] == SPECIAL:
+            state.step(tok)
+            continue
+        total += 1
+        if not state.step(tok):
+            errors += 1
+    return errors / total if total else 0.0
+
+
+def state_after(ids, vocab: Vocab) -> GrammarState:
+    state = GrammarState(vocab)
+    for tok in np.asarray(ids, dtype=np.int64).tolist():
+        state.step(tok)
+    return state

@@ -1,0 +1,111 @@
+"""The one module of `remi` that imports mido: Score -> mido.MidiFile (the writer), MidiFile ->
+bytes, and a slow mido-based reader that the tests use to cross-check `remi.midi_read`."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import mido
+import numpy as np
+
+from .midi_read import DRUM_CHANNEL, MidiReadError
+from .score import KeySignature, Score, Tempo, TimeSignature, sort_notes
+
+
+def score_to_midifile(score: Score, program: int = 0) -> mido.MidiFile:
+    """A type 1 file: track 0 holds tempo/meter/key, track 1 the notes (channel 0, `program`).
+
+    At one tick, note-offs are written before note-ons, so a re-struck pitch reads back as two
+    notes. Zero-length notes are written with length 0 (a reader may drop them)."""
+    tpq = int(score.ticks_per_beat)
+    meta: list[tuple[int, int, mido.MetaMessage]] = []
+    for t in score.time_signatures:
+        meta.append((t.tick, 0, mido.MetaMessage("time_signature", numerator=t.numerator,
+                                                 denominator=t.denominator, time=0)))
+    for t in score.tempos:
+        meta.append((t.tick, 1, mido.MetaMessage("set_tempo", tempo=max(1, min(0xFFFFFF, round(60_000_000 / t.bpm))),
+                                                 time=0)))
+    for k in score.key_signatures:
+        meta.append((k.tick, 2, mido.MetaMessage("key_signature", key=k.key, time=0)))
+    meta.sort(key=lambda m: (m[0], m[1]))
+    conductor = mido.MidiTrack(_delta(meta))
+    notes = score.notes
+    ev: list[tuple[int, int, mido.Message]] = []
+    for s, e, p, v in notes.tolist():
+        ev.append((s, 1, mido.Message("note_on", note=int(p), velocity=int(min(max(v, 1), 127)), time=0)))
+        ev.append((e, 0, mido.Message("note_off", note=int(p), velocity=0, time=0)))
+    for s, e in score.pedals:
+        ev.append((s, 2, mido.Message("control_change", control=64, value=127, time=0)))
+        ev.append((e, 0, mido.Message("control_change", control=64, value=0, time=0)))
+    ev.sort(key=lambda m: (m[0], m[1]))
+    piano = mido.MidiTrack([mido.Message("program_change", program=program, time=0)] + _delta(ev))
+    return mido.MidiFile(type=1, ticks_per_beat=tpq, tracks=[conductor, piano])
+
+
+def _delta(events: list[tuple[int, int, object]]) -> list:
+    out, last = [], 0
+    for tick, _, msg in events:
+        out.append(msg.copy(time=int(tick - last)))
+        last = tick
+    out.append(mido.MetaMessage("end_of_track", time=0))
+    return out
+
+
+def midifile_to_bytes(mid: mido.MidiFile) -> bytes:
+    buf = io.BytesIO()
+    mid.save(file=buf)
+    return buf.getvalue()
+
+
+def is_midifile(obj) -> bool:
+    return isinstance(obj, mido.MidiFile)
+
+
+def read_midi_mido(path: str | Path) -> Score:
+    """Reference reader through mido's message objects, same merging and pairing rules as
+    `remi.midi_read.read_midi` (slow; for cross-checking only)."""
+    try:
+        mid = mido.MidiFile(str(path), clip=True)
+    except Exception as e:  # mido raises many types; the contract is one
+        raise MidiReadError(str(path), f"mido: {e}") from None
+    if mid.type == 2:
+        raise MidiReadError(str(path), "MIDI type 2 (independent sequences) is not supported; convert to type 1")
+    notes, tempos, ts, keys = [], [], [], []
+    pedal_events = []
+    for track in mid.tracks:
+        tick = 0
+        open_notes: dict[tuple[int, int], list] = {}
+        for msg in track:
+            tick += msg.time
+            if msg.type == "end_of_track":
+                break
+            if msg.type in ("note_on", "note_off"):
+                if msg.channel == DRUM_CHANNEL:
+                    continue
+                key = (msg.channel, msg.note)
+                if msg.type == "note_on" and msg.velocity > 0:
+                    open_notes.setdefault(key, []).append((tick, msg.velocity))
+                elif open_notes.get(key):
+                    s, v = open_notes[key].pop(0)
+                    notes.append((s, tick, msg.note, v))
+            elif msg.type == "control_change" and msg.control == 64 and msg.channel != DRUM_CHANNEL:
+                pedal_events.append((tick, msg.channel, msg.value >= 64))
+            elif msg.type == "set_tempo" and msg.tempo > 0:
+                tempos.append((tick, msg.tempo))
+            elif msg.type == "time_signature":
+                ts.append((tick, msg.numerator, msg.denominator))
+            elif msg.type == "key_signature":
+                keys.append((tick, msg.key))
+    from .midi_read import _pedal_intervals
+
+    tempos.sort(key=lambda t: t[0])
+    ts.sort(key=lambda t: t[0])
+    keys.sort(key=lambda t: t[0])
+    return Score(
+        ticks_per_beat=mid.ticks_per_beat,
+        notes=sort_notes(np.array(notes, dtype=np.int64).reshape(-1, 4)),
+        tempos=[Tempo(t, 60_000_000 / m) for t, m in tempos],
+        time_signatures=[TimeSignature(t, n, d) for t, n, d in ts],
+        key_signatures=[KeySignature(t, k) for t, k in keys],
+        pedals=_pedal_intervals(pedal_events),
+    )

@@ -1,0 +1,231 @@
+"""`remi.Tokenizer`: the public face of the package (see docs/ARCHITECTURE.md for the contract).
+
+MIDI (path, bytes, mido.MidiFile) or Score -> ids -> Score / mido.MidiFile, plus the grammar
+helpers, JSON persistence and the BPE hooks. BPE itself lives in `remi.bpe` (imported lazily).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import decode as _decode
+from . import encode as _encode
+from . import grammar as _grammar
+from .config import TokenizerConfig
+from .midi_read import read_midi
+from .score import Score
+from .vocab import BAR, Vocab
+
+FORMAT_VERSION = 1
+
+
+class Tokenizer:
+    def __init__(self, config: TokenizerConfig | None = None, bpe=None):
+        self.config = config or TokenizerConfig()
+        self.vocab = Vocab.build(self.config)
+        self.bpe = bpe
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Tokenizer":
+        return cls(TokenizerConfig.from_yaml(path))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Tokenizer":
+        """A conf/tokenizer yaml or a tokenizer JSON written by `save`."""
+        path = Path(path)
+        return cls.load(path) if path.suffix.lower() == ".json" else cls.from_yaml(path)
+
+    def with_bpe(self, model) -> "Tokenizer":
+        return Tokenizer(self.config, bpe=model)
+
+    def train_bpe(self, data, vocab_size: int) -> "Tokenizer":
+        from .bpe import train_tokenizer_bpe
+
+        return train_tokenizer_bpe(self, data, vocab_size)
+
+    # ---- sizes and ids ---------------------------------------------------------------------
+    @property
+    def base_vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.bpe.vocab_size) if self.bpe is not None else len(self.vocab)
+
+    @property
+    def ticks_per_beat(self) -> int:
+        return self.vocab.ticks_per_beat
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab.special_id("PAD")
+
+    @property
+    def bos_id(self) -> int:
+        return self.vocab.special_id("BOS")
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocab.special_id("EOS")
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab.special_id("MASK")
+
+    @property
+    def bar_id(self) -> int:
+        return self.vocab.first[BAR]
+
+    @cached_property
+    def hash(self) -> str:
+        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        if self.bpe is not None:
+            h.update(b"|bpe|" + str(self.bpe.hash).encode())
+        return h.hexdigest()
+
+    # ---- encode ----------------------------------------------------------------------------
+    def to_score(self, src) -> Score:
+        """Path / bytes / mido.MidiFile / Score -> Score (MidiReadError for unreadable MIDI)."""
+        if isinstance(src, Score):
+            return src
+        if isinstance(src, (str, Path, bytes, bytearray, memoryview)):
+            return read_midi(src)
+        from . import midi_io
+
+        if midi_io.is_midifile(src):
+            return read_midi(midi_io.midifile_to_bytes(src), name=getattr(src, "filename", None) or "<mido.MidiFile>")
+        raise TypeError(f"Tokenizer.encode takes a path, bytes, mido.MidiFile or remi.Score, got {type(src).__name__}")
+
+    def encode(self, src, add_special: bool = True) -> list[int]:
+        """MIDI or Score -> ids: BOS, REMI tokens, EOS (BPE-merged when the tokenizer has BPE)."""
+        return self.encode_score(self.to_score(src), add_special=add_special)
+
+    def encode_score(self, score: Score, add_special: bool = True) -> list[int]:
+        base = self.encode_base(score)
+        if add_special:
+            base = np.concatenate([[self.bos_id], base, [self.eos_id]])
+        ids = base.tolist()
+        return self.bpe.encode(ids) if self.bpe is not None else ids
+
+    def encode_base(self, score: Score) -> np.ndarray:
+        """Score -> base REMI ids (no BOS/EOS, no BPE), int64 array."""
+        return _encode.grid_to_ids(_encode.quantize_grid(score, self.vocab), self.vocab)
+
+    def quantize(self, score_or_midi) -> Score:
+        """What decode(encode(x)) equals, note for note, at `ticks_per_beat`."""
+        return _encode.grid_to_score(_encode.quantize_grid(self.to_score(score_or_midi), self.vocab), self.vocab)
+
+    # ---- decode ----------------------------------------------------------------------------
+    def base_ids(self, ids) -> np.ndarray:
+        """Merged ids -> base ids (identity without BPE); OOV ids raise ValueError."""
+        if self.bpe is not None:
+            arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+            bad = np.nonzero((arr < 0) | (arr >= self.vocab_size))[0]
+            if len(bad):
+                raise ValueError(f"token id {int(arr[bad[0]])} at index {int(bad[0])} is out of the BPE vocabulary "
+                                 f"(size {self.vocab_size})")
+            ids = self.bpe.decode([int(i) for i in arr])
+        return _decode.check_ids(ids, self.vocab)
+
+    def decode_score(self, ids) -> Score:
+        return _decode.ids_to_score(self.base_ids(ids), self.vocab)
+
+    def decode(self, ids):
+        """ids -> mido.MidiFile (type 1, ticks_per_beat = tok.ticks_per_beat)."""
+        from .midi_io import score_to_midifile
+
+        return score_to_midifile(self.decode_score(ids))
+
+    def tokens(self, ids) -> list[str]:
+        toks = self.vocab.tokens
+        if self.bpe is None:
+            return [toks[i] for i in _decode.check_ids(ids, self.vocab).tolist()]
+        out = []
+        for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is out of the vocabulary (size {self.vocab_size})")
+            out.append("+".join(toks[b] for b in self.bpe.expand(i)))
+        return out
+
+    def ids_from_tokens(self, tokens: list[str]) -> list[int]:
+        """Base token strings -> base ids (KeyError names the unknown token)."""
+        index = self._index
+        try:
+            return [index[t] for t in tokens]
+        except KeyError as e:
+            raise ValueError(f"unknown token {e.args[0]!r} for this tokenizer config") from None
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.vocab.tokens)}
+
+    def count_notes(self, ids) -> int:
+        return _decode.count_notes(self.base_ids(ids), self.vocab)
+
+    # ---- grammar ---------------------------------------------------------------------------
+    def token_errors(self, ids) -> float:
+        return _grammar.token_errors(self.base_ids(ids), self.vocab)
+
+    def allowed_next(self, ids) -> np.ndarray:
+        """(vocab_size,) bool mask of ids the grammar allows after `ids`."""
+        state = _grammar.state_after(self.base_ids(ids), self.vocab)
+        base_mask = state.mask()
+        if self.bpe is None:
+            return base_mask
+        mask = np.zeros(self.vocab_size, dtype=bool)
+        mask[: len(base_mask)] = base_mask
+        for i in range(len(base_mask), self.vocab_size):
+            s = state.copy()
+            mask[i] = all(s.step(b) for b in self.bpe.expand(i))
+        return mask
+
+    # ---- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "pianolm-remi-tokenizer",
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "vocabulary": list(self.vocab.tokens),
+            "hash": self.hash,
+            "bpe": self.bpe.to_dict() if self.bpe is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "tokenizer dict") -> "Tokenizer":
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{source}: tokenizer format_version {d.get('format_version')!r} is not "
+                             f"{FORMAT_VERSION}; re-save it with this version of remi")
+        config = TokenizerConfig.from_dict(d["config"], source=source)
+        bpe = None
+        if d.get("bpe") is not None:
+            from .bpe import BPEModel
+
+            bpe = BPEModel.from_dict(d["bpe"])
+        tok = cls(config, bpe=bpe)
+        if "vocabulary" in d and list(d["vocabulary"]) != list(tok.vocab.tokens):
+            raise ValueError(f"{source}: stored vocabulary differs from the one derived from its config "
+                             "(made by an incompatible version of remi)")
+        if "hash" in d and d["hash"] != tok.hash:
+            raise ValueError(f"{source}: stored hash {d['hash'][:12]}… does not match the config's {tok.hash[:12]}…")
+        return tok
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read tokenizer JSON {path}: {e}") from e
+        return cls.from_dict(d, source=str(path))
+
+    def __repr__(self) -> str:
+        bpe = f", bpe={self.vocab_size}" if self.bpe is not None else ""
+        return f"Tokenizer(base_vocab_size={self.base_vocab_size}{bpe}, hash={self.hash[:12]})"
