@@ -81,6 +81,7 @@ def draw_pianoroll(
     for tick in bar_starts(score, end_tick):
         ax.axvline(tick / tpb, color="0.85", linewidth=0.5, zorder=0)
     if prompt_end_tick is not None:
+        ax.axvspan(0, prompt_end_tick / tpb, color="0.94", zorder=0)  # the given part, shaded
         ax.axvline(prompt_end_tick / tpb, color="red", linestyle="--", linewidth=1.2,
                    label=PROMPT_LINE_LABEL)
         ax.legend(loc="upper right", fontsize="small")
