@@ -26,14 +26,19 @@ MIDI_SUFFIXES = (".mid", ".midi")
 CHUNK = 1 << 20
 
 
+def _root_dir() -> Path:
+    return Path(os.environ.get("PIANOLM_ROOT") or ".")
+
+
 def default_cache_dir() -> Path:
-    """`$PIANOLM_CACHE`, else ~/.cache/pianolm (shards, per-file results, the bundled MIDI)."""
-    return Path(os.environ.get("PIANOLM_CACHE") or Path.home() / ".cache" / "pianolm").expanduser()
+    """`$PIANOLM_CACHE`, else `<root>/cache` — the same place as `paths.cache_dir` in conf/paths,
+    so shards prepared on the command line are the ones train.py finds."""
+    return Path(os.environ.get("PIANOLM_CACHE") or _root_dir() / "cache").expanduser()
 
 
 def default_data_dir() -> Path:
-    """`$PIANOLM_DATA`, else ~/.cache/pianolm/data (one folder per downloaded corpus)."""
-    return Path(os.environ.get("PIANOLM_DATA") or default_cache_dir() / "data").expanduser()
+    """`$PIANOLM_DATA`, else `<root>/data` (as `paths.data_dir`): one folder per corpus."""
+    return Path(os.environ.get("PIANOLM_DATA") or _root_dir() / "data").expanduser()
 
 
 # --------------------------------------------------------------------------- data config

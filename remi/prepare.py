@@ -1,0 +1,540 @@
+"""Corpus preparation: MIDI folders -> token shards, in parallel, cached, resumable.
+
+    python -m remi.prepare SOURCE... --tokenizer NAME [--out DIR] [--workers N] [--json]
+
+The steps, each a plain function:
+1. `collect`   — list every source's MIDI files (sorted), hash their content, give each a split
+                 (MAESTRO's official one, else a stable content hash) and drop repeats of a
+                 content hash seen earlier (counted per source).
+2. `tokenize`  — encode every file in worker processes. Each file's result (ids, notes,
+                 seconds, or the reason it was skipped) is cached under
+                 `<cache>/files/<tokenizer+code key>/`, keyed by content hash, so a killed run
+                 resumes where it stopped and a second corpus sharing files reuses them.
+3. `prepare`   — write the shard folder `<out>/<name>-<key>/` atomically (remi.shards); `key`
+                 hashes the tokenizer, the tokenizer code, the data selection and the file list
+                 with content hashes, so a changed config, tokenizer or corpus never reads an
+                 old shard: it gets a new folder (and a damaged folder is rebuilt).
+`prepare_for_training` adds BPE: base shards, BPE trained on their train split (cached), then
+BPE shards re-encoded from the base shards' ids (no MIDI read twice).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import shards
+from .datasets import BUNDLED, SOURCES, DataConfig, default_cache_dir, default_data_dir, list_midi_files, maestro_splits, source_folder
+
+# The modules whose code decides a file's base ids (their source is part of every cache key).
+ENCODER_MODULES = ("score.py", "midi_read.py", "config.py", "vocab.py", "encode.py", "tokenizer.py")
+STAT_KEYS = ("files", "skipped", "duplicates", "notes", "tokens", "hours")
+
+
+def pool_context() -> mp.context.BaseContext:
+    """fork where it is safe (cheap start; nothing threaded such as torch imported yet), else spawn."""
+    if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- 1. collect
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    source: str
+    path: str  # absolute
+    rel: str  # relative to the source folder, POSIX
+    sha256: str
+    split: str  # train / val / test
+
+
+@dataclass
+class Collection:
+    entries: list[FileEntry]
+    duplicates: dict[str, list[list[str]]]  # source -> [[rel, first source, first rel], ...]
+    folders: dict[str, str]
+
+
+def _unit(tag: str, sha: str) -> float:
+    """A number in [0, 1) fixed by the file content alone (so adding files never moves old ones)."""
+    return int(hashlib.sha256(f"{tag}:{sha}".encode()).hexdigest()[:15], 16) / 16**15
+
+
+def hash_split(sha: str, val_fraction: float, test_fraction: float) -> str:
+    u = _unit("split", sha)
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+
+
+def in_round1_half(sha: str) -> bool:
+    return _unit("round1", sha) < 0.5
+
+
+def collect(
+    cfg: DataConfig,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Collection:
+    """Every file of the active sources, in source order then sorted path, with split assigned."""
+    entries: list[FileEntry] = []
+    seen: dict[str, FileEntry] = {}
+    duplicates: dict[str, list[list[str]]] = {}
+    folders: dict[str, str] = {}
+    half = cfg.subset == "round1" and cfg.round1_sources is None
+    for name in cfg.active_sources():
+        if name == BUNDLED:
+            from .bundled import bundled_dir, bundled_files
+
+            folder = bundled_dir(cache_dir)
+            files = bundled_files(cache_dir, limit=cfg.limit, workers=workers, progress=progress)
+        else:
+            folder = source_folder(name, data_dir, cache_dir)
+            files = list_midi_files(folder)
+            if cfg.limit is not None:
+                files = files[: cfg.limit]
+        folders[name] = str(folder)
+        official = maestro_splits(folder) if name in SOURCES and SOURCES[name].split == "maestro" else {}
+        duplicates[name] = []
+        for path in files:
+            rel = path.relative_to(folder).as_posix()
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            if half and not in_round1_half(sha):
+                continue
+            if sha in seen:
+                first = seen[sha]
+                duplicates[name].append([rel, first.source, first.rel])
+                continue
+            split = official.get(rel) or hash_split(sha, cfg.val_fraction, cfg.test_fraction)
+            e = FileEntry(name, str(path.resolve()), rel, sha, split)
+            seen[sha] = e
+            entries.append(e)
+    return Collection(entries, duplicates, folders)
+
+
+# --------------------------------------------------------------------------- 2. tokenize
+
+
+@dataclass
+class FileResult:
+    ids: np.ndarray | None  # None when skipped
+    notes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def code_hash() -> str:
+    """Hash of the tokenizer's source code: a changed encoder must not reuse cached results."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in ENCODER_MODULES:
+        p = here / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def results_dir(cache_dir: str | Path, tok: Any) -> Path:
+    return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}"
+
+
+_TOK = None  # the worker process's tokenizer (set once by _init_worker)
+_RESULTS: Path | None = None
+
+
+def _init_worker(tok_dict: dict | None, results: str, tok: Any = None) -> None:
+    global _TOK, _RESULTS
+    if tok is None:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.from_dict(tok_dict)
+    _TOK, _RESULTS = tok, Path(results)
+
+
+def _cache_path(sha: str) -> Path:
+    return _RESULTS / sha[:2] / sha
+
+
+def load_cached(sha: str) -> FileResult | None:
+    base = _cache_path(sha)
+    try:
+        if base.with_suffix(".npy").is_file():
+            arr = np.load(base.with_suffix(".npy"))  # [notes, milliseconds, *ids]
+            return FileResult(arr[2:], int(arr[0]), float(arr[1]) / 1000.0)
+        if base.with_suffix(".err").is_file():
+            return FileResult(None, error=base.with_suffix(".err").read_text())
+    except (OSError, ValueError):  # a damaged cache entry: encode again
+        return None
+    return None
+
+
+def _store(sha: str, r: FileResult) -> None:
+    base = _cache_path(sha)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = base.with_name(f".{sha}.{os.getpid()}.tmp")
+    if r.ids is None:
+        tmp.write_text(r.error or "")
+        os.replace(tmp, base.with_suffix(".err"))
+    else:
+        arr = np.concatenate([np.array([r.notes, round(r.seconds * 1000)], dtype=np.int64), r.ids.astype(np.int64)])
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, base.with_suffix(".npy"))
+
+
+def encode_file(path: str, tok: Any) -> FileResult:
+    """One file -> ids, note count and length; any failure becomes a skip with its reason."""
+    from . import MidiReadError, read_midi
+
+    try:
+        data = Path(path).read_bytes()
+        if not data:
+            return FileResult(None, error="empty file (0 bytes)")
+        score = read_midi(data)
+        ids = tok.encode(score)
+        notes = int(tok.count_notes(ids))
+        if notes == 0:
+            return FileResult(None, error="no notes")
+        return FileResult(np.asarray(ids, dtype=np.int64), notes, float(score.seconds()))
+    except MidiReadError as e:
+        return FileResult(None, error=f"unreadable MIDI: {e}")
+    except Exception as e:  # noqa: BLE001 — a corrupt file never aborts the run
+        return FileResult(None, error=f"{type(e).__name__}: {e}")
+
+
+def _work(item: tuple[int, str, str]) -> tuple[int, FileResult]:
+    i, path, sha = item
+    r = load_cached(sha)
+    if r is None:
+        r = encode_file(path, _TOK)
+        _store(sha, r)
+    return i, r
+
+
+def tokenize(
+    entries: Sequence[FileEntry],
+    tok: Any,
+    cache_dir: str | Path,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[FileResult]:
+    """Encode every entry (cached per content hash), in worker processes; results in entry order."""
+    from tqdm import tqdm
+
+    results_root = results_dir(cache_dir, tok)
+    results: list[FileResult | None] = [None] * len(entries)
+    items = [(i, e.path, e.sha256) for i, e in enumerate(entries)]
+    workers = max(1, min(workers or default_workers(), len(items) or 1))
+    bar = tqdm(total=len(items), desc=f"tokenize ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
+    if workers == 1:
+        _init_worker(None, str(results_root), tok)
+        for item in items:
+            i, r = _work(item)
+            results[i] = r
+            bar.update()
+    else:
+        ctx = pool_context()
+        # Small chunks keep both workers busy to the end; files differ 100x in length.
+        chunksize = max(1, min(16, len(items) // (workers * 8)))
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(), str(results_root))) as pool:
+            for i, r in pool.imap_unordered(_work, items, chunksize=chunksize):
+                results[i] = r
+                bar.update()
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- 3. shards
+
+
+@dataclass
+class Prepared:
+    dir: Path
+    manifest: dict
+    reused: bool = False
+
+    @property
+    def stats(self) -> dict:
+        return {"sources": self.manifest["stats"], "total": self.manifest["total"], "skipped": self.manifest["skipped"]}
+
+
+def shard_key(tok: Any, cfg: DataConfig, entries: Sequence[FileEntry]) -> str:
+    h = hashlib.sha256()
+    selection = {k: v for k, v in cfg.to_dict().items() if k != "name"}
+    h.update(json.dumps({"tokenizer": tok.hash, "code": code_hash(), "data": selection, "format": shards.FORMAT_VERSION}, sort_keys=True).encode())
+    for e in entries:
+        h.update(f"{e.source}\0{e.rel}\0{e.sha256}\0{e.split}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _empty_stats() -> dict:
+    return {k: 0 for k in STAT_KEYS}
+
+
+def _finish(stats: dict) -> dict:
+    stats["hours"] = round(stats["hours"], 3)
+    stats["tokens_per_note"] = round(stats["tokens"] / stats["notes"], 3) if stats["notes"] else 0.0
+    return stats
+
+
+def prepare(
+    data_cfg: Mapping | DataConfig,
+    tok: Any,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Prepared:
+    """Shards for `data_cfg` under `tok`, reused when an intact folder with the same key exists."""
+    cfg = DataConfig.from_mapping(data_cfg)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    out_dir = Path(out_dir) if out_dir is not None else cache_dir / "shards"
+    col = collect(cfg, data_dir, cache_dir, workers, progress)
+    key = shard_key(tok, cfg, col.entries)
+    final = out_dir / f"{cfg.name}-{key}"
+    if shards.is_complete(final, tok.hash, key):
+        return Prepared(final, shards.read_manifest(final), reused=True)
+    results = tokenize(col.entries, tok, cache_dir, workers, progress)
+    return _write(final, key, cfg, tok, col, results)
+
+
+def _write(final: Path, key: str, cfg: DataConfig, tok: Any, col: Collection, results: Sequence[FileResult]) -> Prepared:
+    stats = {name: _empty_stats() for name in cfg.active_sources()}
+    for name, dups in col.duplicates.items():
+        stats[name]["duplicates"] = len(dups)
+    split_songs: dict[str, tuple[list[np.ndarray], list[int]]] = {s: ([], []) for s in shards.SPLITS}
+    skipped, files = [], []
+    for e, r in zip(col.entries, results):
+        s = stats[e.source]
+        if r.ids is None:
+            s["skipped"] += 1
+            skipped.append({"source": e.source, "file": e.rel, "sha256": e.sha256, "reason": r.error})
+            continue
+        s["files"] += 1
+        s["notes"] += r.notes
+        s["tokens"] += len(r.ids)
+        s["hours"] += r.seconds / 3600.0
+        songs, notes = split_songs[e.split]
+        songs.append(r.ids)
+        notes.append(r.notes)
+        files.append({"source": e.source, "file": e.rel, "sha256": e.sha256, "split": e.split, "notes": r.notes, "tokens": len(r.ids)})
+    total = _empty_stats()
+    for s in stats.values():
+        for k in STAT_KEYS:
+            total[k] += s[k]
+        _finish(s)
+    _finish(total)
+    manifest = {
+        "name": cfg.name,
+        "key": key,
+        "tokenizer": tok.to_dict(),
+        "tokenizer_hash": tok.hash,
+        "code_hash": code_hash(),
+        "data": cfg.to_dict(),
+        "sources": {name: {"folder": col.folders.get(name)} for name in cfg.active_sources()},
+        "stats": stats,
+        "total": total,
+        "duplicates": col.duplicates,
+        "skipped": skipped,
+        "files": files,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    shards.write_shards(final, split_songs, tok.vocab_size, manifest)
+    return Prepared(final, shards.read_manifest(final))
+
+
+# --------------------------------------------------------------------------- training entry
+
+
+def base_tokenizer(tok: Any) -> Any:
+    """The BPE-free tokenizer of the same config (base shards are shared by every BPE size)."""
+    if getattr(tok.config, "bpe_vocab_size", 0) == 0 and getattr(tok, "bpe", None) is None:
+        return tok
+    from .tokenizer import Tokenizer
+
+    return Tokenizer(dataclasses.replace(tok.config, bpe_vocab_size=0))
+
+
+def prepare_for_training(
+    data_cfg: Mapping | DataConfig,
+    tok: Any,
+    data_dir: str | Path | None,
+    cache_dir: str | Path | None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[Any, Path]:
+    """Base shards; with `tok.config.bpe_vocab_size > 0` also BPE (trained on the base train split,
+    cached) and BPE shards. Returns (final tokenizer, shard folder)."""
+    cfg = DataConfig.from_mapping(data_cfg)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    base = base_tokenizer(tok)
+    prepared = prepare(cfg, base, data_dir, cache_dir, workers=workers, progress=progress)
+    vocab = int(getattr(tok.config, "bpe_vocab_size", 0) or 0)
+    if vocab <= 0:
+        return base, prepared.dir
+    return prepare_bpe(prepared, base, vocab, cache_dir, progress)
+
+
+def prepare_bpe(prepared: Prepared, base: Any, vocab_size: int, cache_dir: Path, progress: bool = True) -> tuple[Any, Path]:
+    """BPE tokenizer (cached by base shard key + size) and the base shards re-encoded with it."""
+    from .tokenizer import Tokenizer
+
+    base_key = prepared.manifest["key"]
+    bpe_json = Path(cache_dir) / "bpe" / f"{base_key}-{vocab_size}.json"
+    if bpe_json.is_file():
+        tok = Tokenizer.load(bpe_json)
+    else:
+        tok = base.train_bpe(prepared.dir, vocab_size)
+        bpe_json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = bpe_json.with_name(f".{bpe_json.name}.{os.getpid()}.tmp")
+        tok.save(tmp)
+        os.replace(tmp, bpe_json)
+    final = prepared.dir.with_name(f"{prepared.dir.name}-bpe{vocab_size}-{tok.hash[:8]}")
+    key = f"{base_key}-bpe{vocab_size}-{tok.hash[:16]}"
+    if shards.is_complete(final, tok.hash, key):
+        return tok, final
+    split_songs = {}
+    for split in shards.SPLITS:
+        sh = shards.load_split(prepared.dir, split, expect_hash=base.hash)
+        merged = tok.bpe.encode_batch(list(shards.iter_songs(sh)))
+        split_songs[split] = ([np.asarray(m, dtype=np.int64) for m in merged], sh.notes.tolist())
+    m = json.loads(json.dumps(prepared.manifest))  # deep copy
+    for k in ("format", "dtype", "vocab_size", "splits"):
+        m.pop(k, None)
+    m.update({"key": key, "base_key": base_key, "tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "bpe_vocab_size": vocab_size})
+    # Token counts shrink with BPE: recount per file, per source and in total (files are listed
+    # in song order within each split).
+    cursor = {s: 0 for s in shards.SPLITS}
+    for st in [*m["stats"].values(), m["total"]]:
+        st["tokens"] = 0
+    for f in m["files"]:
+        n = len(split_songs[f["split"]][0][cursor[f["split"]]])
+        cursor[f["split"]] += 1
+        f["tokens"] = n
+        m["stats"][f["source"]]["tokens"] += n
+        m["total"]["tokens"] += n
+    for st in [*m["stats"].values(), m["total"]]:
+        _finish(st)
+    shards.write_shards(final, split_songs, tok.vocab_size, m)
+    return tok, final
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def load_tokenizer(name: str) -> Any:
+    """A conf/tokenizer yaml name, a yaml path, or a tokenizer JSON path."""
+    from .tokenizer import Tokenizer
+
+    p = Path(name)
+    if p.suffix == ".json" and p.is_file():
+        return Tokenizer.load(p)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return Tokenizer.from_yaml(p)
+    conf = Path(__file__).resolve().parents[1] / "conf" / "tokenizer" / f"{name}.yaml"
+    if conf.is_file():
+        return Tokenizer.from_yaml(conf)
+    avail = sorted(x.stem for x in conf.parent.glob("*.yaml")) if conf.parent.is_dir() else []
+    raise SystemExit(f"--tokenizer {name!r}: not a tokenizer JSON/yaml file nor one of conf/tokenizer/ {avail}")
+
+
+def data_config_for(sources: Sequence[str], limit: int | None = None) -> DataConfig:
+    """Dataset names (conf/data/NAME.yaml) and folders -> one DataConfig over all of them."""
+    conf_dir = Path(__file__).resolve().parents[1] / "conf" / "data"
+    names: list[str] = []
+    base: dict = {}
+    for s in sources:
+        yaml_path = conf_dir / f"{s}.yaml"
+        if not Path(s).is_dir() and yaml_path.is_file():
+            d = _read_yaml(yaml_path)
+            names += list(d.get("sources") or [s])
+            if len(sources) == 1:
+                base = d
+        elif Path(s).is_dir() or s in SOURCES or s == BUNDLED:
+            names.append(str(Path(s).resolve()) if Path(s).is_dir() else s)
+        else:
+            raise SystemExit(f"source {s!r}: not a dataset in conf/data/ ({sorted(p.stem for p in conf_dir.glob('*.yaml'))}) nor a folder")
+    label = "+".join(Path(s).name if Path(s).is_dir() else s for s in sources)
+    d = {**base, "name": _safe_name(label), "sources": names}
+    if limit is not None:
+        d["limit"] = limit
+    return DataConfig.from_mapping(d)
+
+
+def _safe_name(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in s)[:60] or "data"
+
+
+def _read_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+def format_table(stats: Mapping[str, Mapping], total: Mapping) -> str:
+    head = f"{'source':<24}{'files':>8}{'skipped':>9}{'dups':>6}{'notes':>12}{'tokens':>13}{'hours':>9}{'tok/note':>9}"
+    lines = [head, "-" * len(head)]
+    for name, s in [*stats.items(), ("total", total)]:
+        if name == "total":
+            lines.append("-" * len(head))
+        label = Path(name).name if "/" in name else name
+        lines.append(
+            f"{label[:23]:<24}{s['files']:>8}{s['skipped']:>9}{s['duplicates']:>6}{s['notes']:>12}{s['tokens']:>13}"
+            f"{s['hours']:>9.1f}{s['tokens_per_note']:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m remi.prepare", description="MIDI corpora -> token shards")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="dataset name (conf/data/) or folder of MIDI files")
+    p.add_argument("--tokenizer", required=True, metavar="NAME", help="conf/tokenizer name or tokenizer JSON")
+    p.add_argument("--out", type=Path, default=None, help="shard root (default <cache>/shards)")
+    p.add_argument("--cache", type=Path, default=None, help=f"cache root (default {default_cache_dir()}; $PIANOLM_CACHE)")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"corpus root (default {default_data_dir()}; $PIANOLM_DATA)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--limit", type=int, default=None, help="at most N files per source")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = p.parse_args(argv)
+    tok = load_tokenizer(args.tokenizer)
+    cfg = data_config_for(args.sources, args.limit)
+    t0 = time.perf_counter()
+    try:
+        r = prepare(cfg, tok, args.data_dir, args.cache, args.out, args.workers, progress=not args.json)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = r.manifest
+    if args.json:
+        print(json.dumps({"dir": str(r.dir), "reused": r.reused, "sources": m["stats"], "total": m["total"], "skipped": m["skipped"]}))
+    else:
+        print(format_table(m["stats"], m["total"]))
+        for s in m["skipped"]:
+            print(f"skipped {s['source']}/{s['file']}: {s['reason']}")
+        verb = "reused" if r.reused else f"written in {time.perf_counter() - t0:.1f} s"
+        print(f"shards: {r.dir} ({verb})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""remi.prepare: MIDI folders -> token shards (real MIDI where it exists), caching, corrupt files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import remi
+from remi import prepare, shards
+from remi.datasets import DataConfig
+from tests.conftest import ROOT, shared_midi_files
+
+TEGRIDY = shared_midi_files("tegridy-piano")
+needs_tegridy = pytest.mark.skipif(not TEGRIDY, reason="../shared/midi/tegridy-piano is absent")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
+
+
+def _folder(tmp_path: Path, files: list[Path], name: str = "corpus") -> Path:
+    d = tmp_path / name
+    d.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, d / f.name)
+    return d
+
+
+def _songs_by_file(prep: prepare.Prepared) -> dict[str, np.ndarray]:
+    """file -> its song's ids, using the manifest's file order within each split."""
+    out, cursor = {}, {s: 0 for s in shards.SPLITS}
+    loaded = {s: shards.load_split(prep.dir, s, expect_hash=prep.manifest["tokenizer_hash"]) for s in shards.SPLITS}
+    for f in prep.manifest["files"]:
+        out[f"{f['source']}/{f['file']}"] = loaded[f["split"]].song(cursor[f["split"]])
+        cursor[f["split"]] += 1
+    assert cursor == {s: loaded[s].n_songs for s in shards.SPLITS}
+    return out
+
+
+# --------------------------------------------------------------------------- real corpus round trip
+
+
+@needs_tegridy
+@pytest.mark.shared_midi
+def test_tegridy_folder_shards_decode_to_the_tokenizers_round_trip(tmp_path, tok):
+    folder = TEGRIDY[0].parent
+    cfg = DataConfig(name="tegridy-folder", sources=(str(folder),))
+    prep = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    songs = _songs_by_file(prep)
+    assert len(songs) + len(prep.manifest["skipped"]) == len(TEGRIDY)
+    assert len(songs) >= 0.95 * len(TEGRIDY)
+    for path in TEGRIDY:
+        key = f"{folder}/{path.name}"
+        if key not in songs:
+            continue
+        ids = tok.encode(path)
+        np.testing.assert_array_equal(songs[key], ids, err_msg=str(path))
+        np.testing.assert_array_equal(tok.decode_score(songs[key]).notes, tok.decode_score(ids).notes)
+    # note counts carried per song equal the tokenizer's own count
+    train = shards.load_split(prep.dir, "train")
+    assert [tok.count_notes(train.song(i)) for i in range(train.n_songs)] == train.notes.tolist()
+    total = prep.manifest["total"]
+    assert total["files"] == len(songs) and total["notes"] == sum(int(tok.count_notes(s)) for s in songs.values())
+    assert total["tokens"] == sum(len(s) for s in songs.values()) and total["hours"] > 1
+    # the three splits are non-empty and mostly train (5 % + 5 % by content hash)
+    counts = {s: prep.manifest["splits"][s]["songs"] for s in shards.SPLITS}
+    assert counts["train"] > 0.8 * len(songs) and counts["val"] > 0 and counts["test"] > 0
+
+
+# --------------------------------------------------------------------------- caches and staleness
+
+
+@pytest.fixture
+def small_folder(tmp_path):
+    if not TEGRIDY:
+        pytest.skip("../shared/midi/tegridy-piano is absent")
+    return _folder(tmp_path, TEGRIDY[:12])
+
+
+def test_two_configs_two_caches_and_a_changed_value_rebuilds(tmp_path, tok, small_folder):
+    cfg = DataConfig(name="small", sources=(str(small_folder),))
+    cache = tmp_path / "cache"
+    a = prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    fine = remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "fine.yaml")
+    b = prepare.prepare(cfg, fine, cache_dir=cache, workers=1, progress=False)
+    assert a.dir != b.dir and shards.is_complete(a.dir) and shards.is_complete(b.dir)
+    assert shards.read_manifest(b.dir)["tokenizer_hash"] == fine.hash
+    again = prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    assert again.reused and again.dir == a.dir
+    # one config value changed -> another key, fresh shards that differ
+    changed = remi.Tokenizer(replace(tok.config, num_velocities=tok.config.num_velocities // 2))
+    c = prepare.prepare(cfg, changed, cache_dir=cache, workers=1, progress=False)
+    assert not c.reused and c.dir not in (a.dir, b.dir)
+    assert shards.read_manifest(c.dir)["tokenizer_hash"] == changed.hash
+    # the data selection is part of the key too
+    d = prepare.prepare(replace(cfg, limit=5), tok, cache_dir=cache, workers=1, progress=False)
+    assert d.dir != a.dir and d.manifest["total"]["files"] + d.manifest["total"]["skipped"] == 5
+
+
+def test_truncated_shard_is_detected_and_rebuilt(tmp_path, tok, small_folder):
+    cfg = DataConfig(name="small", sources=(str(small_folder),))
+    cache = tmp_path / "cache"
+    a = prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    good = np.array(shards.load_split(a.dir, "train").tokens)
+    b = a.dir / "train.bin"
+    b.write_bytes(b.read_bytes()[: b.stat().st_size // 2])
+    with pytest.raises(shards.ShardError, match="truncated"):
+        shards.load_split(a.dir, "train")
+    again = prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    assert not again.reused and again.dir == a.dir
+    np.testing.assert_array_equal(shards.load_split(again.dir, "train").tokens, good)
+
+
+def test_changed_corpus_gets_new_shards_old_files_keep_their_split(tmp_path, tok):
+    if len(TEGRIDY) < 30:
+        pytest.skip("../shared/midi/tegridy-piano is absent")
+    folder = _folder(tmp_path, TEGRIDY[:20])
+    cfg = DataConfig(name="grow", sources=(str(folder),), val_fraction=0.2, test_fraction=0.2)
+    a = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    _folder(tmp_path, TEGRIDY[20:30])
+    b = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert a.dir != b.dir and b.manifest["total"]["files"] > a.manifest["total"]["files"]
+    split_a = {f["file"]: f["split"] for f in a.manifest["files"]}
+    split_b = {f["file"]: f["split"] for f in b.manifest["files"]}
+    assert all(split_b[f] == s for f, s in split_a.items())
+    assert len(set(split_b.values())) == 3
+
+
+def test_killed_preparation_leaves_nothing_complete_and_resumes_from_cached_files(tmp_path, tok, small_folder, monkeypatch):
+    cfg = DataConfig(name="small", sources=(str(small_folder),))
+    cache = tmp_path / "cache"
+    real_write = shards.write_split
+
+    def dies_on_val(folder, split, *a, **kw):
+        if split == "val":
+            raise KeyboardInterrupt("killed")
+        return real_write(folder, split, *a, **kw)
+
+    monkeypatch.setattr(shards, "write_split", dies_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    shard_root = cache / "shards"
+    assert not any(shards.is_complete(p) for p in shard_root.iterdir()) if shard_root.exists() else True
+    monkeypatch.setattr(shards, "write_split", real_write)
+    # the rerun reuses every file's cached result: encoding again would fail here
+    monkeypatch.setattr(prepare, "encode_file", lambda *a: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    r = prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    assert shards.is_complete(r.dir) and r.manifest["total"]["files"] == 12
+
+
+# --------------------------------------------------------------------------- corrupt files
+
+
+def test_corrupt_files_are_skipped_with_reasons(tmp_path, tok):
+    if len(TEGRIDY) < 4:
+        pytest.skip("../shared/midi/tegridy-piano is absent")
+    good = TEGRIDY[:4]
+    folder = _folder(tmp_path, good)
+    data = good[0].read_bytes()
+    (folder / "truncated.mid").write_bytes(data[: len(data) // 3])
+    (folder / "random.mid").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "text.mid").write_text("this is not a MIDI file, just text\n" * 20)
+    (folder / "zero.mid").write_bytes(b"")
+    (folder / "header_only.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0")
+    cfg = DataConfig(name="mixed", sources=(str(folder),))
+    r = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    skipped = {s["file"]: s["reason"] for s in r.manifest["skipped"]}
+    assert set(skipped) == {"truncated.mid", "random.mid", "text.mid", "zero.mid", "header_only.mid"}
+    assert all(reason for reason in skipped.values())
+    assert "0 bytes" in skipped["zero.mid"]
+    assert r.manifest["total"]["files"] == len(good) and r.manifest["total"]["skipped"] == 5
+    assert {f["file"] for f in r.manifest["files"]} == {p.name for p in good}
+
+
+def test_identical_files_across_sources_are_kept_once(tmp_path, tok, small_folder):
+    other = _folder(tmp_path, TEGRIDY[:3], name="other")
+    (other / "renamed copy.mid").write_bytes(TEGRIDY[5].read_bytes())
+    cfg = DataConfig(name="two", sources=(str(small_folder), str(other)))
+    r = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert r.manifest["stats"][str(other)]["duplicates"] == 4
+    assert r.manifest["stats"][str(other)]["files"] == 0
+    assert r.manifest["total"]["files"] + r.manifest["total"]["skipped"] == 12
+    assert r.manifest["total"]["duplicates"] == 4
+
+
+def test_round1_half_is_fixed_by_content(tmp_path, tok, small_folder):
+    cfg = DataConfig(name="half", sources=(str(small_folder),), subset="round1")
+    col = prepare.collect(cfg, progress=False)
+    full = prepare.collect(replace(cfg, subset="all"), progress=False)
+    kept = {e.sha256 for e in col.entries}
+    assert kept < {e.sha256 for e in full.entries}
+    assert kept == {e.sha256 for e in full.entries if prepare.in_round1_half(e.sha256)}
+    # over many hashes the half is a half
+    import hashlib
+
+    share = np.mean([prepare.in_round1_half(hashlib.sha256(bytes([i, j])).hexdigest()) for i in range(40) for j in range(50)])
+    assert 0.45 < share < 0.55
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path, tok):
+    with pytest.raises(FileNotFoundError, match="python -m remi.datasets download tegridy"):
+        prepare.prepare(DataConfig(name="t", sources=("tegridy",)), tok, data_dir=tmp_path, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_cli_json(tmp_path, small_folder, capsys):
+    rc = prepare.main([str(small_folder), "--tokenizer", "coarse", "--cache", str(tmp_path / "c"), "--workers", "1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"sources", "total", "skipped"}
+    assert set(out["total"]) >= {"files", "skipped", "notes", "tokens", "hours"}
+    assert out["total"]["files"] == 12 and out["total"]["notes"] > 0
+    assert list(out["sources"]) == [str(small_folder)]
+    rc = prepare.main([str(small_folder), "--tokenizer", "coarse", "--cache", str(tmp_path / "c"), "--workers", "1"])
+    table = capsys.readouterr().out
+    assert "tok/note" in table and "total" in table and "reused" in table
+
+
+# --------------------------------------------------------------------------- BPE
+
+
+def test_prepare_for_training_with_bpe(tmp_path, tok, small_folder):
+    cfg = {"name": "small", "sources": [str(small_folder)], "round1_sources": None, "subset": "all",
+           "limit": None, "val_fraction": 0.1, "test_fraction": 0.1}
+    bpe_tok = remi.Tokenizer(replace(tok.config, bpe_vocab_size=tok.vocab_size + 40))
+    final, shard_dir = prepare.prepare_for_training(cfg, bpe_tok, tmp_path, tmp_path / "cache", workers=1, progress=False)
+    assert final.bpe is not None and final.vocab_size == tok.vocab_size + 40
+    base_tok, base_dir = prepare.prepare_for_training(cfg, tok, tmp_path, tmp_path / "cache", workers=1, progress=False)
+    assert base_dir != shard_dir and base_tok.hash == tok.hash
+    for split in shards.SPLITS:
+        merged = shards.load_split(shard_dir, split, expect_hash=final.hash)
+        base = shards.load_split(base_dir, split, expect_hash=tok.hash)
+        assert merged.n_songs == base.n_songs and merged.n_tokens < base.n_tokens or base.n_songs == 0
+        np.testing.assert_array_equal(merged.notes, base.notes)
+        for i in range(merged.n_songs):
+            np.testing.assert_array_equal(final.base_ids(merged.song(i)), base.song(i))
+    m = shards.read_manifest(shard_dir)
+    assert m["total"]["tokens"] == sum(shards.load_split(shard_dir, s).n_tokens for s in shards.SPLITS)
+    assert m["total"]["tokens_per_note"] < shards.read_manifest(base_dir)["total"]["tokens_per_note"]
+    # second call: the trained BPE and the shards are reused, not retrained
+    again, again_dir = prepare.prepare_for_training(cfg, bpe_tok, tmp_path, tmp_path / "cache", workers=1, progress=False)
+    assert again.hash == final.hash and again_dir == shard_dir
+
+
+# --------------------------------------------------------------------------- bundled (slow)
+
+
+@pytest.fixture(scope="module")
+def bundled_cache(tmp_path_factory):
+    """The bundled corpus converted once, from a fresh cache, with the network refused."""
+    cache = tmp_path_factory.mktemp("bundled-cache")
+    real_connect = socket.socket.connect
+
+    def no_network(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("/"):
+            raise OSError(f"network access to {address} during the offline bundled test")
+        return real_connect(self, address)
+
+    socket.socket.connect = no_network  # forked workers inherit it
+    try:
+        from remi import bundled
+
+        result = bundled.convert(cache, progress=False)
+    finally:
+        socket.socket.connect = real_connect
+    return cache, result
+
+
+@pytest.mark.slow
+def test_bundled_from_fresh_cache_offline_has_1500_pieces(bundled_cache, tok):
+    cache, conv = bundled_cache
+    assert len(conv["files"]) >= 1500
+    r = prepare.prepare(DataConfig(name="bundled", sources=("bundled",)), tok, cache_dir=cache, progress=False)
+    assert r.manifest["total"]["files"] >= 1500
+    assert min(r.manifest["splits"][s]["songs"] for s in shards.SPLITS) > 50
+    # round 1 on bundled: a fixed half
+    half = prepare.prepare(DataConfig(name="bundled", sources=("bundled",), subset="round1"), tok, cache_dir=cache, progress=False)
+    assert 0.4 < half.manifest["total"]["files"] / r.manifest["total"]["files"] < 0.6
+    # Bach chorales keep their key signatures (the key-finding check reads them)
+    chorales = [f for f in conv["files"] if f.parent.name == "bach"][:20]
+    assert chorales and all(remi.read_midi(f).key_signatures for f in chorales)
