@@ -1,0 +1,230 @@
+"""The ablation of the four rounds: train each, sample each, measure, write one report.
+
+    python experiments/ablate.py scale=tiny data=bundled [seeds=[0,1]] [out=DIR] [key=value ...]
+
+Steps (each a subprocess of the repository's own entry points, so what is measured is exactly
+what a user runs):
+1. `train.py +experiment=roundN seed=S hydra.run.dir=OUT/runs/roundN-seedS` for every round
+   and seed (a run folder that already holds metrics.json and checkpoints/last.ckpt is kept,
+   so an interrupted ablation resumes);
+2. held-out real pieces: the test split of the runs' shards (remi.prepare's content-hash
+   split, the same for every round); `n_prompts` of them, spread over the split, become the
+   prompts (copied to OUT/prompts/);
+3. `sample.py` from each checkpoint: `n_samples` pieces from scratch (`free_bars` bars) into
+   RUN/eval/free, and a continuation of each prompt's first `prompt_bars` bars (`max_bars` new
+   bars) into RUN/eval/continue, all at one `temperature` and `sample_seed`, with the grammar
+   constraint off (`grammar=false`) so the grammar error rate measures the model;
+4. experiments/report.py: OUT/report.md, OUT/report.json, OUT/plots/.
+
+Keys of this script (everything else goes to train.py as a Hydra override, e.g. `scale=tiny`,
+`data=bundled`, `logger=none`, `data.limit=200`, `trainer.max_steps=300`):
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as `python experiments/ablate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class AblationConfig:
+    rounds: list = field(default_factory=lambda: [1, 2, 3, 4])  # which conf/experiment/roundN
+    seeds: list = field(default_factory=lambda: [0])  # training seeds; > 1 gives mean ± spread
+    out: str = "outputs/ablation"  # report.md, report.json, plots/, runs/, prompts/
+    steps: int | None = None  # trainer.max_steps (None: the scale's own)
+    n_samples: int = 8  # pieces from scratch per run
+    free_bars: int = 16  # bars of each piece from scratch
+    n_prompts: int = 4  # held-out pieces whose first bars are continued
+    prompt_bars: int = 4
+    max_bars: int = 8  # bars generated after each prompt (the real reference uses as many)
+    n_real: int = 64  # held-out real pieces the metrics are compared with
+    temperature: float = 1.0
+    sample_seed: int = 0
+    grammar: bool = False  # constrain sampling by the REMI grammar (False: errors are measured)
+    max_new_tokens: int = 1024
+    retrain: bool = False  # train again even where a finished run folder exists
+    python: str = sys.executable
+    overrides: list = field(default_factory=list)  # passed through to train.py
+
+    def own_keys(self) -> set[str]:
+        return {f.name for f in fields(self)} - {"overrides"}
+
+
+def parse_args(argv: Sequence[str]) -> AblationConfig:
+    """`key=value` arguments: this script's keys into the config, the rest are train.py overrides."""
+    cfg = AblationConfig()
+    own, rest = [], []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        (own if "=" in arg and key in cfg.own_keys() else rest).append(arg)
+    merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(own))
+    cfg = AblationConfig(**OmegaConf.to_container(merged))
+    cfg.overrides = rest
+    return cfg
+
+
+@dataclass
+class TrainCommand:
+    label: str
+    seed: int
+    run_dir: Path
+    argv: list[str]
+
+
+def train_commands(cfg: AblationConfig) -> list[TrainCommand]:
+    out = Path(cfg.out)
+    cmds = []
+    for r in cfg.rounds:
+        label = f"round{r}"
+        for seed in cfg.seeds:
+            run_dir = out / "runs" / f"{label}-seed{seed}"
+            argv = [cfg.python, str(ROOT / "train.py"), f"+experiment={label}", f"seed={seed}",
+                    f"hydra.run.dir={run_dir}"]
+            if cfg.steps is not None:
+                argv.append(f"trainer.max_steps={cfg.steps}")
+            argv += list(cfg.overrides)
+            cmds.append(TrainCommand(label, int(seed), run_dir, argv))
+    return cmds
+
+
+def run_logged(argv: list[str], log: Path, what: str) -> None:
+    """Run a command with its output in `log`; on failure, show the log's tail and stop."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(argv) + "\n")
+        f.flush()
+        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-25:])
+        raise SystemExit(f"ablate: {what} failed (exit {proc.returncode}); its log {log} ends:\n{tail}")
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def sample_argv(cfg: AblationConfig, ckpt: Path, out_dir: Path, n: int, max_bars: int,
+                prompt: Path | None = None) -> list[str]:
+    argv = [cfg.python, str(ROOT / "sample.py"), f"ckpt={ckpt}", f"out_dir={out_dir}", f"n_samples={n}",
+            f"seed={cfg.sample_seed}", f"temperature={cfg.temperature}", f"grammar={str(cfg.grammar).lower()}",
+            f"max_bars={max_bars}", f"max_new_tokens={cfg.max_new_tokens}", "audio=false", "progress=false"]
+    if prompt is not None:
+        argv += [f"prompt={prompt}", f"prompt_bars={cfg.prompt_bars}"]
+    return argv
+
+
+def sample_run(cfg: AblationConfig, run_dir: Path, prompts: Sequence[Path]) -> None:
+    """Free pieces and continuations of `prompts` from a run's last checkpoint (fresh folders)."""
+    from experiments.report import CONTINUE_DIR, FREE_DIR
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    free, cont = run_dir / FREE_DIR, run_dir / CONTINUE_DIR
+    for d in (free, cont):
+        shutil.rmtree(d, ignore_errors=True)
+    run_logged(sample_argv(cfg, ckpt, free, cfg.n_samples, cfg.free_bars), run_dir / "eval" / "free.log",
+               f"sampling {run_dir.name}")
+    for i, prompt in enumerate(prompts):  # one call per prompt: a prompt too long for one model skips alone
+        log = run_dir / "eval" / f"continue_{i}.log"
+        try:
+            run_logged(sample_argv(cfg, ckpt, cont, 1, cfg.max_bars, prompt), log, f"continuing {prompt.name}")
+        except SystemExit as e:
+            print(f"[ablate] {run_dir.name}: prompt {prompt.name} skipped: {str(e).splitlines()[-1]}", file=sys.stderr)
+
+
+def spread(items: Sequence, n: int) -> list:
+    """n items evenly spread over a sorted list (so every collection of the corpus shows up)."""
+    if n >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def pick_prompts(candidates: Sequence[Path], n: int, min_bars: int) -> list[Path]:
+    """n held-out pieces with at least `min_bars` bars, spread over the split."""
+    import remi
+    from remi import metrics as M
+
+    long_enough = []
+    for path in candidates:
+        score = remi.read_midi(path)
+        if len(score) and len(M.bar_starts(score, score.end_tick)) - 1 >= min_bars:
+            long_enough.append(path)
+    return spread(long_enough, n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        for f in fields(AblationConfig):
+            if f.name not in ("overrides", "python"):
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                print(f"  {f.name}={default}")
+        return 0
+    cfg = parse_args(argv)
+    from experiments.report import build_report, load_run, real_files_for
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    commands = train_commands(cfg)
+    for c in commands:
+        if finished(c.run_dir) and not cfg.retrain:
+            print(f"[ablate] {c.run_dir.name}: already trained, kept", file=sys.stderr)
+            continue
+        t = time.time()
+        print(f"[ablate] training {c.run_dir.name} ...", file=sys.stderr, flush=True)
+        run_logged(c.argv, c.run_dir.parent / f"{c.run_dir.name}.train.log", f"training {c.run_dir.name}")
+        timings[f"train {c.run_dir.name}"] = round(time.time() - t, 1)
+
+    runs = [load_run(c.run_dir) for c in commands]
+    test_files = real_files_for(runs)
+    if not test_files:
+        raise SystemExit("ablate: the runs' shard manifests list no test-split pieces; "
+                         "raise data.test_fraction or data.limit")
+    real = spread(test_files, cfg.n_real)
+    prompts_dir = out / "prompts"
+    shutil.rmtree(prompts_dir, ignore_errors=True)
+    prompts_dir.mkdir(parents=True)
+    prompts = []
+    for i, p in enumerate(pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars)):
+        dst = prompts_dir / f"{i:02d}_{p.parent.name}_{p.name}"
+        shutil.copyfile(p, dst)
+        prompts.append(dst)
+
+    for c in commands:
+        t = time.time()
+        print(f"[ablate] sampling {c.run_dir.name} ...", file=sys.stderr, flush=True)
+        sample_run(cfg, c.run_dir, prompts)
+        timings[f"sample {c.run_dir.name}"] = round(time.time() - t, 1)
+
+    command = "python experiments/ablate.py " + shlex.join(argv)
+    settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "n_samples", "free_bars", "n_prompts",
+                                             "temperature", "sample_seed", "grammar", "max_new_tokens")}
+    settings["train_overrides"] = cfg.overrides
+    t = time.time()
+    result = build_report([c.run_dir for c in commands], out, real_files=real, prompt_files=prompts,
+                          prompt_bars=cfg.prompt_bars, continuation_bars=cfg.max_bars, max_real=None,
+                          command=command, settings=settings)
+    timings["report"] = round(time.time() - t, 1)
+    timings["total"] = round(time.time() - t0, 1)
+    (out / "timings.json").write_text(__import__("json").dumps(timings, indent=1) + "\n")
+    print(f"[ablate] report: {out / 'report.md'} ({len(result['runs'])} runs, {timings['total']:.0f} s)",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

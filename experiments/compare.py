@@ -1,0 +1,94 @@
+"""The ablation report from runs already trained (local run folders or wandb offline runs).
+
+    python experiments/compare.py RUN_DIR... [out=DIR] [real=DIR] [prompts=DIR] [sample=true] [key=value ...]
+
+RUN_DIR: a train.py output folder (metrics.json, checkpoints/last.ckpt), or a wandb offline run
+folder (wandb/offline-run-*). A run folder without eval samples but with a checkpoint is sampled
+first, exactly as ablate.py does (`sample=false` skips that and uses what is there), so
+full-scale GPU runs are compared the same way as the tiny ablation.
+
+real=DIR     held-out real pieces (default: the test split of the runs' shards, `n_real` of them)
+prompts=DIR  pieces whose first `prompt_bars` bars are continued (default: `n_prompts` of the
+             test split; with sample=false, the prompts the continuations name)
+Other keys as in ablate.py: n_samples, free_bars, n_prompts, prompt_bars, max_bars, n_real,
+temperature, sample_seed, grammar, max_new_tokens, continuation_bars (= max_bars).
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as `python experiments/compare.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.ablate import parse_args, pick_prompts, sample_run, spread  # noqa: E402
+from experiments.report import CONTINUE_DIR, FREE_DIR, build_report, load_run, real_files_for  # noqa: E402
+
+OWN = ("real", "prompts", "sample", "continuation_bars")
+
+
+def midi_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"compare: {folder} is not a folder of MIDI files")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0 if argv else 2
+    run_dirs = [Path(a) for a in argv if "=" not in a]
+    kv = [a for a in argv if "=" in a]
+    extra = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in kv if a.split("=", 1)[0] in OWN}
+    cfg = parse_args([a for a in kv if a.split("=", 1)[0] not in OWN])
+    if cfg.overrides:
+        raise SystemExit(f"compare: unknown keys {', '.join(cfg.overrides)} (see --help)")
+    if cfg.out == "outputs/ablation":
+        cfg.out = "outputs/compare"
+    continuation_bars = int(extra.get("continuation_bars", cfg.max_bars))
+    do_sample = extra.get("sample", "true").lower() in ("true", "1", "yes")
+    out = Path(cfg.out)
+
+    runs = [load_run(d) for d in run_dirs]
+    test_files = real_files_for(runs)
+    real = midi_files(extra["real"]) if "real" in extra else spread(test_files, cfg.n_real)
+    if not real:
+        print("compare: no held-out real pieces (give real=DIR); overlap with real music is left out",
+              file=sys.stderr)
+
+    prompts: list[Path] | None = None
+    if "prompts" in extra:
+        prompts = midi_files(extra["prompts"])
+    elif do_sample and test_files:
+        prompts = pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars)
+    if do_sample:
+        if prompts:  # stable copies, so the continuations' JSON names files that stay
+            prompts_dir = out / "prompts"
+            shutil.rmtree(prompts_dir, ignore_errors=True)
+            prompts_dir.mkdir(parents=True)
+            copies = []
+            for i, p in enumerate(prompts):
+                copies.append(prompts_dir / f"{i:02d}_{p.parent.name}_{p.name}")
+                shutil.copyfile(p, copies[-1])
+            prompts = copies
+        for run in runs:
+            has_samples = (run.dir / FREE_DIR).is_dir() and (run.dir / CONTINUE_DIR).is_dir()
+            if not has_samples and (run.dir / "checkpoints" / "last.ckpt").is_file():
+                print(f"[compare] sampling {run.dir} ...", file=sys.stderr, flush=True)
+                sample_run(cfg, run.dir, prompts or [])
+    build_report([r.dir if (r.dir / "metrics.json").is_file() else d for r, d in zip(runs, run_dirs)], out,
+                 real_files=real, prompt_files=prompts, prompt_bars=cfg.prompt_bars,
+                 continuation_bars=continuation_bars, max_real=None,
+                 command="python experiments/compare.py " + shlex.join(argv),
+                 settings={k: getattr(cfg, k) for k in ("n_samples", "temperature", "sample_seed", "grammar")})
+    print(f"[compare] report: {out / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

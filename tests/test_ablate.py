@@ -1,0 +1,196 @@
+"""The ablation report builder on fake run folders, compare.py on them, and (slow) ablate.py end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import remi
+from experiments import report as R
+from remi import metrics as M
+
+ROOT = Path(__file__).resolve().parents[1]
+TPB = 480
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
+
+
+def write_piece(tok, score: remi.Score, stem: Path, info: dict | None = None) -> Path:
+    """score -> ids (the real tokenizer) -> .mid, plus a sample.py-like JSON sidecar."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    ids = tok.encode_score(score)
+    tok.decode(ids).save(str(stem.with_suffix(".mid")))
+    if info is not None:
+        stem.with_suffix(".json").write_text(json.dumps({"token_errors": tok.token_errors(ids), **info}))
+    return stem.with_suffix(".mid")
+
+
+def scale_piece(n_bars: int, transpose: int = 0, chord: int = 1, start_bar: int = 0) -> list[tuple]:
+    """Quarter notes of a C-major scale (transposed), `chord` notes stacked on each beat."""
+    steps = [0, 2, 4, 5, 7, 9, 11, 12]
+    rows = []
+    for beat in range(4 * n_bars):
+        t = (4 * start_bar + beat) * TPB
+        for k in range(chord):
+            rows.append((t, t + TPB, 60 + transpose + steps[beat % 8] + 12 * (k % 3) - 12 * (k // 3), 80))
+    return rows
+
+
+def make_run(tok, folder: Path, label: str, seed: int, *, chord: int, gap_bars: int, bpn: float,
+             prompt: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps({
+        "round": label, "seed": seed, "train_songs": 100, "train_tokens": 12345 + seed,
+        "vocab_size": tok.vocab_size, "non_embedding_params": 800_000, "val_bits_per_note": bpn,
+        "steps": 10,
+    }))
+    for i in range(3):
+        rows = scale_piece(2, chord=chord) + scale_piece(2, chord=chord, start_bar=2 + gap_bars)
+        write_piece(tok, remi.Score.from_notes(rows), folder / R.FREE_DIR / f"sample_{i:03d}",
+                    {"temperature": 1.0, "prompt": None})
+    # A continuation: the prompt's 4 bars in C, then 4 bars a tritone away (a key change).
+    rows = scale_piece(4) + scale_piece(4, transpose=6, start_bar=4)
+    write_piece(tok, remi.Score.from_notes(rows), folder / R.CONTINUE_DIR / "prompt_000",
+                {"prompt": {"file": str(prompt), "bars": 4}})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory, tok):
+    base = tmp_path_factory.mktemp("ablation")
+    real = [write_piece(tok, remi.Score.from_notes(scale_piece(8, transpose=t)), base / "real" / f"real_{t}")
+            for t in (0, 2, 5, 7)]
+    runs = [
+        make_run(tok, base / "r1s0", "round1", 0, chord=6, gap_bars=3, bpn=5.0, prompt=real[0]),
+        make_run(tok, base / "r1s1", "round1", 1, chord=6, gap_bars=3, bpn=6.0, prompt=real[0]),
+        make_run(tok, base / "r2s0", "round2", 0, chord=1, gap_bars=0, bpn=3.0, prompt=real[0]),
+    ]
+    return base, runs, real
+
+
+def test_report_from_fake_runs(fake):
+    base, runs, real = fake
+    out = base / "report"
+    result = R.build_report(runs, out, real_files=real, prompt_bars=4, continuation_bars=4,
+                            command="python experiments/compare.py ...")
+    # Files.
+    md = (out / R.REPORT_MD).read_text()
+    data = json.loads((out / R.REPORT_JSON).read_text())
+    for rel in data["plots"].values():
+        assert rel and (out / rel).is_file() and (out / rel).stat().st_size > 1000
+    # Rows: one per round (seeds merged), then the real pieces.
+    table = [line for line in md.splitlines() if line.startswith("| round1") or line.startswith("| round2")]
+    assert [line.split("|")[1].strip() for line in table] == ["round1", "round2", "round1", "round2"]  # 2 tables
+    assert f"| {R.REAL} |" in md and "| real continuation |" in md
+    r1, r2 = data["rounds"]["round1"], data["rounds"]["round2"]
+    assert r1["n_seeds"] == 2 and r2["n_seeds"] == 1
+    # Mean ± spread over seeds.
+    assert r1["run"]["val_bits_per_note"]["mean"] == pytest.approx(5.5)
+    assert r1["run"]["val_bits_per_note"]["spread"] == pytest.approx(np.std([5.0, 6.0], ddof=1))
+    assert "5.5 ± 0.71" in md
+    # The metrics see what the fake pieces hold: 6-note chords and a 3-bar gap in round 1.
+    assert r1["metrics"]["notes_per_onset"]["mean"] == pytest.approx(6.0)
+    assert r1["metrics"]["big_chord_share"]["mean"] == pytest.approx(1.0)
+    assert r1["metrics"]["longest_gap_bars"]["mean"] == pytest.approx(3.0)
+    assert r1["metrics"]["long_gap_share"]["mean"] == pytest.approx(1.0)
+    assert r2["metrics"]["longest_gap_bars"]["mean"] == pytest.approx(0.0)
+    assert r2["metrics"]["scale_consistency"]["mean"] == pytest.approx(1.0)
+    assert r2["metrics"]["grammar_error_rate"]["mean"] == pytest.approx(0.0)
+    # OA: round 2's one-note onsets match the real pieces, round 1's chords do not.
+    assert r2["overlap"]["notes_per_onset"]["mean"] > 0.95
+    assert r1["overlap"]["notes_per_onset"]["mean"] < 0.05
+    # Continuations: the fake ones change key, the real one does not.
+    assert r1["continuation"]["key_agree"]["mean"] == 0.0
+    assert data["real"]["continuation"]["key_agree"] == 1.0
+    assert data["real"]["continuation"]["density_ratio"] == pytest.approx(1.0)
+    assert result["settings"]["n_real"] == 4 and result["settings"]["n_prompts"] == 1
+
+
+def test_real_files_come_from_the_manifest_test_split(tmp_path, fake):
+    base, runs, real = fake
+    shard = tmp_path / "shards"
+    shard.mkdir()
+    (shard / "manifest.json").write_text(json.dumps({
+        "sources": {"bundled": {"folder": str(real[0].parent)}},
+        "files": [{"source": "bundled", "file": p.name, "split": s} for p, s in zip(real, ["test", "train", "test", "val"])],
+    }))
+    assert R.test_split_files(shard) == sorted([real[0], real[2]])
+    run = R.load_run(runs[0])
+    run.metrics["shard_dir"] = str(shard)
+    assert R.real_files_for([run]) == sorted([real[0], real[2]])
+
+
+def test_load_run_reads_wandb_offline_folder(tmp_path, fake):
+    _, runs, _ = fake
+    wandb_run = tmp_path / "wandb" / "offline-run-20250101_000000-abc"
+    (wandb_run / "files").mkdir(parents=True)
+    (wandb_run / "files" / "wandb-summary.json").write_text(json.dumps({"val_bits_per_note": 4.25, "_step": 3}))
+    (wandb_run / "files" / "config.yaml").write_text("round:\n  value: round3\nseed:\n  value: 7\n")
+    # The media the training callback logged: one piece.
+    (wandb_run / "files" / "media").mkdir()
+    src = next((runs[0] / R.FREE_DIR).glob("*.mid"))
+    (wandb_run / "files" / "media" / "s.mid").write_bytes(src.read_bytes())
+    run = R.load_run(wandb_run)
+    assert (run.label, run.seed, run.metrics["val_bits_per_note"]) == ("round3", 7, 4.25)
+    assert len(run.free) == 1 and "_step" not in run.metrics
+
+
+def test_load_run_refuses_a_folder_without_numbers(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither metrics.json"):
+        R.load_run(tmp_path)
+
+
+def test_compare_cli_builds_the_report(fake, tmp_path):
+    base, runs, real = fake
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(ROOT / "experiments" / "compare.py"), *map(str, runs), f"out={out}",
+           f"real={real[0].parent}", "continuation_bars=4", "sample=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / R.REPORT_JSON).read_text())
+    assert list(data["rounds"]) == ["round1", "round2"] and data["settings"]["n_real"] == 4
+    assert "compare.py" in data["command"]
+
+
+def test_ablate_plans_commands(tmp_path):
+    from experiments import ablate
+
+    cfg = ablate.parse_args(["scale=tiny", "data=bundled", "seeds=[0,1]", "rounds=[1,3]", f"out={tmp_path}",
+                             "trainer.max_steps=7"])
+    cmds = ablate.train_commands(cfg)
+    assert len(cmds) == 4
+    first = cmds[0]
+    assert "+experiment=round1" in first.argv and "seed=0" in first.argv and "trainer.max_steps=7" in first.argv
+    assert "scale=tiny" in first.argv and "data=bundled" in first.argv
+    assert f"hydra.run.dir={tmp_path / 'runs' / 'round1-seed0'}" in first.argv
+    assert {c.run_dir.name for c in cmds} == {"round1-seed0", "round1-seed1", "round3-seed0", "round3-seed1"}
+
+
+@pytest.mark.slow
+def test_ablate_end_to_end_tiny(tmp_path):
+    """Two rounds, a handful of steps, two samples each: the whole pipeline writes its report."""
+    if not (ROOT / "train.py").is_file() or not (ROOT / "sample.py").is_file():
+        pytest.skip("train.py / sample.py not present")
+    out = tmp_path / "ablation"
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), "scale=tiny", "data=bundled",
+           "rounds=[3,4]", "seeds=[0]", f"out={out}", "steps=4", "n_samples=2", "n_prompts=1",
+           "max_bars=2", "n_real=4", "data.limit=40", "logger=none"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / R.REPORT_JSON).read_text())
+    assert list(data["rounds"]) == ["round3", "round4"]
+    for label in ("round3", "round4"):
+        assert data["rounds"][label]["run"]["val_bits_per_note"]["mean"] > 0
+    runs = {r["label"]: r for r in data["runs"]}
+    assert runs["round4"]["run"]["non_embedding_params"] > runs["round3"]["run"]["non_embedding_params"]
+    assert all(r["n_free"] == 2 and r["n_continuations"] == 1 for r in data["runs"])
+    assert (out / R.REPORT_MD).is_file() and (out / R.PLOTS_DIR / "continuation.png").is_file()
