@@ -1,9 +1,10 @@
 """Byte-pair encoding over REMI token ids: learn merges, encode base ids to merged ids, decode back.
 
 A merged token is a run of base tokens that occurs often inside one bar. The heavy lifting is done
-by Hugging Face `tokenizers` (Rust): each base id becomes one unicode character, a pre-tokenizer
-cuts a sequence into words (a word starts at every Bar token; every special token is a word of its
-own), and the Rust BPE trainer and encoder work on those words. Around it this module keeps the
+by Hugging Face `tokenizers` (Rust): each base id becomes one unicode character and a sequence is
+cut into words (a word starts at every Bar token; every special token is a word of its own). For
+training, the distinct words are counted here while streaming and HF's BPE trainer learns from
+them; for encoding, an HF pre-tokenizer makes the same cuts and HF's BPE model applies the merges. Around it this module keeps the
 id bookkeeping exact: base ids keep their values, merged ids follow them in merge order
 (`base_vocab_size .. vocab_size - 1`), and every merged id expands to a fixed tuple of base ids,
 so `decode(encode(x)) == x` for any sequence of in-vocabulary base ids, seen in training or not.
@@ -17,6 +18,7 @@ import hashlib
 import json
 import resource
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -245,6 +247,33 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _count_words(
+    sequences: Iterable[Sequence[int] | np.ndarray], base_vocab_size: int, word_starts: frozenset[int], never: frozenset[int]
+) -> tuple[Counter[bytes], dict[str, int]]:
+    """Stream the corpus once into {word (int32 bytes): occurrences}; only mergeable words (>= 2 ids).
+
+    A word starts at every word-start id; a never-merge id is a word of its own (and, being one id
+    long, is dropped: it can take part in no merge).
+    """
+    starts = np.array(sorted(word_starts), dtype=np.int64)
+    nevers = np.array(sorted(never), dtype=np.int64)
+    words: Counter[bytes] = Counter()
+    stats = {"n_sequences": 0, "n_base_tokens": 0}
+    for seq in sequences:
+        arr = _as_base_array(seq, base_vocab_size)
+        stats["n_sequences"] += 1
+        stats["n_base_tokens"] += int(arr.size)
+        is_never = np.isin(arr, nevers)
+        # Cut before every word start and special, and after every special.
+        cut = np.isin(arr, starts) | is_never
+        cut[1:] |= is_never[:-1]
+        bounds = np.concatenate([[0], np.flatnonzero(cut[1:]) + 1, [arr.size]]) if arr.size else np.zeros(1, np.int64)
+        long = np.flatnonzero(np.diff(bounds) >= 2)
+        raw = arr.astype(np.int32).tobytes()
+        words.update([raw[4 * int(bounds[i]) : 4 * int(bounds[i + 1])] for i in long])
+    return words, stats
+
+
 def train_bpe(
     sequences: Iterable[Sequence[int] | np.ndarray],
     base_vocab_size: int,
@@ -258,53 +287,57 @@ def train_bpe(
     held, so memory is bounded by the corpus's variety, not its length. A word starts at every id
     in `word_start_ids` (the Bar token), so no merged token spans a bar line; ids in
     `never_merge_ids` (PAD/BOS/EOS/MASK) are words of their own and never merged.
+
+    Greedy BPE as HF's trainer does it: the most frequent pair first, ties to the smallest ids.
+    The distinct words are counted here (numpy, streaming) and handed to HF's Rust trainer.
     """
     if vocab_size <= base_vocab_size:
         raise ValueError(f"vocab_size ({vocab_size}) must exceed base_vocab_size ({base_vocab_size}) to learn any merge")
     word_starts, never = frozenset(word_start_ids), frozenset(never_merge_ids)
-    counts = {"n_sequences": 0, "n_base_tokens": 0}
+    rss_before, t0 = _rss_mb(), time.perf_counter()
+    words, stats = _count_words(sequences, base_vocab_size, word_starts, never)
+    t_count = time.perf_counter()
 
-    def texts() -> Iterator[str]:
-        for seq in sequences:
-            arr = _as_base_array(seq, base_vocab_size)
-            counts["n_sequences"] += 1
-            counts["n_base_tokens"] += int(arr.size)
-            if arr.size:
-                yield _ids_to_str(arr)
-
+    n_distinct = len(words)
     alphabet = [chr(c) for c in _id_codes(np.arange(base_vocab_size)).tolist()]
     trainer = _hf_trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=0,
         show_progress=False,
         special_tokens=[],
-        initial_alphabet=alphabet,
+        initial_alphabet=alphabet,  # every base id is a symbol, seen in the data or not
         limit_alphabet=base_vocab_size,
     )
-    hf = _HFTokenizer(_hf_models.BPE())
-    pre = _pre_tokenizer(word_starts, never)
-    if pre is not None:
-        hf.pre_tokenizer = pre
+    hf = _HFTokenizer(_hf_models.BPE())  # no pre-tokenizer: words are already cut
 
-    rss_before, t0 = _rss_mb(), time.perf_counter()
-    hf.train_from_iterator(texts(), trainer=trainer)
-    seconds = time.perf_counter() - t0
+    def batches() -> Iterator[list[str]]:
+        while words:  # popping keeps memory flat: each word lives either here or in HF
+            raw, count = words.popitem()
+            yield [_ids_to_str(np.frombuffer(raw, dtype=np.int32))] * count
 
-    # Re-number the trained merges in our id space: base ids fixed, new strings in merge order.
-    raw = json.loads(hf.to_str())["model"]["merges"]
-    string_ids = {chr(c): i for i, c in enumerate(_id_codes(np.arange(base_vocab_size)).tolist())}
+    hf.train_from_iterator(batches(), trainer=trainer)
+
+    # Re-number the trained merges in our id space: base ids fixed, new strings in merge order
+    # (a string made twice, "ab"+"c" and "a"+"bc", is one token, as in HF's own vocabulary).
+    string_ids = {ch: i for i, ch in enumerate(alphabet)}
     merges: list[tuple[int, int]] = []
-    for m in raw:
+    for m in json.loads(hf.to_str())["model"]["merges"]:
         left, right = m.split(" ") if isinstance(m, str) else m
         merges.append((string_ids[left], string_ids[right]))
         string_ids.setdefault(left + right, len(string_ids))
-    stats = {
-        **counts,
-        "train_seconds": round(seconds, 3),
-        "rss_before_mb": round(rss_before, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "target_vocab_size": int(vocab_size),
-    }
+    t_end = time.perf_counter()
+
+    stats.update(
+        {
+            "distinct_words": n_distinct,
+            "count_seconds": round(t_count - t0, 3),
+            "hf_seconds": round(t_end - t_count, 3),
+            "train_seconds": round(t_end - t0, 3),
+            "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "target_vocab_size": int(vocab_size),
+        }
+    )
     return BPEModel(base_vocab_size, merges, word_starts, never, stats=stats)
 
 
@@ -346,7 +379,7 @@ def train_tokenizer_bpe(tok: Any, data: Iterable[Sequence[int]] | str | Path, vo
         data = _shard_songs(shard_dir, "train", expect_hash=tok.hash)
     model = train_bpe(
         data,
-        base_vocab_size=tok.vocab_size,
+        base_vocab_size=getattr(tok, "base_vocab_size", tok.vocab_size),
         vocab_size=vocab_size,
         word_start_ids=_bar_ids(tok),
         never_merge_ids=_special_ids(tok),
