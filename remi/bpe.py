@@ -14,6 +14,7 @@ Never imports torch or mido.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import resource
@@ -354,11 +355,18 @@ def _bar_ids(tok: Any) -> set[int]:
     return {int(bar)} if isinstance(bar, (int, np.integer)) else {int(b) for b in bar}
 
 
-def _shard_songs(shard_dir: Path, split: str, expect_hash: str | None) -> Iterator[np.ndarray]:
+def _shard_songs(shard_dir: Path, split: str, accept_hashes: set[str]) -> Iterator[np.ndarray]:
     """Stream one split's songs from a shard folder (memmap slices: nothing is read twice)."""
-    from .shards import load_split  # remi.shards imports the tokenizer; import late
+    from . import shards  # remi.shards is imported late: only this path needs it
 
-    shard = load_split(shard_dir, split, expect_hash=expect_hash)
+    found = shards.read_manifest(shard_dir).get("tokenizer_hash")
+    if found not in accept_hashes:
+        raise ValueError(
+            f"{shard_dir} holds ids of tokenizer {str(found)[:12]}, not of this base tokenizer "
+            f"({', '.join(sorted(h[:12] for h in accept_hashes))}): BPE must learn from base-token shards "
+            "written with the same config (prepare them with bpe_vocab_size: 0)"
+        )
+    shard = shards.load_split(shard_dir, split, expect_hash=found)
     offsets = np.asarray(shard.offsets)
     for i in range(len(offsets) - 1):
         yield np.asarray(shard.tokens[offsets[i] : offsets[i + 1]])
@@ -376,7 +384,11 @@ def train_tokenizer_bpe(tok: Any, data: Iterable[Sequence[int]] | str | Path, vo
         shard_dir = Path(data)
         if not shard_dir.is_dir():
             raise FileNotFoundError(f"BPE training data {shard_dir} is not a shard folder")
-        data = _shard_songs(shard_dir, "train", expect_hash=tok.hash)
+        accept = {tok.hash}
+        config = getattr(tok, "config", None)
+        if getattr(config, "bpe_vocab_size", 0):  # a BPE config before training: its base ids are bpe_vocab_size 0's
+            accept.add(type(tok)(dataclasses.replace(config, bpe_vocab_size=0)).hash)
+        data = _shard_songs(shard_dir, "train", accept)
     model = train_bpe(
         data,
         base_vocab_size=getattr(tok, "base_vocab_size", tok.vocab_size),
@@ -410,13 +422,18 @@ def bpe_info(tok: Any, shard_dir: str | Path | None = None, top: int = 20, split
     }
     counts = None
     if shard_dir is not None:
-        from .shards import load_split
+        from .shards import load_split, read_manifest
 
         shard_dir = Path(shard_dir)
-        manifest = json.loads((shard_dir / "manifest.json").read_text())
-        shard_hash = manifest.get("tokenizer_hash") or manifest.get("tokenizer", {}).get("hash")
+        shard_hash = read_manifest(shard_dir).get("tokenizer_hash")
         is_bpe_shard = shard_hash == tok.hash
-        shard = load_split(shard_dir, split)
+        base_hashes = {type(tok)(tok.config).hash, type(tok)(dataclasses.replace(tok.config, bpe_vocab_size=0)).hash}
+        if not is_bpe_shard and shard_hash not in base_hashes:
+            raise ValueError(
+                f"{shard_dir} was written by tokenizer {str(shard_hash)[:12]}, neither this BPE tokenizer "
+                f"({tok.hash[:12]}) nor its base ({', '.join(sorted(h[:12] for h in base_hashes))})"
+            )
+        shard = load_split(shard_dir, split, expect_hash=shard_hash)
         offsets = np.asarray(shard.offsets)
         n_base = n_merged_ids = 0
         counts = np.zeros(model.vocab_size, dtype=np.int64)

@@ -1,6 +1,7 @@
 """remi.bpe: merges learned inside bars, exact inverse on any sequence, plain-data round trip."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remi.bpe import BPEModel, train_bpe
+import remi
+from remi import shards
+from remi.bpe import BPEModel, bpe_info, bpe_info_main, train_bpe, train_tokenizer_bpe
+from tests.conftest import ROOT, shared_midi_files
 
 # A synthetic base vocabulary laid out like REMI's: specials first, then one Bar id, then the rest.
 PAD, BOS, EOS, MASK, BAR = 0, 1, 2, 3, 4
@@ -148,3 +152,117 @@ def test_decode_encode_is_identity_on_any_sequence(model, seq):
 def test_identity_on_dense_repeats_of_trained_symbols(model, seq):
     # Few symbols -> many trained merges apply, exercising overlapping-merge choices.
     assert model.decode(model.encode(np.array(seq, dtype=np.int64))) == seq
+
+
+# ---- with the real tokenizer, real MIDI, shards and corpus preparation --------------------------
+
+def coarse() -> remi.Tokenizer:
+    return remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
+
+
+@pytest.fixture(scope="module")
+def real_base_ids() -> list[list[int]]:
+    files = shared_midi_files()
+    if not files:
+        pytest.skip("../shared/midi is absent: the real-MIDI BPE checks need it")
+    tok, out = coarse(), []
+    for p in files:
+        try:
+            out.append(tok.encode(p))
+        except remi.MidiReadError:
+            continue
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_bpe_tok(real_base_ids):
+    return train_tokenizer_bpe(coarse(), real_base_ids[::2], 800)  # half the files: the rest are unseen
+
+
+@pytest.mark.shared_midi
+def test_exact_inverse_on_every_shared_midi_file(real_bpe_tok, real_base_ids):
+    bpe = real_bpe_tok.bpe
+    tok = coarse()
+    assert bpe.base_vocab_size == tok.base_vocab_size and real_bpe_tok.vocab_size == 800
+    bar, n_base, n_merged = tok.bar_id, 0, 0
+    for ids in real_base_ids:
+        merged = bpe.encode(ids)
+        assert bpe.decode(merged) == ids
+        assert all(bar not in bpe.expand(t)[1:] for t in merged)
+        n_base, n_merged = n_base + len(ids), n_merged + len(merged)
+    assert n_base / n_merged > 1.3  # real REMI bars repeat enough for BPE to pay
+
+
+@pytest.mark.shared_midi
+def test_tokenizer_with_bpe_saves_loads_and_decodes_merged_ids(real_bpe_tok, tmp_path):
+    path = shared_midi_files("tegridy-piano")[0]
+    merged = real_bpe_tok.encode(path)
+    base = coarse().encode(path)
+    assert len(merged) < len(base) and real_bpe_tok.bpe.decode(merged) == base
+    real_bpe_tok.save(tmp_path / "tok.json")
+    loaded = remi.Tokenizer.load(tmp_path / "tok.json")
+    assert loaded.hash == real_bpe_tok.hash != coarse().hash
+    assert loaded.encode(path) == merged
+    # The REMI side sees the same music through merged ids.
+    assert loaded.count_notes(merged) == coarse().count_notes(base)
+    assert np.array_equal(loaded.decode_score(merged).notes, coarse().decode_score(base).notes)
+    assert "+".join(loaded.tokens(merged)) == "+".join(coarse().tokens(base))
+
+
+def write_base_shards(folder, tok, songs):
+    """A minimal base-token shard folder (train = first songs, val = the rest)."""
+    k = len(songs) * 3 // 4
+    splits = {"train": ([np.asarray(s) for s in songs[:k]], [0] * k),
+              "val": ([np.asarray(s) for s in songs[k:]], [0] * (len(songs) - k))}
+    return shards.write_shards(folder, splits, tok.vocab_size, {"tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash})
+
+
+@pytest.mark.shared_midi
+def test_training_from_a_shard_folder_streams_the_train_split(real_base_ids, tmp_path, capsys):
+    tok, songs = coarse(), real_base_ids[:40]
+    folder = write_base_shards(tmp_path / "base", tok, songs)
+    from_dir = tok.train_bpe(folder, vocab_size=600)
+    from_seqs = train_tokenizer_bpe(tok, songs[:30], 600)
+    assert from_dir.hash == from_seqs.hash and from_dir.bpe.stats["n_sequences"] == 30
+
+    other = remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "fine.yaml")  # different base ids
+    with pytest.raises(ValueError, match="base-token shards"):
+        train_tokenizer_bpe(other, folder, 600)
+
+    info = bpe_info(from_dir, folder, top=5)
+    val = songs[30:]
+    expect = sum(map(len, val)) / sum(len(from_dir.bpe.encode(s)) for s in val)
+    assert info["split"]["shards"] == "base" and info["split"]["compression"] == pytest.approx(expect, abs=1e-4)
+    assert 0 < info["split"]["merged_tokens_used"] <= 600 - tok.base_vocab_size
+    counts = [m["count"] for m in info["top_merges"]]
+    assert counts == sorted(counts, reverse=True) and all("_" in t for t in info["top_merges"][0]["tokens"])
+
+    from_dir.save(tmp_path / "bpe.json")
+    assert bpe_info_main([str(tmp_path / "bpe.json"), str(folder), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"compression {expect:.3f}" in out and "top 3 merged tokens" in out
+
+
+@pytest.mark.shared_midi
+@pytest.mark.slow
+def test_bpe_on_and_off_configs_prepare_shards_shorter_by_the_reported_factor(tmp_path):
+    from remi.prepare import prepare_for_training
+
+    folder = ROOT.parent / "shared" / "midi" / "tegridy-piano"
+    if not shared_midi_files("tegridy-piano"):
+        pytest.skip("../shared/midi/tegridy-piano is absent")
+    data = {"name": "tegridy", "sources": [str(folder)], "limit": 40, "val_fraction": 0.25, "test_fraction": 0.1}
+    off = coarse()
+    on = remi.Tokenizer(dataclasses.replace(off.config, bpe_vocab_size=500))
+    tok_off, dir_off = prepare_for_training(data, off, None, tmp_path / "cache", workers=1, progress=False)
+    tok_on, dir_on = prepare_for_training(data, on, None, tmp_path / "cache", workers=1, progress=False)
+    assert tok_off.bpe is None and tok_on.bpe is not None and tok_on.vocab_size == 500
+    info = bpe_info(tok_on, dir_on, split="val")["split"]
+    assert info["shards"] == "bpe"
+    for split in ("train", "val"):
+        a, b = shards.load_split(dir_off, split), shards.load_split(dir_on, split)
+        assert a.n_songs == b.n_songs > 0 and np.array_equal(a.notes, b.notes)
+        assert tok_on.bpe.decode_array(np.asarray(b.tokens)).tolist() == np.asarray(a.tokens).tolist()
+        if split == "val":
+            assert a.n_tokens / b.n_tokens == pytest.approx(info["compression"], abs=1e-4) and info["compression"] > 1.2
+    assert bpe_info(tok_on, dir_off, split="val")["split"]["compression"] == pytest.approx(info["compression"], abs=1e-4)
