@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -139,9 +140,13 @@ class SampleCallback(L.Callback):
         media: dict[str, Any] = {}
         if result.get("images"):
             media["samples/pianoroll"] = [wandb.Image(str(p), caption=Path(p).stem) for p in result["images"]]
+        files = list(result.get("midi", []))  # MIDI has no wandb media type: keep the files with the run
         if result.get("audio"):
-            media["samples/audio"] = [wandb.Audio(str(p), caption=Path(p).stem) for p in result["audio"]]
+            if importlib.util.find_spec("soundfile") is not None:   # wandb.Audio reads WAVs with it
+                media["samples/audio"] = [wandb.Audio(str(p), caption=Path(p).stem) for p in result["audio"]]
+            else:
+                files += result["audio"]
         if media:
             run.log(media, step=step)
-        for p in result.get("midi", []):     # MIDI has no wandb media type: keep the files with the run
+        for p in files:
             run.save(str(p), base_path=str(self.out_dir.parent), policy="now")

@@ -1,0 +1,148 @@
+"""conf/: every group option composes; the rounds differ by exactly what they document; round 4
+has 1.5x round 3's non-embedding parameters at every scale; command-line group choices win
+over an experiment's."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import train  # registers the mul_int resolver
+from model.gpt import GPT
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+ROUNDS = ["round1", "round2", "round3", "round4"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def cfg_of(*overrides, out="/tmp/pianolm-unused"):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={out}", *overrides])
+
+
+def flat(cfg) -> dict:
+    """Resolved config as {"a.b.c": value}."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def diff(a, b) -> set[str]:
+    """Keys whose values differ; tokenizer keys at field level (tokenizer.beat_res, not its items)."""
+    fa, fb = flat(a), flat(b)
+    keys = {k for k in fa.keys() | fb.keys() if fa.get(k, object()) != fb.get(k, object())}
+    return {".".join(k.split(".")[:2]) if k.startswith("tokenizer.") else k for k in keys}
+
+
+def test_rounds_exist():
+    assert set(ROUNDS) <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("group", ["scale", "trainer", "logger", "callbacks", "paths", "model", "optim",
+                                   "data", "tokenizer"])
+def test_every_option_of_every_group_composes_and_resolves(group):
+    for option in options(group):
+        cfg = cfg_of(f"{group}={option}")
+        flat(cfg)                                                   # resolves every interpolation
+        assert cfg.model.n_layer == cfg.scale.n_layer
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_start_global_and_set_tags_and_seed(experiment):
+    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    cfg = cfg_of(f"+experiment={experiment}")
+    assert experiment in cfg.tags and cfg.round == experiment and isinstance(cfg.seed, int)
+    assert cfg.logger.wandb.group == experiment
+
+
+def test_command_line_group_choice_beats_the_experiments_override():
+    cfg = cfg_of("+experiment=round3", "scale=tiny", "data=bundled")
+    assert cfg.data.name == "bundled"                               # round3 (via round2) says data: piano
+    assert cfg.tokenizer.bpe_vocab_size == 0 and cfg.tokenizer.leading_silence == "trim"
+    assert cfg_of("+experiment=round3").data.name == "piano"
+
+
+def _tokenizer_yaml(name):
+    return yaml.safe_load((CONF / "tokenizer" / f"{name}.yaml").read_text())
+
+
+LOG = {"round", "tags", "logger.wandb.group", "logger.wandb.tags"}
+
+
+def test_round_diffs_are_exactly_the_documented_ones():
+    r = {n: cfg_of(f"+experiment={n}") for n in ROUNDS}
+    fine, coarse = _tokenizer_yaml("fine"), _tokenizer_yaml("coarse")
+    coarse["bpe_vocab_size"] = r["round2"].tokenizer.bpe_vocab_size
+    tokenizer_changes = {f"tokenizer.{k}" for k in fine.keys() | coarse.keys() if fine.get(k) != coarse.get(k)}
+    # round 1 -> 2: the tokenizer (fine -> coarse, BPE stays on) and the corpus subset
+    assert r["round1"].tokenizer.bpe_vocab_size > 0 and r["round2"].tokenizer.bpe_vocab_size > 0
+    assert r["round1"].tokenizer.leading_silence == "keep" and r["round2"].tokenizer.leading_silence == "trim"
+    assert (r["round1"].data.subset, r["round2"].data.subset) == ("round1", "all")
+    assert diff(r["round1"], r["round2"]) == tokenizer_changes | {"data.subset"} | LOG
+    # round 2 -> 3: BPE off, nothing else
+    assert r["round3"].tokenizer.bpe_vocab_size == 0
+    assert diff(r["round2"], r["round3"]) == {"tokenizer.bpe_vocab_size"} | LOG
+    # round 3 -> 4: depth only
+    assert diff(r["round3"], r["round4"]) == {"model.n_layer"} | LOG
+
+
+def _cli_cfg_job(*args) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "hydra.run.dir=/tmp/pianolm-unused",
+                          "--cfg", "job", "--resolve"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
+
+
+def test_cfg_job_of_rounds_3_and_4_on_the_command_line():
+    r3, r4 = _cli_cfg_job("+experiment=round3"), _cli_cfg_job("+experiment=round4")
+    f3, f4 = flat(OmegaConf.create(r3)), flat(OmegaConf.create(r4))
+    assert {k for k in f3 if f3[k] != f4.get(k)} == {"model.n_layer"} | LOG
+    assert f4["model.n_layer"] == 1.5 * f3["model.n_layer"]
+
+
+@pytest.mark.parametrize("scale", options("scale"))
+def test_round4_has_one_and_a_half_times_round3_non_embedding_params(scale):
+    counts = {}
+    for rnd in ("round3", "round4"):
+        cfg = cfg_of(f"+experiment={rnd}", f"scale={scale}")
+        with torch.device("meta"):                                 # shapes only, no memory
+            counts[rnd] = GPT(train.model_config(cfg, vocab_size=500)).num_params(non_embedding=True)
+    assert counts["round4"] / counts["round3"] == pytest.approx(1.5, rel=0.02)
+
+
+def test_mul_int_refuses_to_round():
+    assert train._mul_int(4, 1.5) == 6
+    with pytest.raises(ValueError, match="whole number"):
+        train._mul_int(5, 1.5)
+
+
+def test_wandb_mode_is_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("NETRC", raising=False)
+    assert train.wandb_mode("auto") == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert train.wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert train.wandb_mode("auto") == "offline"                  # the environment wins

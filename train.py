@@ -1,0 +1,284 @@
+"""Train a piano-music GPT: `python train.py [+experiment=roundN] [scale=tiny|small|full] [key=value ...]`.
+
+Thin on purpose: compose the config (conf/), build the tokenizer and token shards (remi), the
+GPT (model), the LightningModule, DataModule, loggers and callbacks, then `trainer.fit`.
+`train(cfg)` is a plain function (tests call it); `main` is its Hydra wrapper.
+
+With no arguments: the `tiny` scale on the offline `bundled` corpus, logged to wandb offline
+(online when credentials exist). The run folder (hydra.run.dir) receives checkpoints/last.ckpt,
+samples/, the wandb run and metrics.json.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import netrc
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+import remi
+from model.callbacks import NonFiniteLossError, SampleCallback
+from model.ckptio import AtomicCheckpointIO, load_plain
+from model.data import WindowConfig, WindowDataModule
+from model.gpt import GPT, GPTConfig
+from model.lit import LitGPT, OptimConfig, check_tokenizer_hash
+
+
+def _mul_int(value: Any, factor: Any) -> int:
+    """`${mul_int:${scale.n_layer},1.5}`: an integer product, refusing to round silently."""
+    product = float(value) * float(factor)
+    if abs(product - round(product)) > 1e-9:
+        raise ValueError(f"mul_int: {value} x {factor} = {product} is not a whole number; "
+                         f"choose a scale whose n_layer makes it one")
+    return int(round(product))
+
+
+OmegaConf.register_new_resolver("mul_int", _mul_int, replace=True)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def wandb_has_credentials() -> bool:
+    """WANDB_API_KEY is set, or ~/.netrc holds an entry for the wandb API host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(requested: str | None) -> str:
+    """'online' or 'offline' (or 'disabled'). WANDB_MODE in the environment wins; 'auto' means
+    online exactly when credentials exist, so a fresh machine never prompts for a login."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return "offline" if env == "dryrun" else env
+    if requested in (None, "auto"):
+        return "online" if wandb_has_credentials() else "offline"
+    return requested
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, conf in (cfg.get("logger") or {}).items():
+        if conf is None:
+            continue
+        conf = OmegaConf.to_container(conf, resolve=True)
+        if conf["_target_"].endswith("WandbLogger"):
+            conf["mode"] = wandb_mode(conf.get("mode"))
+            conf["offline"] = conf["mode"] != "online"
+            Path(conf["save_dir"]).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+def make_render(tok: "remi.Tokenizer"):
+    """The MIDI side of the sample callback: ids -> .mid + piano-roll .png (+ .wav if FluidSynth)."""
+    from remi.audio import INSTALL_HINT, find_renderer, render_wav
+    from remi.render import mean_token_errors, render_many
+
+    synth = find_renderer()
+    hinted = []
+
+    def render(samples: list[list[int]], out_dir: Path) -> dict:
+        rendered = render_many(tok, samples, out_dir)
+        audio = []
+        if synth is not None:
+            for r in rendered:
+                try:
+                    audio.append(render_wav(r.midi, r.midi.with_suffix(".wav"), synth))
+                except RuntimeError as e:
+                    print(f"[train] sample audio skipped: {e}", file=sys.stderr)
+        elif not hinted:
+            hinted.append(print(f"[train] {INSTALL_HINT}", file=sys.stderr))
+        return {"midi": [r.midi for r in rendered], "images": [r.png for r in rendered], "audio": audio,
+                "grammar_error_rate": mean_token_errors(rendered),
+                "notes_mean": sum(r.n_notes for r in rendered) / max(1, len(rendered))}
+
+    return render
+
+
+def build_callbacks(cfg: DictConfig, tok: "remi.Tokenizer") -> list[L.Callback]:
+    callbacks = []
+    for name, conf in (cfg.get("callbacks") or {}).items():
+        if conf is None:
+            continue
+        if conf["_target_"].endswith("SampleCallback"):
+            callbacks.append(instantiate(conf, render=make_render(tok), bos_id=tok.bos_id,
+                                         eos_id=tok.eos_id, seed=cfg.seed))
+        else:
+            callbacks.append(instantiate(conf))
+    return callbacks
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """Serialise corpus preparation between processes that start together (torchrun, SLURM):
+    the first converts, the others then find the cache ready."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_data(cfg: DictConfig):
+    """(tokenizer with BPE if configured, train split, val split), shards cached under paths.cache_dir."""
+    from remi.prepare import prepare_for_training
+    from remi.shards import load_split
+
+    tok = remi.Tokenizer(remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
+    cache_dir = Path(cfg.paths.cache_dir)
+    with _file_lock(cache_dir / ".prepare.lock"):
+        tok, shard_dir = prepare_for_training(cfg.data, tok, Path(cfg.paths.data_dir), cache_dir)
+    train = load_split(shard_dir, "train", expect_hash=tok.hash)
+    val = load_split(shard_dir, "val", expect_hash=tok.hash)
+    if len(val.offsets) < 2:
+        raise ValueError(f"the validation split of {shard_dir} is empty; raise data.val_fraction "
+                         f"or data.limit so at least one song is held out")
+    return tok, Path(shard_dir), train, val
+
+
+def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))
+
+
+def check_resume(ckpt_path: str | Path, tokenizer_hash: str) -> dict:
+    """Load a checkpoint (plain data only) and refuse it when its tokenizer differs from the data's."""
+    ckpt = load_plain(ckpt_path)
+    check_tokenizer_hash(ckpt, tokenizer_hash, where=f"checkpoint {ckpt_path}")
+    return ckpt
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _gather(obj: Any) -> list:
+    """obj from every rank (a one-element list without a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+
+def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; return {"metrics": dict, "trainer", "lit", "tokenizer", "datamodule"}.
+
+    `callbacks` are added to the configured ones (tests use it to inject faults).
+    """
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    tok, shard_dir, train_split, val_split = prepare_data(cfg)
+    gpt_config = model_config(cfg, tok.vocab_size)
+    gpt = GPT(gpt_config)
+    extra = {"tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": gpt_config.to_dict(),
+             "cfg": OmegaConf.to_container(cfg, resolve=True)}
+    lit = LitGPT(gpt, OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True)),
+                 val_notes=int(val_split.notes.sum()), checkpoint_extra=extra)
+    dm = WindowDataModule(train_split.tokens, val_split.tokens, val_split.offsets,
+                          WindowConfig(block_size=gpt_config.block_size, batch_size=cfg.scale.batch_size,
+                                       seed=cfg.seed))
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_resume(ckpt_path, tok.hash)
+
+    loggers = build_loggers(cfg)
+    cbs = build_callbacks(cfg, tok) + list(callbacks or [])
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers or False,
+                        callbacks=cbs, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+                        default_root_dir=str(out_dir))
+    for lg in loggers:
+        lg.log_hyperparams(extra["cfg"])
+
+    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path or None)
+    if lit.last_val_step != trainer.global_step:
+        trainer.validate(lit, datamodule=dm, verbose=False)
+
+    digests = _gather(weights_digest(gpt))
+    first_batches = _gather(hashlib.sha256(dm.train_dataloader().dataset.batch(0)[0].numpy().tobytes())
+                            .hexdigest())
+    wandb_dir = None
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+            wandb_dir = str(Path(lg.experiment.dir).parent)   # .../wandb/<offline-run-...>
+    sample_cb = next((c for c in cbs if isinstance(c, SampleCallback)), None)
+    ckpt_cb = trainer.checkpoint_callback
+    last_ckpt = (Path(ckpt_cb.dirpath) / "last.ckpt") if ckpt_cb is not None else None
+
+    metrics = {
+        "round": cfg.get("round"), "tags": list(cfg.get("tags") or []), "seed": cfg.seed,
+        "val_loss": lit.last_val.get("val/loss"), "val_bits_per_note": lit.last_val.get("val/bits_per_note"),
+        "non_embedding_params": gpt.num_params(non_embedding=True), "params": gpt.num_params(non_embedding=False),
+        "n_layer": gpt_config.n_layer, "n_embd": gpt_config.n_embd, "block_size": gpt_config.block_size,
+        "vocab_size": tok.vocab_size, "tokenizer_hash": tok.hash, "bpe": bool(cfg.tokenizer.get("bpe_vocab_size")),
+        "train_songs": len(train_split.offsets) - 1, "train_tokens": int(len(train_split.tokens)),
+        "train_notes": int(train_split.notes.sum()), "val_songs": len(val_split.offsets) - 1,
+        "val_tokens": int(len(val_split.tokens)), "val_notes": int(val_split.notes.sum()),
+        "steps": trainer.global_step, "world_size": trainer.world_size,
+        "tokens_per_step": cfg.scale.batch_size * gpt_config.block_size * trainer.world_size * trainer.accumulate_grad_batches,
+        "wall_time_s": round(time.time() - start, 2),
+        "data_position": dm.position(),
+        "rank_weight_digests": digests, "rank_first_batch_digests": first_batches,
+        "shard_dir": str(shard_dir), "output_dir": str(out_dir),
+        "checkpoint": str(last_ckpt) if last_ckpt and last_ckpt.exists() else None,
+        "samples": str(sample_cb.out_dir) if sample_cb and sample_cb.results else None,
+        "wandb_dir": wandb_dir,
+    }
+    if trainer.is_global_zero:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        for lg in loggers:
+            if isinstance(lg, WandbLogger):
+                lg.experiment.summary.update({k: v for k, v in metrics.items()
+                                              if isinstance(v, (int, float)) and v is not None})
+                lg.experiment.finish()
+        print(f"\n[train] done in {metrics['wall_time_s']:.0f} s, {metrics['steps']} steps, "
+              f"val bits/note {metrics['val_bits_per_note']}")
+        print(f"[train] checkpoint: {metrics['checkpoint']}")
+        print(f"[train] samples:    {metrics['samples']}")
+        if wandb_dir:
+            offline = "offline-run" in Path(wandb_dir).name
+            print(f"[train] wandb run:  {wandb_dir}" + (f"  (upload: wandb sync {wandb_dir})" if offline else ""))
+        print(f"[train] metrics:    {out_dir / 'metrics.json'}")
+    return {"metrics": metrics, "trainer": trainer, "lit": lit, "tokenizer": tok, "datamodule": dm,
+            "callbacks": cbs}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except NonFiniteLossError as e:
+        print(f"[train] stopped: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
