@@ -157,48 +157,77 @@ def results_dir(cache_dir: str | Path, tok: Any) -> Path:
     return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}"
 
 
+class ResultLog:
+    """Per-file results, appended as they arrive to `<dir>/log-<pid>-<ns>.bin` (one file per run).
+
+    Record: 32-byte content hash, int64 notes, int64 milliseconds, int64 n (n >= 0: n uint32 ids
+    follow; n < 0: -n bytes of UTF-8 skip reason follow). A killed run leaves at most one
+    incomplete record at the end of its log, which reading ignores; everything before it is
+    reused, so a rerun resumes. One open file per run, no file per MIDI file.
+    """
+
+    HEAD = np.dtype([("sha", "u1", (32,)), ("notes", "<i8"), ("ms", "<i8"), ("n", "<i8")])
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.index: dict[bytes, tuple[Path, int, int, int, int]] = {}  # sha -> (log, offset, notes, ms, n)
+        for log in sorted(self.folder.glob("log-*.bin")):
+            self._scan(log)
+        self._out = None
+
+    def _scan(self, log: Path) -> None:
+        data = log.read_bytes()
+        pos, size, hs = 0, len(data), self.HEAD.itemsize
+        while pos + hs <= size:
+            h = np.frombuffer(data, self.HEAD, count=1, offset=pos)[0]
+            n = int(h["n"])
+            body = n * 4 if n >= 0 else -n
+            if pos + hs + body > size:
+                break  # the incomplete last record of a killed run
+            self.index[h["sha"].tobytes()] = (log, pos + hs, int(h["notes"]), int(h["ms"]), n)
+            pos += hs + body
+
+    def get(self, sha: str) -> FileResult | None:
+        hit = self.index.get(bytes.fromhex(sha))
+        if hit is None:
+            return None
+        log, offset, notes, ms, n = hit
+        if n < 0:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return FileResult(None, error=f.read(-n).decode("utf-8", "replace"))
+        ids = np.fromfile(log, dtype="<u4", count=n, offset=offset).astype(np.int64)
+        return FileResult(ids, notes, ms / 1000.0)
+
+    def put(self, sha: str, r: FileResult) -> None:
+        if self._out is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._out = open(self.folder / f"log-{os.getpid()}-{time.time_ns()}.bin", "ab")
+        if r.ids is None:
+            body = (r.error or "").encode("utf-8")
+            n = -len(body)
+        else:
+            body = np.asarray(r.ids, dtype="<u4").tobytes()
+            n = len(r.ids)
+        head = np.zeros(1, dtype=self.HEAD)
+        head["sha"] = np.frombuffer(bytes.fromhex(sha), dtype=np.uint8)
+        head["notes"], head["ms"], head["n"] = r.notes, round(r.seconds * 1000), n
+        self._out.write(head.tobytes() + body)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
 _TOK = None  # the worker process's tokenizer (set once by _init_worker)
-_RESULTS: Path | None = None
 
 
-def _init_worker(tok_dict: dict | None, results: str, tok: Any = None) -> None:
-    global _TOK, _RESULTS
-    if tok is None:
-        from .tokenizer import Tokenizer
+def _init_worker(tok_dict: dict) -> None:
+    global _TOK
+    from .tokenizer import Tokenizer
 
-        tok = Tokenizer.from_dict(tok_dict)
-    _TOK, _RESULTS = tok, Path(results)
-
-
-def _cache_path(sha: str) -> Path:
-    return _RESULTS / sha[:2] / sha
-
-
-def load_cached(sha: str) -> FileResult | None:
-    base = _cache_path(sha)
-    try:
-        if base.with_suffix(".npy").is_file():
-            arr = np.load(base.with_suffix(".npy"))  # [notes, milliseconds, *ids]
-            return FileResult(arr[2:], int(arr[0]), float(arr[1]) / 1000.0)
-        if base.with_suffix(".err").is_file():
-            return FileResult(None, error=base.with_suffix(".err").read_text())
-    except (OSError, ValueError):  # a damaged cache entry: encode again
-        return None
-    return None
-
-
-def _store(sha: str, r: FileResult) -> None:
-    base = _cache_path(sha)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    tmp = base.with_name(f".{sha}.{os.getpid()}.tmp")
-    if r.ids is None:
-        tmp.write_text(r.error or "")
-        os.replace(tmp, base.with_suffix(".err"))
-    else:
-        arr = np.concatenate([np.array([r.notes, round(r.seconds * 1000)], dtype=np.int64), r.ids.astype(np.int64)])
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, base.with_suffix(".npy"))
+    _TOK = Tokenizer.from_dict(tok_dict)
 
 
 def encode_file(path: str, tok: Any) -> FileResult:
@@ -210,24 +239,24 @@ def encode_file(path: str, tok: Any) -> FileResult:
         if not data:
             return FileResult(None, error="empty file (0 bytes)")
         score = read_midi(data)
-        ids = tok.encode(score)
+        if getattr(tok, "bpe", None) is None:
+            # what tok.encode(score) returns, kept as an array (no list round trip)
+            ids = np.concatenate([[tok.bos_id], tok.encode_base(score), [tok.eos_id]]).astype(np.int64)
+        else:
+            ids = np.asarray(tok.encode(score), dtype=np.int64)
         notes = int(tok.count_notes(ids))
         if notes == 0:
             return FileResult(None, error="no notes")
-        return FileResult(np.asarray(ids, dtype=np.int64), notes, float(score.seconds()))
+        return FileResult(ids, notes, float(score.seconds()))
     except MidiReadError as e:
         return FileResult(None, error=f"unreadable MIDI: {e}")
     except Exception as e:  # noqa: BLE001 — a corrupt file never aborts the run
         return FileResult(None, error=f"{type(e).__name__}: {e}")
 
 
-def _work(item: tuple[int, str, str]) -> tuple[int, FileResult]:
-    i, path, sha = item
-    r = load_cached(sha)
-    if r is None:
-        r = encode_file(path, _TOK)
-        _store(sha, r)
-    return i, r
+def _work(item: tuple[int, str]) -> tuple[int, FileResult]:
+    i, path = item
+    return i, encode_file(path, _TOK)
 
 
 def tokenize(
@@ -237,29 +266,33 @@ def tokenize(
     workers: int | None = None,
     progress: bool = True,
 ) -> list[FileResult]:
-    """Encode every entry (cached per content hash), in worker processes; results in entry order."""
+    """Encode every entry not in the result log (keyed by content hash), in worker processes;
+    results in entry order."""
     from tqdm import tqdm
 
-    results_root = results_dir(cache_dir, tok)
-    results: list[FileResult | None] = [None] * len(entries)
-    items = [(i, e.path, e.sha256) for i, e in enumerate(entries)]
+    log = ResultLog(results_dir(cache_dir, tok))
+    results: list[FileResult | None] = [log.get(e.sha256) for e in entries]
+    items = [(i, e.path) for i, e in enumerate(entries) if results[i] is None]
     workers = max(1, min(workers or default_workers(), len(items) or 1))
     bar = tqdm(total=len(items), desc=f"tokenize ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
-    if workers == 1:
-        _init_worker(None, str(results_root), tok)
-        for item in items:
-            i, r = _work(item)
-            results[i] = r
-            bar.update()
-    else:
-        ctx = pool_context()
-        # Small chunks keep both workers busy to the end; files differ 100x in length.
-        chunksize = max(1, min(16, len(items) // (workers * 8)))
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(), str(results_root))) as pool:
-            for i, r in pool.imap_unordered(_work, items, chunksize=chunksize):
-                results[i] = r
+    try:
+        if workers == 1:
+            for i, path in items:
+                results[i] = r = encode_file(path, tok)
+                log.put(entries[i].sha256, r)
                 bar.update()
-    bar.close()
+        else:
+            ctx = pool_context()
+            # Small chunks keep every worker busy to the end; files differ 100x in length.
+            chunksize = max(1, min(16, len(items) // (workers * 8)))
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(),)) as pool:
+                for i, r in pool.imap_unordered(_work, items, chunksize=chunksize):
+                    results[i] = r
+                    log.put(entries[i].sha256, r)
+                    bar.update()
+    finally:
+        log.close()
+        bar.close()
     return results  # type: ignore[return-value]
 
 

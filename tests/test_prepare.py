@@ -286,3 +286,20 @@ def test_bundled_from_fresh_cache_offline_has_1500_pieces(bundled_cache, tok):
     # Bach chorales keep their key signatures (the key-finding check reads them)
     chorales = [f for f in conv["files"] if f.parent.name == "bach"][:20]
     assert chorales and all(remi.read_midi(f).key_signatures for f in chorales)
+
+
+def test_result_log_ignores_the_incomplete_record_of_a_killed_run(tmp_path):
+    log = prepare.ResultLog(tmp_path)
+    shas = [f"{i:064x}" for i in range(3)]
+    log.put(shas[0], prepare.FileResult(np.array([1, 5, 70_000, 2]), notes=1, seconds=2.5))
+    log.put(shas[1], prepare.FileResult(None, error="unreadable MIDI: bad header"))
+    log.put(shas[2], prepare.FileResult(np.arange(100), notes=30, seconds=1.0))
+    log.close()
+    (f,) = tmp_path.glob("log-*.bin")
+    f.write_bytes(f.read_bytes()[:-7])  # killed while writing the last record
+    again = prepare.ResultLog(tmp_path)
+    r0 = again.get(shas[0])
+    np.testing.assert_array_equal(r0.ids, [1, 5, 70_000, 2])
+    assert (r0.notes, r0.seconds) == (1, 2.5)
+    assert again.get(shas[1]).ids is None and again.get(shas[1]).error == "unreadable MIDI: bad header"
+    assert again.get(shas[2]) is None
