@@ -115,6 +115,7 @@ def collect(
         folders[name] = str(folder)
         official = maestro_splits(folder) if name in SOURCES and SOURCES[name].split == "maestro" else {}
         duplicates[name] = []
+        resolved = Path(folder).resolve()
         for path in files:
             rel = path.relative_to(folder).as_posix()
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -125,7 +126,7 @@ def collect(
                 duplicates[name].append([rel, first.source, first.rel])
                 continue
             split = official.get(rel) or hash_split(sha, cfg.val_fraction, cfg.test_fraction)
-            e = FileEntry(name, str(path.resolve()), rel, sha, split)
+            e = FileEntry(name, str(resolved / rel), rel, sha, split)
             seen[sha] = e
             entries.append(e)
     return Collection(entries, duplicates, folders)
