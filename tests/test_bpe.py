@@ -266,3 +266,13 @@ def test_bpe_on_and_off_configs_prepare_shards_shorter_by_the_reported_factor(tm
         if split == "val":
             assert a.n_tokens / b.n_tokens == pytest.approx(info["compression"], abs=1e-4) and info["compression"] > 1.2
     assert bpe_info(tok_on, dir_off, split="val")["split"]["compression"] == pytest.approx(info["compression"], abs=1e-4)
+
+
+def test_base_ids_beyond_uint16_and_past_the_surrogate_block():
+    # Ids above 0xD800 - 0x100 map past the UTF-16 surrogates; above 65535 words are held as int32.
+    big = [70_000, 65_600, 55_300, 55_400]  # 55_300..55_400 land on the skipped surrogate range
+    song = [BAR] + [big[0], big[1], big[2], big[3], 7] * 5
+    m = train_bpe([song] * 4, 70_001, 70_004, {BAR}, SPECIALS)
+    assert m.vocab_size == 70_004 and m.decode(m.encode(song)) == song
+    assert len(m.encode(song)) < len(song)
+    assert m.expand(70_001) in {(big[0], big[1]), (big[1], big[2]), (big[2], big[3])}
