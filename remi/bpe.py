@@ -141,7 +141,8 @@ class BPEModel:
         self._start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         self._flat = np.fromiter((i for e in expansions for i in e), dtype=np.int64, count=int(lengths.sum()))
 
-        strings = [_ids_to_str(np.array(e, dtype=np.int64)) for e in expansions]
+        strings = list(_ids_to_str(np.arange(self.base_vocab_size)))
+        strings += ["".join(strings[i] for i in e) for e in expansions[self.base_vocab_size :]]
         vocab = {s: i for i, s in enumerate(strings)}
         hf_merges = [(strings[a], strings[b]) for a, b in self.merges]
         hf = _HFTokenizer(_hf_models.BPE(vocab=vocab, merges=hf_merges, dropout=None, fuse_unk=False))
