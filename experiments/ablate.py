@@ -45,15 +45,17 @@ class AblationConfig:
     out: str = "outputs/ablation"  # report.md, report.json, plots/, runs/, prompts/
     steps: int | None = None  # trainer.max_steps (None: the scale's own)
     n_samples: int = 8  # pieces from scratch per run
-    free_bars: int = 16  # bars of each piece from scratch
+    free_bars: int = 8  # bars of each piece from scratch
     n_prompts: int = 4  # held-out pieces whose first bars are continued
     prompt_bars: int = 4
-    max_bars: int = 8  # bars generated after each prompt (the real reference uses as many)
+    max_bars: int = 4  # bars generated after each prompt (the real reference uses as many)
     n_real: int = 64  # held-out real pieces the metrics are compared with
     temperature: float = 1.0
     sample_seed: int = 0
     grammar: bool = False  # constrain sampling by the REMI grammar (False: errors are measured)
-    max_new_tokens: int = 1024
+    # Cap per piece (free pieces also stop after free_bars bars). Past the context (256 tokens at
+    # tiny) every step recomputes the whole window, so long pieces dominate the sampling time.
+    max_new_tokens: int = 512
     retrain: bool = False  # train again even where a finished run folder exists
     python: str = sys.executable
     overrides: list = field(default_factory=list)  # passed through to train.py
@@ -126,21 +128,49 @@ def sample_argv(cfg: AblationConfig, ckpt: Path, out_dir: Path, n: int, max_bars
 
 
 def sample_run(cfg: AblationConfig, run_dir: Path, prompts: Sequence[Path]) -> None:
-    """Free pieces and continuations of `prompts` from a run's last checkpoint (fresh folders)."""
+    """Free pieces, and continuations of `prompts`, from a run's last checkpoint (fresh folders).
+
+    The prompts are copied into RUN/eval/prompts so that one sample.py call continues them all
+    (a prompt that does not fit this run's context should have been left out by `fitting`).
+    """
     from experiments.report import CONTINUE_DIR, FREE_DIR
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    free, cont = run_dir / FREE_DIR, run_dir / CONTINUE_DIR
-    for d in (free, cont):
+    free, cont, folder = run_dir / FREE_DIR, run_dir / CONTINUE_DIR, run_dir / "eval" / "prompts"
+    for d in (free, cont, folder):
         shutil.rmtree(d, ignore_errors=True)
     run_logged(sample_argv(cfg, ckpt, free, cfg.n_samples, cfg.free_bars), run_dir / "eval" / "free.log",
                f"sampling {run_dir.name}")
-    for i, prompt in enumerate(prompts):  # one call per prompt: a prompt too long for one model skips alone
-        log = run_dir / "eval" / f"continue_{i}.log"
-        try:
-            run_logged(sample_argv(cfg, ckpt, cont, 1, cfg.max_bars, prompt), log, f"continuing {prompt.name}")
-        except SystemExit as e:
-            print(f"[ablate] {run_dir.name}: prompt {prompt.name} skipped: {str(e).splitlines()[-1]}", file=sys.stderr)
+    if not prompts:
+        return
+    folder.mkdir(parents=True)
+    for p in prompts:
+        shutil.copyfile(p, folder / p.name)
+    run_logged(sample_argv(cfg, ckpt, cont, 1, cfg.max_bars, folder), run_dir / "eval" / "continue.log",
+               f"continuing prompts with {run_dir.name}")
+
+
+def checkpoint_tokenizer(run_dir: Path):
+    """(tokenizer, context length) of a run's last checkpoint, or None without one."""
+    import torch
+
+    import remi
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        return None
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return remi.Tokenizer.from_dict(data["tokenizer"]), int(data["model_config"]["block_size"])
+
+
+def prompt_tokens(tok, path: Path, prompt_bars: int) -> int:
+    """Tokens of the first `prompt_bars` bars of a MIDI file, as sample.py would cut them."""
+    from remi.render import bar_ids
+
+    ids = tok.encode(path)
+    starts = bar_ids(tok)
+    bars = [i for i, t in enumerate(ids) if int(t) in starts]
+    return bars[prompt_bars] if len(bars) > prompt_bars else len(ids)
 
 
 def spread(items: Sequence, n: int) -> list:
@@ -150,17 +180,37 @@ def spread(items: Sequence, n: int) -> list:
     return [items[int(i * len(items) / n)] for i in range(n)]
 
 
-def pick_prompts(candidates: Sequence[Path], n: int, min_bars: int) -> list[Path]:
-    """n held-out pieces with at least `min_bars` bars, spread over the split."""
+def pick_prompts(candidates: Sequence[Path], n: int, min_bars: int, run_dirs: Sequence[Path] = (),
+                 prompt_bars: int = 4) -> list[Path]:
+    """n held-out pieces with at least `min_bars` bars, spread over the split, whose first
+    `prompt_bars` bars take at most 3/4 of every run's context (so the model has room to go on).
+
+    When fewer than n fit every run, the rest are those that fit the most runs (each run then
+    continues the ones that fit it, see `fitting`).
+    """
     import remi
     from remi import metrics as M
 
-    long_enough = []
-    for path in candidates:
+    models = [m for m in (checkpoint_tokenizer(d) for d in run_dirs) if m is not None]
+    scored = []
+    for path in spread(candidates, max(8 * n, 64)):
         score = remi.read_midi(path)
-        if len(score) and len(M.bar_starts(score, score.end_tick)) - 1 >= min_bars:
-            long_enough.append(path)
-    return spread(long_enough, n)
+        if not len(score) or len(M.bar_starts(score, score.end_tick)) - 1 < min_bars:
+            continue
+        fit = sum(prompt_tokens(tok, path, prompt_bars) <= block * 3 // 4 for tok, block in models)
+        if models and fit == 0:
+            continue
+        scored.append((-fit, len(scored), path))
+    return [p for _, _, p in sorted(scored)[:n]]
+
+
+def fitting(run_dir: Path, prompts: Sequence[Path], prompt_bars: int) -> list[Path]:
+    """The prompts whose first bars fit in this run's context (all of them without a checkpoint)."""
+    model = checkpoint_tokenizer(run_dir)
+    if model is None:
+        return list(prompts)
+    tok, block = model
+    return [p for p in prompts if prompt_tokens(tok, p, prompt_bars) < block]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(prompts_dir, ignore_errors=True)
     prompts_dir.mkdir(parents=True)
     prompts = []
-    for i, p in enumerate(pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars)):
+    chosen = pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars,
+                          [c.run_dir for c in commands], cfg.prompt_bars)
+    for i, p in enumerate(chosen):
         dst = prompts_dir / f"{i:02d}_{p.parent.name}_{p.name}"
         shutil.copyfile(p, dst)
         prompts.append(dst)
@@ -207,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for c in commands:
         t = time.time()
         print(f"[ablate] sampling {c.run_dir.name} ...", file=sys.stderr, flush=True)
-        sample_run(cfg, c.run_dir, prompts)
+        sample_run(cfg, c.run_dir, fitting(c.run_dir, prompts, cfg.prompt_bars))
         timings[f"sample {c.run_dir.name}"] = round(time.time() - t, 1)
 
     command = "python experiments/ablate.py " + shlex.join(argv)

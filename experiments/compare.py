@@ -24,7 +24,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python experiments/compare.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.ablate import parse_args, pick_prompts, sample_run, spread  # noqa: E402
+from experiments.ablate import fitting, parse_args, pick_prompts, sample_run, spread  # noqa: E402
 from experiments.report import CONTINUE_DIR, FREE_DIR, build_report, load_run, real_files_for  # noqa: E402
 
 OWN = ("real", "prompts", "sample", "continuation_bars")
@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "prompts" in extra:
         prompts = midi_files(extra["prompts"])
     elif do_sample and test_files:
-        prompts = pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars)
+        prompts = pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars,
+                               [r.dir for r in runs], cfg.prompt_bars)
     if do_sample:
         if prompts:  # stable copies, so the continuations' JSON names files that stay
             prompts_dir = out / "prompts"
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             has_samples = (run.dir / FREE_DIR).is_dir() and (run.dir / CONTINUE_DIR).is_dir()
             if not has_samples and (run.dir / "checkpoints" / "last.ckpt").is_file():
                 print(f"[compare] sampling {run.dir} ...", file=sys.stderr, flush=True)
-                sample_run(cfg, run.dir, prompts or [])
+                sample_run(cfg, run.dir, fitting(run.dir, prompts or [], cfg.prompt_bars))
     build_report([r.dir if (r.dir / "metrics.json").is_file() else d for r, d in zip(runs, run_dirs)], out,
                  real_files=real, prompt_files=prompts, prompt_bars=cfg.prompt_bars,
                  continuation_bars=continuation_bars, max_real=None,

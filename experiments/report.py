@@ -251,21 +251,24 @@ def _natural_key(label: str):
 # Formatting
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
+def fmt(x: float | None, digits: int = 3, fixed: bool = False) -> str:
+    """`digits` significant digits (thousands separated when larger); fixed: `digits` decimals."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     x = float(x)
+    if fixed:
+        return f"{x:.{digits}f}"
     if x != 0 and abs(x) >= 10 ** digits:
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
 
 
-def fmt_ms(cell: dict | None, n_seeds: int, digits: int = 3) -> str:
+def fmt_ms(cell: dict | None, n_seeds: int, digits: int = 3, fixed: bool = False) -> str:
     if not cell or cell.get("mean") is None:
         return "–"
-    text = fmt(cell["mean"], digits)
+    text = fmt(cell["mean"], digits, fixed)
     if n_seeds > 1:
-        text += f" ± {fmt(cell['spread'], 2)}"
+        text += f" ± {fmt(cell['spread'], 2, fixed)}"
     return text
 
 
@@ -283,7 +286,8 @@ def main_table(rounds: dict[str, dict], real: dict) -> str:
         n = agg["n_seeds"]
         row = [label, str(n)] + [fmt_ms(agg["run"].get(k), n, 4) for k, _ in RUN_COLUMNS]
         row += [fmt_ms(agg["metrics"].get(k), n) for k, _ in SET_COLUMNS]
-        row += [f"{fmt_ms(agg['metrics'].get(k), n)} ({fmt_ms(agg['overlap'].get(k), n, 2)})" for k in PIECE_COLUMNS]
+        row += [f"{fmt_ms(agg['metrics'].get(k), n)} ({fmt_ms(agg['overlap'].get(k), n, 2, fixed=True)})"
+                for k in PIECE_COLUMNS]
         rows.append(row)
     m = real["metrics"]
     row = [REAL, "–"] + ["–"] * len(RUN_COLUMNS)
@@ -469,7 +473,8 @@ def render_markdown(result: dict) -> str:
     lines = ["# Ablation report", ""]
     if result.get("command"):
         lines += ["Produced by:", "", "```", result["command"], "```", ""]
-    sampling = ", ".join(f"{k}={v}" for k, v in s.items() if k.startswith("sample_") or k in ("temperature", "n_samples"))
+    sampling = ", ".join(f"{k}={v}" for k, v in s.items()
+                         if k in ("n_samples", "free_bars", "temperature", "sample_seed", "grammar", "max_new_tokens"))
     lines += [
         f"Rounds: {', '.join(rounds)}; seeds: {', '.join(map(str, seeds)) or '–'}. "
         f"Generated pieces are compared with {s['n_real']} held-out real pieces (the test split). "
@@ -487,7 +492,9 @@ def render_markdown(result: dict) -> str:
         "",
         "## Continuations",
         "",
-        f"The first {s['prompt_bars']} bars of {s['n_prompts']} held-out pieces, continued by each round; "
+        (f"The first {s['prompt_bars']} bars of {s['n_prompts']} held-out pieces, continued by each round; "
+         if s["n_prompts"] else "No prompt was continued (none fitted the models' context). ")
+        +
         f"the real continuation (the next {s['continuation_bars']} bars of the same pieces) is the reference. "
         "Key: Krumhansl–Schmuckler key of the prompt vs of the continuation; ratios are continuation / prompt.",
         "",

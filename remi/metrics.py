@@ -469,7 +469,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m remi.metrics")
     sub = parser.add_subparsers(dest="command", required=True)
     acc = sub.add_parser("key-accuracy", help="key finding vs the key signatures MIDI files state")
-    acc.add_argument("paths", nargs="*", help="MIDI files or folders (default: the bundled Bach chorales)")
+    acc.add_argument("paths", nargs="*", help="MIDI files or folders (default: the bundled Bach pieces)")
     acc.add_argument("--profiles", default=DEFAULT_PROFILE, help=f"one of {sorted(PROFILES)}, or 'all'")
     acc.add_argument("--show-misses", action="store_true")
     args = parser.parse_args(argv)
@@ -492,9 +492,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bundled_chorales() -> list[Path]:
-    from .bundled import bach_chorale_midi  # the bundled corpus, converted once to MIDI
+    """The Bach pieces of the bundled corpus (nearly all four-part chorales), converted once."""
+    from .bundled import bundled_files
 
-    return bach_chorale_midi()
+    return [p for p in bundled_files() if p.parent.name == "bach"]
 
 
 if __name__ == "__main__":

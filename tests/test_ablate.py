@@ -182,8 +182,8 @@ def test_ablate_end_to_end_tiny(tmp_path):
     out = tmp_path / "ablation"
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), "scale=tiny", "data=bundled",
-           "rounds=[3,4]", "seeds=[0]", f"out={out}", "steps=4", "n_samples=2", "n_prompts=1",
-           "max_bars=2", "n_real=4", "data.limit=40", "logger=none"]
+           "rounds=[3,4]", "seeds=[0]", f"out={out}", "steps=4", "n_samples=2", "n_prompts=1", "prompt_bars=2",
+           "max_bars=2", "free_bars=2", "max_new_tokens=160", "n_real=4", "data.limit=40", "logger=csv"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / R.REPORT_JSON).read_text())

@@ -117,3 +117,48 @@ def test_relative_keys_agree_and_others_do_not():
 def test_stated_key_reads_first_signature():
     score = Score.from_notes([(0, 10, 60, 80)], key_signatures=[KeySignature(0, "Dm"), KeySignature(99, "F")])
     assert stated_key(score) == Key(2, True)
+
+
+# --- real scores: the bundled Bach chorales -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bach_midi(tmp_path_factory):
+    """The first 24 Bach pieces of the bundled corpus, converted by remi.bundled into a temp folder."""
+    pytest.importorskip("music21")
+    from remi.bundled import convert_job, jobs
+
+    out = tmp_path_factory.mktemp("bundled")
+    files = []
+    for job in [j for j in jobs() if j.collection == "bach"][:24]:
+        files += [out / rel for rel in convert_job(job, str(out))["written"]]
+    if not files:
+        pytest.skip("music21 converted no Bach piece")
+    return files
+
+
+def test_key_finding_agrees_with_bach_key_signatures(bach_midi):
+    """Most chorales state their key signature in the MIDI, and key finding recovers it.
+
+    The full figure (every bundled Bach piece) is `python -m remi.metrics key-accuracy`; these 24
+    are a quick check that the reader, the signature parsing and the profiles fit together.
+    """
+    import remi
+    from remi.metrics import key_accuracy
+
+    scores = [(p.name, remi.read_midi(p)) for p in bach_midi]
+    assert sum(stated_key(s) is not None for _, s in scores) >= 0.9 * len(scores)
+    result = key_accuracy(scores)
+    assert result["n"] >= 20
+    assert result["accuracy"] >= 0.8, result["misses"]
+    # Krumhansl-Kessler's own profiles do worse on chorales (they favour the dominant key).
+    assert key_accuracy(scores, "krumhansl")["accuracy"] <= result["accuracy"]
+
+
+def test_key_accuracy_cli(bach_midi, capsys):
+    from remi.metrics import _main
+
+    assert _main(["key-accuracy", str(bach_midi[0].parent), "--profiles", "all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == sorted(PROFILES)
+    assert all("pieces (" in line for line in lines)
