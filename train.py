@@ -174,6 +174,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _wandb_save(loggers: list, path: Path) -> None:
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.save(str(path), base_path=str(path.parent), policy="now")
+
+
 def _gather(obj: Any) -> list:
     """obj from every rank (a one-element list without a process group)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -191,6 +197,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     `callbacks` are added to the configured ones (tests use it to inject faults).
     """
     start = time.time()
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +225,9 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
                         default_root_dir=str(out_dir))
     for lg in loggers:
         lg.log_hyperparams(extra["cfg"])
+    if trainer.is_global_zero:  # the resolved config next to the run, and inside the wandb run
+        (out_dir / "run_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(extra["cfg"])))
+        _wandb_save(loggers, out_dir / "run_config.yaml")
 
     trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path or None)
     if lit.last_val_step != trainer.global_step:
@@ -254,6 +265,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     }
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _wandb_save(loggers, out_dir / "metrics.json")
         for lg in loggers:
             if isinstance(lg, WandbLogger):
                 lg.experiment.summary.update({k: v for k, v in metrics.items()

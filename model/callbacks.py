@@ -2,6 +2,8 @@
 
 - `NaNGuard` stops the run at the first non-finite training loss, before any checkpoint of that
   step is written (Lightning runs checkpoint callbacks last), so `last.ckpt` stays the last good one.
+- `LastCheckpoint` is Lightning's ModelCheckpoint that also writes `last.ckpt` when training
+  ends between two periodic saves, so a finished run's last.ckpt is its final state.
 - `Throughput` logs tokens/s and, where the accelerator's peak is known, model FLOPs utilisation.
 - `SampleCallback` generates a few pieces every N steps (and at the end) and hands the ids to a
   `render(samples, out_dir) -> dict` callable supplied by the caller (train.py, which knows MIDI);
@@ -17,6 +19,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from model.flops import flops_per_token, peak_flops
@@ -45,6 +48,13 @@ class NaNGuard(L.Callback):
             f"training loss became {float(loss)} at step {trainer.global_step} (batch {batch_idx}); "
             f"the run is stopped. Last good checkpoint: {ckpt}. Try a lower optim.lr, a longer "
             f"optim.warmup_steps, or bf16 instead of fp16 precision.")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
 
 class Throughput(L.Callback):
