@@ -12,7 +12,8 @@ import numpy as np
 
 from .vocab import BAR, DURATION, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG, VELOCITY, Vocab
 
-START = -1   # nothing yet (or only BOS)
+START = -1   # nothing yet
+AFTER_BOS = -3  # only BOS so far: like START, but a second BOS is an error
 END = -2     # after EOS: only PAD may follow
 
 
@@ -23,6 +24,7 @@ def follows_table(vocab: Vocab) -> dict[int, tuple[int, ...]]:
     after_pos = (TEMPO, PITCH) if cfg.use_tempos else (PITCH,)
     return {
         START: (BAR, SPECIAL),
+        AFTER_BOS: (BAR, SPECIAL),
         BAR: after_bar,
         TIMESIG: (POSITION, BAR, SPECIAL),
         POSITION: after_pos,
@@ -69,7 +71,10 @@ class GrammarState:
                 self.last = END
                 return ok
             if token == self.bos:
-                return self.last == START
+                if self.last != START:
+                    return False
+                self.last = AFTER_BOS
+                return True
             return token == self.pad or self.last != END  # MASK/PAD: neutral
         if t not in self.table[self.last]:
             return False

@@ -1,0 +1,74 @@
+"""The grammar table, token_errors and the allowed_next mask used to constrain sampling."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from remi import Tokenizer
+from remi.grammar import follows_table
+from remi.vocab import BAR, DURATION, PITCH, POSITION, TEMPO, TIMESIG, VELOCITY
+
+ROOT = Path(__file__).resolve().parents[1]
+TOK = Tokenizer.from_yaml(ROOT / "conf/tokenizer/coarse.yaml")
+
+
+def ids(*tokens: str) -> list[int]:
+    return TOK.ids_from_tokens(list(tokens))
+
+
+def test_table_is_remi_order():
+    t = follows_table(TOK.vocab)
+    assert t[BAR] == (TIMESIG,) and set(t[POSITION]) == {TEMPO, PITCH}
+    assert t[PITCH] == (VELOCITY,) and t[VELOCITY] == (DURATION,)
+    no_ts = Tokenizer.from_yaml(ROOT / "conf/tokenizer/coarse.yaml").config.__class__(use_time_signatures=False)
+    assert set(follows_table(Tokenizer(no_ts).vocab)[BAR]) == {POSITION, BAR}
+
+
+def test_token_errors_counts_each_rule():
+    good = ids("BOS_None", "Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+               "Position_3", "Pitch_62", "Velocity_63", "Duration_0.1.4", "EOS_None")
+    assert TOK.token_errors(good) == 0.0
+    no_position = ids("Bar_None", "TimeSig_4/4", "Pitch_60", "Velocity_63", "Duration_0.1.4")
+    assert TOK.token_errors(no_position) == pytest.approx(3 / 5)  # Pitch, then its orphans
+    backwards = ids("Bar_None", "TimeSig_4/4", "Position_3", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+                    "Position_2", "Pitch_60", "Velocity_63", "Duration_0.1.4")
+    assert TOK.token_errors(backwards) > 0
+    outside_bar = ids("Bar_None", "TimeSig_3/4", "Position_12", "Pitch_60", "Velocity_63", "Duration_0.1.4")
+    assert TOK.token_errors(outside_bar) > 0  # 3/4 at 4 per beat has positions 0..11
+    descending = ids("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_62", "Velocity_63", "Duration_0.1.4",
+                     "Pitch_60", "Velocity_63", "Duration_0.1.4")
+    assert TOK.token_errors(descending) > 0
+
+
+def test_mask_after_prefixes():
+    m = TOK.allowed_next([TOK.bos_id])
+    assert set(np.nonzero(m)[0]) == {TOK.bar_id, TOK.eos_id}
+    m = TOK.allowed_next(ids("BOS_None", "Bar_None"))
+    assert set(TOK.vocab.types[np.nonzero(m)[0]]) == {TIMESIG}
+    m = TOK.allowed_next(ids("BOS_None", "Bar_None", "TimeSig_3/4", "Position_5"))
+    allowed = {TOK.vocab.tokens[i] for i in np.nonzero(m)[0]}
+    assert "Pitch_60" in allowed and "Position_6" not in allowed and not any(a.startswith("Bar") for a in allowed)
+    m = TOK.allowed_next(ids("BOS_None", "Bar_None", "TimeSig_3/4", "Position_5", "Pitch_60", "Velocity_63",
+                             "Duration_0.1.4"))
+    allowed = {TOK.vocab.tokens[i] for i in np.nonzero(m)[0]}
+    assert {"Position_6", "Position_11", "Bar_None", "Pitch_60", "EOS_None"} <= allowed
+    assert not {"Position_5", "Position_12", "Pitch_59", "Velocity_63"} & allowed
+    assert set(np.nonzero(TOK.allowed_next(ids("BOS_None", "EOS_None")))[0]) == {TOK.pad_id}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sequences_sampled_under_the_mask_decode_with_nothing_skipped(seed):
+    rng = np.random.default_rng(seed)
+    seq = [TOK.bos_id]
+    for _ in range(300):
+        m = TOK.allowed_next(seq)
+        choices = np.nonzero(m)[0]
+        choices = choices[choices != TOK.eos_id] if len(seq) < 250 else choices
+        seq.append(int(rng.choice(choices)))
+        if seq[-1] == TOK.eos_id:
+            break
+    assert TOK.token_errors(seq) == 0.0
+    score = TOK.decode_score(seq)
+    assert len(score) == TOK.count_notes(seq) > 0
