@@ -196,7 +196,7 @@ def evaluate_run(run: Run, real_pieces: Sequence[dict], prompt_bars: int) -> dic
         "n_continuations": len(run.continuations),
         "metrics": summary,
         "overlap": M.overlap_areas(per_piece, real_pieces, PIECE_COLUMNS),
-        "continuation": {k: M._nanmean(c[k] for c in cont) for k, _ in CONTINUATION_COLUMNS},
+        "continuation": {k: M.nanmean(c[k] for c in cont) for k, _ in CONTINUATION_COLUMNS},
         "pieces": per_piece,
     }
 
@@ -212,7 +212,7 @@ def evaluate_real(files: Sequence[Path], prompt_files: Sequence[Path], prompt_ba
         "files": [str(f) for f in files],
         "prompt_files": [str(f) for f in prompt_files],
         "metrics": summary,
-        "continuation": {k: M._nanmean(c[k] for c in cont) for k, _ in CONTINUATION_COLUMNS},
+        "continuation": {k: M.nanmean(c[k] for c in cont) for k, _ in CONTINUATION_COLUMNS},
         "pieces": per_piece,
     }
 

@@ -314,14 +314,15 @@ def summarize(pieces: Sequence[dict[str, float]]) -> dict[str, float]:
     if not pieces:
         return out
     for name in pieces[0]:
-        out[name] = _nanmean([p.get(name, NAN) for p in pieces])
+        out[name] = nanmean([p.get(name, NAN) for p in pieces])
     gaps_ = [p["longest_gap_bars"] for p in pieces if "longest_gap_bars" in p]
     out["long_gap_share"] = float(np.mean([g >= LONG_GAP_BARS for g in gaps_])) if gaps_ else NAN
     out["empty_share"] = float(np.mean([p.get("n_notes", 1.0) == 0 for p in pieces]))
     return out
 
 
-def _nanmean(values: Iterable[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """Mean of the finite values (None, NaN and inf skipped); NaN when none is left."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if len(arr) else NAN
