@@ -3,19 +3,24 @@
 Every experiment trains; checkpoints are plain data with the tokenizer inside; resuming equals a
 straight run; a mismatched tokenizer is refused; bits per note of a uniform model is
 tokens-per-note x log2(V) on BPE and plain shards of the same songs.
-The CLI, wandb and DDP runs are in test_train_cli.py.
+`python train.py` as a newcomer runs it, its wandb offline run, and 2-process CPU DDP.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
+import mido
 import numpy as np
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from torch import nn
 
@@ -26,7 +31,7 @@ from model.lit import LitGPT, OptimConfig, TokenizerMismatchError
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 40  # bundled pieces: enough for a val split, quick to convert and tokenize
 # A model and batch small enough that a step takes milliseconds on 2 cores.
-FAST = ["data=bundled", f"data.limit={LIMIT}", "scale=tiny", "scale.n_layer=2", "scale.n_head=2",
+FAST = ["data=bundled", f"data.limit={LIMIT}", "data.val_fraction=0.2", "scale=tiny", "scale.n_layer=2", "scale.n_head=2",
         "scale.n_embd=32", "scale.block_size=64", "scale.batch_size=4", "scale.warmup_steps=2",
         "scale.val_every=4", "scale.ckpt_every=2", "trainer.max_steps=4", "callbacks.samples.max_new_tokens=24",
         "callbacks.samples.n_samples=1", "trainer.enable_progress_bar=false",
@@ -154,3 +159,78 @@ def test_uniform_model_bits_per_note_on_bpe_and_plain_shards_of_the_same_songs(t
     for tok, split, bpn in ((plain_tok, plain, plain_bpn), (bpe_tok, bpe, bpe_bpn)):
         tokens_per_note = (len(split.tokens) - (len(split.offsets) - 1)) / split.notes.sum()  # BOS not predicted
         assert bpn == pytest.approx(tokens_per_note * math.log2(tok.vocab_size), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def _cli(args, tmp_path, env_extra=None, timeout=600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1", **(env_extra or {})})  # no credentials
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, cache_dir):
+    """`python train.py` as a newcomer runs it (fresh HOME, no wandb account), made short."""
+    tmp = tmp_path_factory.mktemp("default_run")
+    run_dir = tmp / "run"
+    proc = _cli([f"data.limit={LIMIT}", "trainer.max_steps=6", "scale.val_every=3", "scale.sample_every=3",
+                 "scale.log_every=2", "callbacks.samples.max_new_tokens=32", "torch_threads=1",
+                 f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir / 'data'}",
+                 f"hydra.run.dir={run_dir}"], tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, run_dir
+
+
+@pytest.mark.slow
+def test_python_train_py_finishes_offline_and_the_printed_paths_exist(default_run):
+    proc, run_dir = default_run
+    printed = dict(re.findall(r"^\[train\] (checkpoint|samples|wandb run|metrics):\s+(\S+)", proc.stdout, re.M))
+    assert set(printed) == {"checkpoint", "samples", "wandb run", "metrics"}, proc.stdout[-2000:]
+    for path in printed.values():
+        assert Path(path).exists() and Path(path).is_relative_to(run_dir)
+    assert Path(printed["checkpoint"]) == run_dir / "checkpoints" / "last.ckpt"
+    assert "offline-run" in Path(printed["wandb run"]).name         # no credentials: offline
+    m = json.loads(Path(printed["metrics"]).read_text())
+    assert m["steps"] == 6 and m["round"] == "dev" and m["val_bits_per_note"] > 0
+    for key in ("val_loss", "non_embedding_params", "vocab_size", "train_songs", "train_tokens", "wall_time_s"):
+        assert m[key] is not None
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_config_metrics_and_sample_media(default_run):
+    _, run_dir = default_run
+    [wandb_run] = (run_dir / "wandb").glob("offline-run-*")
+    files = wandb_run / "files"
+    cfg = yaml.safe_load((files / "run_config.yaml").read_text())
+    assert cfg["scale"]["n_layer"] == 4 and cfg["data"]["name"] == "bundled" and cfg["round"] == "dev"
+    assert json.loads((files / "metrics.json").read_text())["steps"] == 6
+    assert sorted((files / "media" / "images").rglob("*.png"))     # piano rolls as wandb images
+    midi = sorted((files / "samples").rglob("*.mid"))
+    assert len(midi) == 2 * 2                                       # 2 pieces at step 3 and at step 6
+    assert all(mido.MidiFile(p).length >= 0 for p in midi)
+    # the run's own record (history, config, summary) holds the logged metrics
+    [record] = wandb_run.glob("run-*.wandb")
+    blob = record.read_bytes()
+    for key in (b"train/loss", b"val/loss", b"val/bits_per_note", b"lr-AdamW", b"perf/tokens_per_s",
+                b"samples/grammar_error_rate", b"samples/pianoroll", b"non_embedding_params"):
+        assert key in blob, key
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_trains_and_ranks_end_identical(tmp_path, cache_dir):
+    run_dir = tmp_path / "ddp"
+    proc = _cli(["trainer=ddp_cpu", "+experiment=round3", *FAST, "trainer.max_steps=6", "callbacks.samples=null",
+                 f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir / 'data'}",
+                 f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 6
+    assert m["tokens_per_step"] == 2 * 4 * 64
+    digests, firsts = m["rank_weight_digests"], m["rank_first_batch_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]           # DDP kept the replicas identical
+    assert len(firsts) == 2 and firsts[0] != firsts[1]              # ...while each rank saw its own windows
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
