@@ -2,7 +2,9 @@
 bytes, and a slow mido-based reader that the tests use to cross-check `remi.midi_read`."""
 from __future__ import annotations
 
+import gc
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import mido
@@ -10,6 +12,20 @@ import numpy as np
 
 from .midi_read import DRUM_CHANNEL, MidiReadError
 from .score import KeySignature, Score, Tempo, TimeSignature, sort_notes
+
+
+@contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while allocating many acyclic objects: collections
+    triggered by allocation would rescan every object alive in the process, so their cost
+    grows with whatever else the caller holds (e.g. a corpus of token lists)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def score_to_midifile(score: Score, program: int = 0) -> mido.MidiFile:
@@ -29,16 +45,36 @@ def score_to_midifile(score: Score, program: int = 0) -> mido.MidiFile:
         meta.append((k.tick, 2, mido.MetaMessage("key_signature", key=k.key, time=0)))
     meta.sort(key=lambda m: (m[0], m[1]))
     conductor = mido.MidiTrack(_delta(meta))
+    # Notes and pedal as one numpy event table sorted by (tick, kind): offs (kind 0) before ons
+    # (kind 1) at a tick.
     notes = score.notes
-    ev: list[tuple[int, int, mido.Message]] = []
-    for s, e, p, v in notes.tolist():
-        ev.append((s, 1, mido.Message("note_on", note=int(p), velocity=int(min(max(v, 1), 127)), time=0)))
-        ev.append((e, 0, mido.Message("note_off", note=int(p), velocity=0, time=0)))
-    for s, e in score.pedals:
-        ev.append((s, 2, mido.Message("control_change", control=64, value=127, time=0)))
-        ev.append((e, 0, mido.Message("control_change", control=64, value=0, time=0)))
-    ev.sort(key=lambda m: (m[0], m[1]))
-    piano = mido.MidiTrack([mido.Message("program_change", program=program, time=0)] + _delta(ev))
+    pedals = np.asarray(score.pedals, dtype=np.int64).reshape(-1, 2)
+    ticks = np.concatenate([notes[:, 1], notes[:, 0], pedals[:, 1], pedals[:, 0]])
+    kinds = np.concatenate([np.zeros(len(notes), np.int64), np.ones(len(notes), np.int64),
+                            np.zeros(len(pedals), np.int64), np.full(len(pedals), 2, np.int64)])
+    status = np.concatenate([np.full(len(notes), 0x80), np.full(len(notes), 0x90),
+                             np.full(2 * len(pedals), 0xB0)]).astype(np.int64)
+    data1 = np.concatenate([notes[:, 2], notes[:, 2], np.full(2 * len(pedals), 64)]).astype(np.int64)
+    data2 = np.concatenate([np.zeros(len(notes), np.int64), np.clip(notes[:, 3], 1, 127),
+                            np.zeros(len(pedals), np.int64), np.full(len(pedals), 127)])
+    order = np.lexsort((kinds, ticks))
+    deltas = np.diff(np.concatenate([[0], ticks[order]]))
+    st, d1, d2, dt = status[order], data1[order], data2[order], deltas
+    names = np.where(st == 0x90, "note_on", "note_off").tolist()
+    # Messages are built without mido's per-field checks (values are valid by construction):
+    # mido's checks would cost more than all the rest of decoding. mido's own copy/bytes/save
+    # work on them; the decode tests read every written file back.
+    # The cyclic GC is paused while we allocate: these objects form no cycles, and collections
+    # triggered by allocation would rescan every message still alive (quadratic-ish in a batch).
+    new, M = mido.Message.__new__, mido.Message
+    with gc_paused():
+        msgs = [(m := new(M)).__dict__.update(type=k, channel=0, note=a, velocity=b, time=t) or m
+                for k, a, b, t in zip(names, d1.tolist(), d2.tolist(), dt.tolist())]
+    for i in np.nonzero(st == 0xB0)[0].tolist():  # sustain pedal (rare): control_change fields
+        msgs[i] = mido.Message("control_change", control=64, value=int(d2[i]), time=int(dt[i]))
+    msgs.insert(0, mido.Message("program_change", program=program, time=0))
+    msgs.append(mido.MetaMessage("end_of_track", time=0))
+    piano = mido.MidiTrack(msgs)
     return mido.MidiFile(type=1, ticks_per_beat=tpq, tracks=[conductor, piano])
 
 

@@ -138,9 +138,10 @@ class Tokenizer:
 
     def decode(self, ids):
         """ids -> mido.MidiFile (type 1, ticks_per_beat = tok.ticks_per_beat)."""
-        from .midi_io import score_to_midifile
+        from .midi_io import gc_paused, score_to_midifile
 
-        return score_to_midifile(self.decode_score(ids))
+        with gc_paused():
+            return score_to_midifile(self.decode_score(ids))
 
     def tokens(self, ids) -> list[str]:
         toks = self.vocab.tokens

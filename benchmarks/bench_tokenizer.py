@@ -1,0 +1,75 @@
+"""Tokenizer speed: ours vs MidiTok 3.x REMI, side by side, single process, same files.
+
+    .venv/bin/python benchmarks/bench_tokenizer.py [--repeat 3] [--limit N]
+
+encode: MIDI file path -> ids, parsing included (ours: remi.midi_read + numpy quantization;
+        MidiTok: symusic parsing + REMI), with conf/tokenizer/miditok.yaml vs the equivalent
+        miditok.REMI(TokenizerConfig(use_tempos=True, use_time_signatures=True)).
+decode: ids -> a MIDI object (ours: mido.MidiFile, the API's return type; MidiTok: symusic.Score),
+        plus ours to remi.Score alone. Each side decodes its own encoding of the same files.
+Prints files/s, notes/s and the ratio ours / MidiTok. Best of --repeat runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def best_of(repeat: int, fn) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--midi", default=str(ROOT.parent / "shared" / "midi"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N files")
+    args = ap.parse_args()
+
+    import miditok
+
+    import remi
+
+    base = Path(args.midi)
+    files = sorted((base / "tegridy-piano").glob("*.mid")) + sorted((base / "miditok-tests" / "one-track").glob("*.mid"))
+    files = [f for f in files if f.stat().st_size > 200]  # skip empty.mid
+    if args.limit:
+        files = files[: args.limit]
+    if not files:
+        raise SystemExit(f"no MIDI files under {base} (tegridy-piano/, miditok-tests/one-track/)")
+    ours = remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "miditok.yaml")
+    theirs = miditok.REMI(miditok.TokenizerConfig(use_tempos=True, use_time_signatures=True))
+
+    notes = sum(len(remi.read_midi(f)) for f in files)
+    our_ids = [ours.encode(f) for f in files]
+    their_seqs = [theirs.encode(f) for f in files]
+
+    rows = [
+        ("encode", best_of(args.repeat, lambda: [ours.encode(f) for f in files]),
+         best_of(args.repeat, lambda: [theirs.encode(f) for f in files])),
+        ("decode", best_of(args.repeat, lambda: [ours.decode(i) for i in our_ids]),
+         best_of(args.repeat, lambda: [theirs.decode(s) for s in their_seqs])),
+        ("decode->Score", best_of(args.repeat, lambda: [ours.decode_score(i) for i in our_ids]),
+         best_of(args.repeat, lambda: [theirs.decode(s) for s in their_seqs])),
+    ]
+    print(f"{len(files)} files, {notes} notes, best of {args.repeat}, single process; "
+          f"miditok {importlib.metadata.version('miditok')}")
+    print(f"{'task':<14} {'ours files/s':>13} {'ours notes/s':>13} {'miditok files/s':>16} {'miditok notes/s':>16} {'ratio':>6}")
+    for name, t_ours, t_theirs in rows:
+        print(f"{name:<14} {len(files) / t_ours:>13.1f} {notes / t_ours:>13.0f} {len(files) / t_theirs:>16.1f} "
+              f"{notes / t_theirs:>16.0f} {t_theirs / t_ours:>5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
