@@ -78,10 +78,10 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path, cache_dir):
 
 
 def _straight_and_resumed(tmp_path, cache_dir):
-    common = ["+experiment=round3", "scale.ckpt_every=10", "scale.val_every=30", "optim.max_steps=60",
+    common = ["+experiment=round3", "scale.ckpt_every=7", "scale.val_every=30", "optim.max_steps=60",
               "callbacks.samples=null"]
     straight = train.train(compose_cfg(tmp_path / "straight", cache_dir, *common, "trainer.max_steps=60"))
-    # The first leg stops at 30 (as a killed job would after its step-30 checkpoint); the cosine
+    # The first leg stops at 30 (periodic saves at 7, 14, .., 28, then the final one at 30); the cosine
     # schedule still spans 60 steps (optim.max_steps), as in the straight run.
     first = train.train(compose_cfg(tmp_path / "resumed", cache_dir, *common, "trainer.max_steps=30"))
     ckpt30 = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
