@@ -175,16 +175,35 @@ class Tokenizer:
 
     def allowed_next(self, ids) -> np.ndarray:
         """(vocab_size,) bool mask of ids the grammar allows after `ids`."""
-        state = _grammar.state_after(self.base_ids(ids), self.vocab)
+        return self.allowed_after_state(_grammar.state_after(self.base_ids(ids), self.vocab))
+
+    def grammar_state(self, ids=()) -> _grammar.GrammarState:
+        """The grammar automaton after `ids`, for incremental use by a sampler:
+        `state.step(base_id)` for each base id of a sampled token, then
+        `tok.allowed_after_state(state)` (O(1) per step instead of re-reading the prefix)."""
+        return _grammar.state_after(self.base_ids(ids), self.vocab)
+
+    def allowed_after_state(self, state: _grammar.GrammarState) -> np.ndarray:
         base_mask = state.mask()
         if self.bpe is None:
             return base_mask
-        mask = np.zeros(self.vocab_size, dtype=bool)
-        mask[: len(base_mask)] = base_mask
-        for i in range(len(base_mask), self.vocab_size):
-            s = state.copy()
-            mask[i] = all(s.step(b) for b in self.bpe.expand(i))
-        return mask
+        # A merged id is allowed when its whole expansion is; cached per automaton state.
+        key = state.key()
+        cached = self._bpe_mask_cache.get(key)
+        if cached is None:
+            cached = np.zeros(self.vocab_size, dtype=bool)
+            cached[: len(base_mask)] = base_mask
+            for i in range(len(base_mask), self.vocab_size):
+                s = state.copy()
+                cached[i] = all(s.step(b) for b in self.bpe.expand(i))
+            if len(self._bpe_mask_cache) > 4096:
+                self._bpe_mask_cache.clear()
+            self._bpe_mask_cache[key] = cached
+        return cached.copy()
+
+    @cached_property
+    def _bpe_mask_cache(self) -> dict:
+        return {}
 
     # ---- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -72,3 +72,14 @@ def test_sequences_sampled_under_the_mask_decode_with_nothing_skipped(seed):
     assert TOK.token_errors(seq) == 0.0
     score = TOK.decode_score(seq)
     assert len(score) == TOK.count_notes(seq) > 0
+
+
+def test_incremental_state_gives_the_same_masks_as_allowed_next():
+    from tests.test_tokenizer import small_midi
+
+    seq = TOK.encode(small_midi())
+    state = TOK.grammar_state()
+    for k in range(len(seq)):
+        np.testing.assert_array_equal(TOK.allowed_after_state(state), TOK.allowed_next(seq[:k]))
+        assert TOK.allowed_next(seq[:k])[seq[k]]  # the encoder's own next token is always allowed
+        state.step(seq[k])
