@@ -185,23 +185,21 @@ def load_prompts(tok, prompt: str | Path | None, prompt_bars: int | None, block_
 
 
 def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, continue_bars: bool
-                 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step mask for `GPT.generate`.
 
     grammar: only ids the REMI grammar allows next (`tok.allowed_next`).
     max_bars: a row that has generated its (max_bars+1)-th Bar may only say EOS (`finish` then
         cuts that Bar off).
-    continue_bars: the first new id must open a bar (or end the piece), so the continuation
-        never adds notes to the prompt's last bar and the prompt's bars stay exactly as given.
-    Returns None when nothing constrains sampling.
+    continue_bars: the first new id must open a bar, so the continuation never adds notes to
+        the prompt's last bar and the prompt's bars stay exactly as given.
+    Always: the first new id is not EOS (no empty pieces).
     """
-    if not grammar and max_bars is None and not continue_bars:
-        return None
     only_eos = np.zeros(tok.vocab_size, dtype=bool)
     only_eos[tok.eos_id] = True
     anything = np.ones(tok.vocab_size, dtype=bool)
     starts = np.array(sorted(bar_ids(tok)))
-    opens_bar = only_eos.copy()
+    opens_bar = np.zeros(tok.vocab_size, dtype=bool)
     opens_bar[starts] = True
     # Specials other than EOS never belong inside a piece, whatever the grammar table permits.
     not_special = anything.copy()
@@ -219,8 +217,10 @@ def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, cont
             mask = tok.allowed_next(row.tolist()) & not_special if grammar else anything
             if not mask.any():
                 mask = only_eos
-            if continue_bars and len(new) == 0:
-                mask = mask & opens_bar if (mask & opens_bar).any() else opens_bar
+            if len(new) == 0:  # never an empty piece: the first new id is not EOS
+                mask = mask & ~only_eos if (mask & ~only_eos).any() else mask
+                if continue_bars:
+                    mask = mask & opens_bar if (mask & opens_bar).any() else opens_bar
             masks[b] = mask
         return torch.from_numpy(masks).to(ids.device)
 
@@ -295,6 +295,7 @@ def sample(cfg: DictConfig) -> list[dict]:
         # intra-op threads mostly wait on each other (15x slower at 2 threads on a loaded 2-core box).
         torch.set_num_threads(int(cfg.cpu_threads))
     tok, gpt, extras = load_checkpoint(cfg.ckpt, device)
+    train_step = extras.get("global_step")  # Lightning's own key: which point of training this is
     prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, gpt.config.block_size)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -307,8 +308,8 @@ def sample(cfg: DictConfig) -> list[dict]:
     temperatures = [float(t) for t in cfg.temperatures] if sweep else [float(cfg.temperature)]
     n, bs = int(cfg.n_samples), int(cfg.batch_size)
     records: list[dict] = []
-    bar = tqdm(total=len(temperatures) * len(prompts) * n, unit="piece", desc="sampling",
-               disable=not cfg.progress)
+    progress = tqdm(total=len(temperatures) * len(prompts) * n, unit="piece", desc="sampling",
+                    disable=not cfg.progress)
     for temperature in temperatures:
         # Each temperature restarts from the same seed, so a sweep compares like with like.
         torch.manual_seed(int(cfg.seed))
@@ -320,9 +321,9 @@ def sample(cfg: DictConfig) -> list[dict]:
                                        generator, device)
                 for j, (ids, stop) in enumerate(batch):
                     records.append(write_piece(tok, ids, stop, folder / f"{prompt.name}_{start + j:03d}",
-                                               prompt, cfg, temperature, start + j, renderer))
-                    bar.update(1)
-    bar.close()
+                                               prompt, cfg, temperature, start + j, renderer, train_step))
+                    progress.update(1)
+    progress.close()
 
     if sweep:
         for prompt in prompts:
@@ -332,18 +333,19 @@ def sample(cfg: DictConfig) -> list[dict]:
                             [f"temperature {r['temperature']:g}" for r in firsts], out_dir / name,
                             title=f"{prompt.name}: first sample at each temperature (seed {cfg.seed})",
                             prompt_end_ticks=[prompt.end_tick] * len(firsts))
-    summary = {"checkpoint": str(cfg.ckpt), "tokenizer_hash": tok.hash, "device": device,
+    summary = {"checkpoint": str(cfg.ckpt), "train_step": train_step, "tokenizer_hash": tok.hash,
+               "device": device,
                "config": OmegaConf.to_container(cfg, resolve=True),
                "mean_token_errors": float(np.mean([r["token_errors"] for r in records])),
                "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records]}
     (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {len(records)} pieces to {out_dir}"
+    print(f"wrote {len(records)} piece{'' if len(records) == 1 else 's'} to {out_dir}"
           + (f" (audio with {Path(renderer.soundfont).name})" if renderer else ""), file=sys.stderr)
     return records
 
 
 def write_piece(tok, ids: list[int], stop: str, stem: Path, prompt: Prompt, cfg, temperature: float,
-                index: int, renderer) -> dict:
+                index: int, renderer, train_step: int | None = None) -> dict:
     """MIDI + PNG (+ WAV) + the JSON of settings and measurements for one piece."""
     title = f"{stem.name}  (T={temperature:g}" + (f", prompt: {prompt.n_bars} bars)" if prompt.path else ")")
     media = render(tok, ids, stem, title=title, prompt_end=prompt.end_tick)
@@ -356,14 +358,17 @@ def write_piece(tok, ids: list[int], stop: str, stem: Path, prompt: Prompt, cfg,
         "n_notes": media.n_notes, "n_bars": count_bars(tok, ids),
         "seconds": media.seconds, "token_errors": media.token_errors, "stopped_by": stop,
         "prompt_name": prompt.name, "prompt": prompt.info(), "checkpoint": str(cfg.ckpt),
-        "ids": ids,
+        "train_step": train_step, "ids": ids,
     }
     if renderer is not None:
         try:
-            record["wav"] = render_wav(media.midi, stem.with_suffix(".wav"), renderer).name
+            record["wav"] = render_wav(media.midi, stem.with_suffix(".wav"), renderer,
+                                       seconds=media.seconds).name
         except (RuntimeError, OSError) as e:
             tqdm.write(f"warning: {e}", file=sys.stderr)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    # Readable settings, one per line; the ids on one line at the end.
+    text = json.dumps({**record, "ids": None}, indent=1)
+    stem.with_suffix(".json").write_text(text.replace('"ids": null', '"ids": ' + json.dumps(ids)))
     return record
 
 

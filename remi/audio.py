@@ -63,8 +63,14 @@ def find_renderer(soundfont: str | None = None, executable: str = "fluidsynth") 
 
 
 def render_wav(midi_path: str | Path, wav_path: str | Path, renderer: Renderer,
+               seconds: float | None = None, tail_s: float = 0.5,
                sample_rate: int = 44100, gain: float = 0.6, timeout: float = 300.0) -> Path:
-    """Render one MIDI file to a 16-bit WAV file; raises RuntimeError with FluidSynth's words."""
+    """Render one MIDI file to a 16-bit WAV file; raises RuntimeError with FluidSynth's words.
+
+    FluidSynth renders a couple of seconds past the end. `seconds` (the music's length, e.g.
+    `Score.seconds()`) cuts the WAV to that plus `tail_s` of release; without it, the near-silent
+    tail is trimmed instead (which also drops a soft ending that has decayed to nothing).
+    """
     wav_path = Path(wav_path)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     # -n: no MIDI input, -i: no shell, -q: quiet; options must precede the SoundFont and the file.
@@ -75,7 +81,10 @@ def render_wav(midi_path: str | Path, wav_path: str | Path, renderer: Renderer,
         detail = " ".join((proc.stderr + " " + proc.stdout).split())[:300]
         raise RuntimeError(f"fluidsynth could not render {midi_path} "
                            f"(exit code {proc.returncode}): {detail or 'no message'}")
-    trim_trailing_silence(wav_path)
+    if seconds is not None:
+        cut_wav(wav_path, seconds + tail_s)
+    else:
+        trim_trailing_silence(wav_path)
     return wav_path
 
 
@@ -88,19 +97,31 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         return frames.reshape(-1, w.getnchannels()), w.getframerate()
 
 
+def _rewrite(path: str | Path, n_frames: int) -> float:
+    """Keep the first `n_frames` frames of a WAV file, in place; returns its length in seconds."""
+    with wave.open(str(path), "rb") as w:
+        params = w.getparams()
+    audio, rate = read_wav(path)
+    if n_frames < len(audio):
+        with wave.open(str(path), "wb") as w:
+            w.setparams(params)
+            w.writeframes(np.ascontiguousarray(audio[:n_frames]).tobytes())
+    return min(n_frames, len(audio)) / rate
+
+
+def cut_wav(path: str | Path, seconds: float) -> float:
+    """Cut a WAV file to at most `seconds`, in place; returns its new length in seconds."""
+    with wave.open(str(path), "rb") as w:
+        rate = w.getframerate()
+    return _rewrite(path, max(0, int(round(seconds * rate))))
+
+
 def trim_trailing_silence(path: str | Path, threshold: float = 1e-3, keep_s: float = 0.1) -> float:
     """Cut the near-silent tail (below `threshold` of full scale) off a WAV file, in place.
 
     FluidSynth renders a couple of seconds past the last note-off; trimming them makes the WAV
     as long as the music (plus `keep_s` of release). Returns the new length in seconds.
     """
-    with wave.open(str(path), "rb") as w:
-        params = w.getparams()
     audio, rate = read_wav(path)
     loud = np.flatnonzero(np.abs(audio.astype(np.int32)).max(axis=1) > threshold * 32767)
-    n = min(len(audio), (int(loud[-1]) + 1 if len(loud) else 0) + int(keep_s * rate))
-    if n < len(audio):
-        with wave.open(str(path), "wb") as w:
-            w.setparams(params)
-            w.writeframes(np.ascontiguousarray(audio[:n]).tobytes())
-    return n / rate
+    return _rewrite(path, (int(loud[-1]) + 1 if len(loud) else 0) + int(keep_s * rate))

@@ -76,6 +76,39 @@ def test_render_wav_is_audible_and_as_long_as_the_midi(tmp_path):
 
 
 @needs_fluidsynth
+def test_render_wav_keeps_a_soft_ending_when_told_the_length(tmp_path):
+    """A long, very soft last note decays below the silence threshold well before the MIDI ends;
+    given the music's length, the WAV still spans it (plus a short release)."""
+    mf = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mf.tracks.append(track)
+    track.append(mido.Message("note_on", note=60, velocity=100, time=0))
+    track.append(mido.Message("note_off", note=60, velocity=0, time=480))
+    track.append(mido.Message("note_on", note=40, velocity=5, time=0))
+    track.append(mido.Message("note_off", note=40, velocity=0, time=480 * 16))  # 8 s at 120 bpm
+    mf.save(tmp_path / "soft.mid")
+    seconds = mido.MidiFile(tmp_path / "soft.mid").length
+    audio, rate = read_wav(render_wav(tmp_path / "soft.mid", tmp_path / "soft.wav", RENDERER,
+                                      seconds=seconds, tail_s=0.5))
+    assert len(audio) / rate == pytest.approx(seconds + 0.5, abs=0.01)
+
+
+def test_cut_wav_cuts_to_the_given_length(tmp_path):
+    from remi.audio import cut_wav
+
+    path = tmp_path / "y.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(1000)
+        w.writeframes(np.arange(2 * 3000, dtype=np.int16).tobytes())
+    assert cut_wav(path, 1.25) == 1.25
+    audio, _ = read_wav(path)
+    assert audio.shape == (1250, 2) and audio[-1].tolist() == [2498, 2499]
+    assert cut_wav(path, 10.0) == 1.25  # never lengthens
+
+
+@needs_fluidsynth
 def test_render_wav_names_the_file_it_could_not_render(tmp_path):
     bad = tmp_path / "not_midi.mid"
     bad.write_text("this is not MIDI")
