@@ -35,6 +35,64 @@ def check_ids(ids, vocab: Vocab) -> np.ndarray:
 
 
 def ids_to_score(ids, vocab: Vocab) -> Score:
+    """Vectorised decoding; same result as `ids_to_score_loop`, the token-by-token reference."""
+    arr = check_ids(ids, vocab)
+    tpq = vocab.ticks_per_beat
+    eos = np.nonzero(arr == vocab.special_id("EOS"))[0]
+    if len(eos):
+        arr = arr[: eos[0]]
+    types = vocab.types[arr]
+    vals = vocab.values[arr]
+    n = len(arr)
+    idx = np.arange(n)
+
+    # Meter in force at each token: the last TimeSig at or before it (4/4 before any).
+    ts_num = np.array([4] + [nn for nn, _ in vocab.time_signatures], dtype=np.int64)
+    ts_den = np.array([4] + [dd for _, dd in vocab.time_signatures], dtype=np.int64)
+    is_ts = types == TIMESIG
+    last_ts = np.maximum.accumulate(np.where(is_ts, idx, -1)) if n else idx
+    meter = np.where(last_ts >= 0, np.where(is_ts[np.maximum(last_ts, 0)], vals[np.maximum(last_ts, 0)] + 1, 0), 0)
+    tpb = tpq * 4 // ts_den[meter]           # ticks per beat at each token
+    bar_len = tpb * ts_num[meter]
+
+    # Bar k starts where bar k-1 started plus the length of the meter in force at Bar k's token
+    # (the meter of bar k-1); the first Bar starts at tick 0.
+    bar_at = np.nonzero(types == BAR)[0]
+    step = np.where(np.arange(len(bar_at)) > 0, bar_len[bar_at], 0)
+    bar_tick = np.cumsum(step)
+    # Current tick at each token: set by the last Bar (its start) or Position (start + offset).
+    is_pos = types == POSITION
+    bar_of = np.searchsorted(bar_at, idx, side="right") - 1     # last Bar at or before each token
+    start_of = np.where(bar_of >= 0, bar_tick[np.maximum(bar_of, 0)] if len(bar_at) else 0, 0)
+    anchor_tick = np.where(is_pos, start_of + vals * (tpb // vocab.res), start_of)
+    anchor = np.maximum.accumulate(np.where(is_pos | (types == BAR), idx, -1)) if n else idx
+    tick = np.where(anchor >= 0, anchor_tick[np.maximum(anchor, 0)], 0)
+
+    # Notes: a Pitch directly followed by Velocity and Duration.
+    g = np.nonzero((types[:-2] == PITCH) & (types[1:-1] == VELOCITY) & (types[2:] == DURATION))[0] if n > 2 else idx[:0]
+    starts = tick[g]
+    durs = np.zeros(len(g), dtype=np.int64)
+    for t in np.unique(tpb[g]) if len(g) else ():
+        m = tpb[g] == t
+        durs[m] = vocab.duration_ticks(int(t))[vals[g[m] + 2]]
+    notes = np.stack([starts, starts + durs, vocab.config.pitch_range[0] + vals[g],
+                      vocab.velocities[vals[g + 1]]], axis=1) if len(g) else np.zeros((0, 4), np.int64)
+
+    tempo_at = np.nonzero(types == TEMPO)[0]
+    tempos = [Tempo(int(t), float(vocab.tempos[v])) for t, v in zip(tick[tempo_at].tolist(), vals[tempo_at].tolist())]
+    time_sigs: list[TimeSignature] = []
+    prev = None
+    for i in np.nonzero(is_ts)[0].tolist():
+        cur = vocab.time_signatures[vals[i]]
+        if cur != prev:  # a repeated TimeSig (the one after every Bar) is no change
+            b = bar_of[i]
+            time_sigs.append(TimeSignature(int(bar_tick[b]) if b >= 0 else 0, *cur))
+            prev = cur
+    return Score(ticks_per_beat=tpq, notes=sort_notes(notes.astype(np.int64)), tempos=tempos, time_signatures=time_sigs)
+
+
+def ids_to_score_loop(ids, vocab: Vocab) -> Score:
+    """Token-by-token reference decoder (kept for the equivalence test and as documentation)."""
     arr = check_ids(ids, vocab)
     tpq = vocab.ticks_per_beat
     res = vocab.res

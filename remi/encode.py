@@ -180,6 +180,14 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
         if cfg.use_tempos and len(t_ticks):
             t_ticks = _snap_sorted(t_ticks, factors)
 
+    # A Position token can only say which grid step of its bar an event is on; onsets between steps
+    # (possible when the widest denominator's meter was dropped above) go down to their step, as
+    # MidiTok's tokens put them. Then tempos that land on one tick collapse (below).
+    bars = Bars([tuple(r) for r in ts], tpq, vocab.res)
+    starts = _floor_to_position(starts, bars)
+    if cfg.use_tempos and len(t_ticks):
+        t_ticks = _floor_to_position(t_ticks, bars)
+
     # 4. Bins: velocity, duration (per meter: a beat is tpq*4/den ticks), tempo.
     vel_idx = closest_index(vocab.velocities, notes[:, VELOCITY])
     dur_idx = np.zeros(len(starts), dtype=np.int64)
@@ -217,6 +225,12 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
     if cfg.leading_silence == "trim":
         grid = _trim_leading(grid, vocab)
     return _cap_empty_bars(grid, vocab)
+
+
+def _floor_to_position(ticks: np.ndarray, bars: Bars) -> np.ndarray:
+    sec = bars.section_of_tick(ticks)
+    step = bars.ticks_per_pos[sec]
+    return bars.starts[sec] + (ticks - bars.starts[sec]) // step * step
 
 
 def _trim_leading(grid: Grid, vocab: Vocab) -> Grid:

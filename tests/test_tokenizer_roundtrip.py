@@ -145,3 +145,15 @@ def test_decode_never_raises_on_in_vocabulary_ids(ids):
     assert np.all(score.notes[:, 1] > score.notes[:, 0]) if len(score) else True
     tok.decode(ids)  # the mido writer accepts whatever decode produced
     assert 0.0 <= tok.token_errors(ids) <= 1.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.lists(st.one_of(st.integers(0, 201), st.sampled_from([4, 5, 8, 13])), max_size=200),
+       name=st.sampled_from(NAMES))
+def test_vectorised_decoder_equals_the_token_by_token_reference(ids, name):
+    from remi.decode import ids_to_score, ids_to_score_loop
+
+    vocab = TOKS[name].vocab
+    a, b = ids_to_score(ids, vocab), ids_to_score_loop(ids, vocab)
+    np.testing.assert_array_equal(a.notes, b.notes)
+    assert a.tempos == b.tempos and a.time_signatures == b.time_signatures
