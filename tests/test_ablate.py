@@ -172,6 +172,10 @@ def test_ablate_plans_commands(tmp_path):
     assert "scale=tiny" in first.argv and "data=bundled" in first.argv
     assert f"hydra.run.dir={tmp_path / 'runs' / 'round1-seed0'}" in first.argv
     assert {c.run_dir.name for c in cmds} == {"round1-seed0", "round1-seed1", "round3-seed0", "round3-seed1"}
+    # An explicit trainer.max_steps wins over `steps`; without one, `steps` sets it once.
+    assert sum(a.startswith("trainer.max_steps=") for a in first.argv) == 1
+    plain = ablate.train_commands(ablate.parse_args(["rounds=[2]", "steps=11"]))[0].argv
+    assert [a for a in plain if a.startswith("trainer.")] == ["trainer.max_steps=11"]
 
 
 @pytest.mark.slow
