@@ -38,7 +38,8 @@ class TokenizerConfig:
     use_tempos / num_tempos / tempo_range / log_tempos: Tempo tokens and their bins (bpm).
     use_time_signatures / time_signature_range: TimeSig tokens, `{denominator: [numerators]}`;
         time signatures outside the range are dropped (the bar grid follows the others).
-    sustain_pedal: "extend" (a note released while CC64 is down sounds until the pedal lifts)
+    sustain_pedal: "extend" (a note released while CC64 is down sounds until the pedal lifts or
+        its pitch is struck again)
         or "ignore".
     leading_silence: "keep", or "trim": more than one empty bar before the first note is cut
         to exactly one empty bar (whole bars are removed, so positions in the bar are kept).

@@ -126,14 +126,22 @@ def _snap_sorted(times: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 
 def extend_by_pedal(notes: np.ndarray, pedals: list[tuple[int, int]]) -> np.ndarray:
-    """Notes released while the sustain pedal is down sound until it lifts."""
+    """Notes released while the sustain pedal is down sound until it lifts, or until the same
+    pitch is struck again (a piano string is re-struck, not doubled), never shorter than played."""
     if not pedals or len(notes) == 0:
         return notes
     p = np.asarray(pedals, dtype=np.int64).reshape(-1, 2)
-    k = np.searchsorted(p[:, 0], notes[:, END], side="right") - 1
-    inside = (k >= 0) & (notes[:, END] < p[np.maximum(k, 0), 1])
+    ends = notes[:, END]
+    k = np.searchsorted(p[:, 0], ends, side="right") - 1
+    inside = (k >= 0) & (ends < p[np.maximum(k, 0), 1])
+    held = np.where(inside, p[np.maximum(k, 0), 1], ends)
+    # Next onset of the same pitch, via a (pitch, start) ordering.
+    order = np.lexsort((notes[:, START], notes[:, PITCH]))
+    nxt = np.full(len(notes), np.iinfo(np.int64).max)
+    same = notes[order[1:], PITCH] == notes[order[:-1], PITCH]
+    nxt[order[:-1][same]] = notes[order[1:][same], START]
     out = notes.copy()
-    out[inside, END] = p[k[inside], 1]
+    out[:, END] = np.maximum(ends, np.minimum(held, nxt))
     return out
 
 

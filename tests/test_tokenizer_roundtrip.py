@@ -157,3 +157,11 @@ def test_vectorised_decoder_equals_the_token_by_token_reference(ids, name):
     a, b = ids_to_score(ids, vocab), ids_to_score_loop(ids, vocab)
     np.testing.assert_array_equal(a.notes, b.notes)
     assert a.tempos == b.tempos and a.time_signatures == b.time_signatures
+
+
+def test_sustain_pedal_extension_stops_at_a_restrike_of_the_same_pitch():
+    from remi.encode import extend_by_pedal
+
+    notes = np.array([[0, 100, 60, 80], [300, 400, 60, 80], [0, 50, 64, 80], [2000, 2100, 60, 80]])
+    out = extend_by_pedal(notes, [(10, 1000)])
+    assert out[:, 1].tolist() == [300, 1000, 1000, 2100]  # cut at the re-strike; held; held; after pedal
