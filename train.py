@@ -33,7 +33,7 @@ from model.callbacks import NonFiniteLossError, SampleCallback
 from model.ckptio import AtomicCheckpointIO, load_plain
 from model.data import WindowConfig, WindowDataModule
 from model.gpt import GPT, GPTConfig
-from model.lit import LitGPT, OptimConfig, check_tokenizer_hash
+from model.lit import LitGPT, OptimConfig, TokenizerMismatchError, check_tokenizer_hash
 
 
 def _mul_int(value: Any, factor: Any) -> int:
@@ -204,6 +204,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
 
     tok, shard_dir, train_split, val_split = prepare_data(cfg)
+    prepared = time.time()
     gpt_config = model_config(cfg, tok.vocab_size)
     gpt = GPT(gpt_config)
     extra = {"tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": gpt_config.to_dict(),
@@ -255,7 +256,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         "val_tokens": int(len(val_split.tokens)), "val_notes": int(val_split.notes.sum()),
         "steps": trainer.global_step, "world_size": trainer.world_size,
         "tokens_per_step": cfg.scale.batch_size * gpt_config.block_size * trainer.world_size * trainer.accumulate_grad_batches,
-        "wall_time_s": round(time.time() - start, 2),
+        "wall_time_s": round(time.time() - start, 2), "prepare_time_s": round(prepared - start, 2),
         "data_position": dm.position(),
         "rank_weight_digests": digests, "rank_first_batch_digests": first_batches,
         "shard_dir": str(shard_dir), "output_dir": str(out_dir),
@@ -271,7 +272,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
                 lg.experiment.summary.update({k: v for k, v in metrics.items()
                                               if isinstance(v, (int, float)) and v is not None})
                 lg.experiment.finish()
-        print(f"\n[train] done in {metrics['wall_time_s']:.0f} s, {metrics['steps']} steps, "
+        print(f"\n[train] done in {metrics['wall_time_s']:.0f} s ({metrics['prepare_time_s']:.0f} s preparing data), "
+              f"{metrics['steps']} steps, "
               f"val bits/note {metrics['val_bits_per_note']}")
         print(f"[train] checkpoint: {metrics['checkpoint']}")
         print(f"[train] samples:    {metrics['samples']}")
@@ -287,7 +289,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, TokenizerMismatchError) as e:
         print(f"[train] stopped: {e}", file=sys.stderr)
         sys.exit(1)
 
