@@ -255,9 +255,29 @@ def encode_file(path: str, tok: Any) -> FileResult:
         return FileResult(None, error=f"{type(e).__name__}: {e}")
 
 
-def _work(item: tuple[int, str]) -> tuple[int, FileResult]:
-    i, path = item
-    return i, encode_file(path, _TOK)
+def _work(chunk: list[tuple[int, str]]) -> tuple[list[tuple[int, int, float, str | None, int]], np.ndarray | None]:
+    """Encode a chunk of files in a worker. Returns one row (index, notes, seconds, error,
+    n_ids) per file and every file's ids concatenated in the shard dtype: one pickle per chunk,
+    4x fewer bytes than int64, so the main process stays nearly idle."""
+    rows, arrays = [], []
+    for i, path in chunk:
+        r = encode_file(path, _TOK)
+        rows.append((i, r.notes, r.seconds, r.error, 0 if r.ids is None else len(r.ids)))
+        if r.ids is not None:
+            arrays.append(r.ids)
+    flat = np.concatenate(arrays).astype(shards.dtype_for_vocab(_TOK.vocab_size)) if arrays else None
+    return rows, flat
+
+
+def _unpack(packed) -> Iterable[tuple[int, FileResult]]:
+    rows, flat = packed
+    pos = 0
+    for i, notes, seconds, error, n in rows:
+        if error is not None:
+            yield i, FileResult(None, error=error)
+        else:
+            yield i, FileResult(flat[pos : pos + n], notes, seconds)
+            pos += n
 
 
 def tokenize(
@@ -286,11 +306,13 @@ def tokenize(
             ctx = pool_context()
             # Small chunks keep every worker busy to the end; files differ 100x in length.
             chunksize = max(1, min(16, len(items) // (workers * 8)))
+            chunks = [items[k : k + chunksize] for k in range(0, len(items), chunksize)]
             with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(),)) as pool:
-                for i, r in pool.imap_unordered(_work, items, chunksize=chunksize):
-                    results[i] = r
-                    log.put(entries[i].sha256, r)
-                    bar.update()
+                for packed in pool.imap_unordered(_work, chunks):
+                    for i, r in _unpack(packed):
+                        results[i] = r
+                        log.put(entries[i].sha256, r)
+                        bar.update()
     finally:
         log.close()
         bar.close()
