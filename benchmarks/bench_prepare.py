@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     p.add_argument("--tokenizer", default="coarse")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--copies", type=int, default=2)
+    p.add_argument("--copies", type=int, default=8)
     p.add_argument("--workers", type=int, default=None, help="N for the parallel row (default: all cores)")
     args = p.parse_args(argv)
     if not args.folder.is_dir():
