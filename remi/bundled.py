@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
