@@ -25,6 +25,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -221,6 +222,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
 
     loggers = build_loggers(cfg)
     cbs = build_callbacks(cfg, tok) + list(callbacks or [])
+    if not loggers:  # `logger=none`: LearningRateMonitor refuses to run without a logger
+        cbs = [cb for cb in cbs if not isinstance(cb, LearningRateMonitor)]
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=loggers or False,
                         callbacks=cbs, plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
                         default_root_dir=str(out_dir))

@@ -234,3 +234,19 @@ def test_two_process_cpu_ddp_trains_and_ranks_end_identical(tmp_path, cache_dir)
     assert len(firsts) == 2 and firsts[0] != firsts[1]              # ...while each rank saw its own windows
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logger", ["none", "csv", "tensorboard"])
+def test_every_logger_choice_trains_and_leaves_its_record(logger, tmp_path, cache_dir):
+    cfg = compose_cfg(tmp_path, cache_dir, f"logger={logger}", "trainer.log_every_n_steps=1")
+    train.train(cfg)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["steps"] == 4 and math.isfinite(m["val_bits_per_note"])
+    if logger == "csv":
+        header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert "val/bits_per_note" in header and "train/loss" in header
+    elif logger == "tensorboard":
+        assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        assert not (tmp_path / "csv").exists() and not (tmp_path / "tensorboard").exists()
