@@ -43,9 +43,8 @@ class AblationConfig:
     rounds: list = field(default_factory=lambda: [1, 2, 3, 4])  # which conf/experiment/roundN
     seeds: list = field(default_factory=lambda: [0])  # training seeds; > 1 gives mean ± spread
     out: str = "outputs/ablation"  # report.md, report.json, plots/, runs/, prompts/
-    # trainer.max_steps per run (None: the scale's own, 300 at tiny). 150 keeps the tiny ablation of
-    # four rounds, one seed, near 20-25 minutes on 2 CPU cores (about 1 s a step at tiny).
-    steps: int | None = 150
+    # trainer.max_steps per run (None: the scale's own, 300 at tiny: ~75 s per run on 2 idle cores).
+    steps: int | None = None
     n_samples: int = 8  # pieces from scratch per run
     free_bars: int = 8  # bars of each piece from scratch
     n_prompts: int = 4  # held-out pieces whose first bars are continued

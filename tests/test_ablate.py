@@ -187,7 +187,8 @@ def test_ablate_end_to_end_tiny(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), "scale=tiny", "data=bundled",
            "rounds=[3,4]", "seeds=[0]", f"out={out}", "steps=4", "n_samples=2", "n_prompts=1", "prompt_bars=2",
-           "max_bars=2", "free_bars=2", "max_new_tokens=160", "n_real=4", "data.limit=40", "logger=csv"]
+           "max_bars=2", "free_bars=2", "max_new_tokens=160", "n_real=4", "data.limit=40", "logger=csv",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / R.REPORT_JSON).read_text())
