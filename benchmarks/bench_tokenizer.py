@@ -8,6 +8,8 @@ encode: MIDI file path -> ids, parsing included (ours: remi.midi_read + numpy qu
 decode: ids -> a MIDI object (ours: mido.MidiFile, the API's return type; MidiTok: symusic.Score),
         and decode->Score: ours to remi.Score alone (the like-for-like row: both return an
         in-memory score). Each side decodes its own encoding of the same files.
+decode->bytes: ids -> a standard MIDI file's bytes (ours: tok.decode + mido's writer; MidiTok:
+        decode + symusic's dump_midi to a temporary file, read back as bytes).
 Prints files/s, notes/s and the ratio ours / MidiTok. Best of --repeat runs.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import gc
 import importlib.metadata
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +45,7 @@ def main() -> None:
     import miditok
 
     import remi
+    from remi.midi_io import midifile_to_bytes
 
     base = Path(args.midi)
     files = sorted((base / "tegridy-piano").glob("*.mid")) + sorted((base / "miditok-tests" / "one-track").glob("*.mid"))
@@ -60,11 +64,20 @@ def main() -> None:
     our_ids = [ours.encode(f) for f in files]
     ours_t["decode"] = best_of(args.repeat, lambda: [ours.decode(i) for i in our_ids])
     ours_t["decode->Score"] = best_of(args.repeat, lambda: [ours.decode_score(i) for i in our_ids])
+    ours_t["decode->bytes"] = best_of(args.repeat, lambda: [midifile_to_bytes(ours.decode(i)) for i in our_ids])
     del our_ids
     gc.collect()
     theirs_t = {"encode": best_of(args.repeat, lambda: [theirs.encode(f) for f in files])}
     their_seqs = [theirs.encode(f) for f in files]
     theirs_t["decode"] = theirs_t["decode->Score"] = best_of(args.repeat, lambda: [theirs.decode(s) for s in their_seqs])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "x.mid"
+
+        def dump(seq) -> bytes:
+            theirs.decode(seq).dump_midi(out)
+            return out.read_bytes()
+
+        theirs_t["decode->bytes"] = best_of(args.repeat, lambda: [dump(s) for s in their_seqs])
     rows = [(k, ours_t[k], theirs_t[k]) for k in ours_t]
     print(f"{len(files)} files, {notes} notes, best of {args.repeat}, single process; "
           f"miditok {importlib.metadata.version('miditok')}")
