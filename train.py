@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import remi
+from remi.datasets import DatasetMissingError
 from model.callbacks import NonFiniteLossError, SampleCallback
 from model.ckptio import AtomicCheckpointIO, load_plain
 from model.data import WindowConfig, WindowDataModule
@@ -292,7 +293,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (NonFiniteLossError, TokenizerMismatchError) as e:
+    except (NonFiniteLossError, TokenizerMismatchError, DatasetMissingError) as e:
         print(f"[train] stopped: {e}", file=sys.stderr)
         sys.exit(1)
 
