@@ -33,7 +33,16 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "OMP_
 def ckpt(tmp_path_factory) -> Path:
     """checkpoints/last.ckpt of a real `train.py scale=tiny` run (2 steps) on a folder of 24
     small MIDI files written here (a folder is a valid data source; no download, no conversion)."""
-    run = tmp_path_factory.mktemp("tiny_run")
+    return _train_tiny(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def bpe_ckpt(tmp_path_factory) -> Path:
+    """The same run with BPE on (rounds 1-2), so sampling meets merged ids."""
+    return _train_tiny(tmp_path_factory.mktemp("tiny_bpe_run"), "tokenizer.bpe_vocab_size=260")
+
+
+def _train_tiny(run: Path, *extra: str) -> Path:
     corpus = run / "corpus"
     corpus.mkdir()
     for i in range(24):
@@ -42,7 +51,7 @@ def ckpt(tmp_path_factory) -> Path:
            "data.val_fraction=0.2", "data.test_fraction=0.1", "trainer.max_steps=2", "scale.ckpt_every=2",
            "scale.val_every=1000", "logger=csv", "callbacks.samples=null", "trainer.enable_progress_bar=false",
            "trainer.enable_model_summary=false", f"hydra.run.dir={run}", f"paths.cache_dir={run / 'cache'}",
-           f"paths.data_dir={run / 'data'}"]
+           f"paths.data_dir={run / 'data'}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     path = run / "checkpoints" / "last.ckpt"
     assert proc.returncode == 0 and path.is_file(), proc.stderr[-3000:]
@@ -290,3 +299,20 @@ def test_cut_bars_stops_before_the_next_bar(tok, tmp_path):
     assert cut == ids[: len(cut)] and tok.eos_id not in cut
     whole, n_all = sample_mod.cut_bars(tok, ids, 50)  # fewer bars than asked: all of them
     assert whole == ids[:-1] and n_all == ids.count(tok.bar_id)
+
+
+def test_bpe_checkpoint_samples_follow_the_grammar_and_keep_the_prompt(bpe_ckpt, tmp_path):
+    tok = remi.Tokenizer.from_dict(torch.load(bpe_ckpt, weights_only=True)["tokenizer"])
+    assert tok.bpe is not None and tok.vocab_size > tok.base_vocab_size
+    prompt = write_prompt(tmp_path / "p.mid", seed=5)
+    records = sample_mod.sample(config(ckpt=bpe_ckpt, out_dir=tmp_path / "out", prompt=prompt, prompt_bars=2,
+                                       n_samples=3, max_bars=2, max_new_tokens=120, audio=False,
+                                       progress=False))
+    two_bars = 2 * 4 * tok.ticks_per_beat
+    expected = notes_before(tok.quantize(prompt), two_bars)
+    assert len(expected) > 5
+    for r in records:
+        assert r["token_errors"] == 0.0 == tok.token_errors(r["ids"])
+        assert any(i >= tok.base_vocab_size for i in r["ids"])  # merged ids really occur
+        np.testing.assert_array_equal(notes_before(tok.decode_score(r["ids"]), two_bars), expected)
+        assert len(mido.MidiFile(tmp_path / "out" / r["midi"]).tracks) > 0
