@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import remi
 from model import GPT, GPTConfig
+from model.ckptio import load_plain
 from remi.audio import INSTALL_HINT, find_renderer, render_wav
 from remi.pianoroll import save_comparison
 from remi.render import bar_ids, count_bars, prompt_end_tick, render
@@ -76,11 +77,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[remi.Tokeniz
     """(tokenizer, GPT in eval mode on `device`, the checkpoint's plain-data extras)."""
     path = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle error, a zip error, a text file: all mean "not a checkpoint"
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise SampleError(f"{path} is not a readable PyTorch checkpoint (torch.load(weights_only=True) "
-                          f"failed: {type(e).__name__}: {first})") from None
+        ckpt = load_plain(path)
+    except ValueError as e:  # a pickle error, a zip error, a text file: all mean "not a checkpoint"
+        raise SampleError((str(e).strip().splitlines() or [""])[0][:300]) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise SampleError(f"{path} is not a pianolm checkpoint: it lacks {', '.join(map(repr, missing))} "

@@ -94,7 +94,8 @@ def make_render(tok: "remi.Tokenizer"):
     from remi.render import mean_token_errors, render_many
 
     synth = find_renderer()
-    hinted = []
+    if synth is None:  # said once per run, not at every sampling step
+        print(f"[train] {INSTALL_HINT}", file=sys.stderr)
 
     def render(samples: list[list[int]], out_dir: Path) -> dict:
         rendered = render_many(tok, samples, out_dir)
@@ -105,8 +106,6 @@ def make_render(tok: "remi.Tokenizer"):
                     audio.append(render_wav(r.midi, r.midi.with_suffix(".wav"), synth))
                 except RuntimeError as e:
                     print(f"[train] sample audio skipped: {e}", file=sys.stderr)
-        elif not hinted:
-            hinted.append(print(f"[train] {INSTALL_HINT}", file=sys.stderr))
         return {"midi": [r.midi for r in rendered], "images": [r.png for r in rendered], "audio": audio,
                 "grammar_error_rate": mean_token_errors(rendered),
                 "notes_mean": sum(r.n_notes for r in rendered) / max(1, len(rendered))}

@@ -25,8 +25,8 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
 _BF16_PEAKS = (
     ("H100 PCIe", 756e12),
     ("H100", 989.4e12),
-    ("H200", 989.4e12),
     ("GH200", 989.4e12),
+    ("H200", 989.4e12),
     ("B200", 2250e12),
     ("A100", 312e12),
     ("L40S", 362.05e12),

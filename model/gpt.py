@@ -63,6 +63,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.head_size = config.head_size
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
@@ -72,9 +73,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, cache: LayerCache | None = None, start: int = 0) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, nh, start + T, hs)
         dropout_p = self.dropout if self.training else 0.0
@@ -158,7 +159,7 @@ class GPTConfig:
     def from_dict(cls, d: dict) -> GPTConfig:
         """Inverse of `to_dict`; tolerates derived keys (e.g. from `dataclasses.asdict`)."""
         names = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - names - {f.name for f in fields(cls)}
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown GPTConfig key(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
         return cls(**{k: v for k, v in d.items() if k in names})

@@ -219,7 +219,9 @@ def convert(
         todo_jobs = all_jobs
     todo = [j for j in todo_jobs if j.name not in done]
     if todo:
-        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        from .prepare import default_workers
+
+        workers = max(1, min(workers or default_workers(), len(todo)))
         bar = tqdm(total=len(todo), desc=f"music21 -> MIDI ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
         # Big files first, so no worker is left with a long one at the end.
         todo_sorted = sorted(todo, key=lambda j: -Path(j.path).stat().st_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from .midi_read import DRUM_CHANNEL, MidiReadError
+from .midi_read import DRUM_CHANNEL, MidiReadError, _pedal_intervals
 from .score import KeySignature, Score, Tempo, TimeSignature, sort_notes
 
 
@@ -132,7 +132,6 @@ def read_midi_mido(path: str | Path) -> Score:
                 ts.append((tick, msg.numerator, msg.denominator))
             elif msg.type == "key_signature":
                 keys.append((tick, msg.key))
-    from .midi_read import _pedal_intervals
 
     tempos.sort(key=lambda t: t[0])
     ts.sort(key=lambda t: t[0])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -143,6 +144,7 @@ class FileResult:
     error: str | None = None
 
 
+@functools.cache
 def code_hash() -> str:
     """Hash of the tokenizer's source code: a changed encoder must not reuse cached results."""
     h = hashlib.sha256()

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .midi_io import score_to_midifile
 from .pianoroll import bar_starts, save_pianoroll
 
 
@@ -72,8 +73,8 @@ def render(tok, ids: Sequence[int], stem: str | Path, title: str | None = None,
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     midi_path, png_path = stem.with_suffix(".mid"), stem.with_suffix(".png")
-    tok.decode(ids).save(str(midi_path))
-    score = tok.decode_score(ids)
+    score = tok.decode_score(ids)  # decoded once: the .mid and the roll both come from it
+    score_to_midifile(score).save(str(midi_path))
     save_pianoroll(score, png_path, title=title if title is not None else stem.name,
                    prompt_end_tick=prompt_end)
     return Rendered(midi=midi_path, png=png_path, n_tokens=len(ids), n_notes=len(score),

@@ -59,8 +59,7 @@ def test_cache_dir_follows_env(tmp_path, monkeypatch):
     assert bundled.bundled_dir(tmp_path / "x") == tmp_path / "x" / "bundled"
 
 
-@pytest.mark.parametrize("n", [60])
-def test_abc_opus_gives_many_pieces_per_file(tmp_path, n):
+def test_abc_opus_gives_many_pieces_per_file(tmp_path):
     """O'Neill's tune book files hold ~50 tunes each: one job, many MIDI files."""
     job = next(j for j in bundled.jobs() if j.collection == "oneills1850")
     r = bundled.convert_job(job, str(tmp_path))

@@ -225,7 +225,7 @@ def test_cli_json(tmp_path, small_folder, capsys):
 # --------------------------------------------------------------------------- BPE
 
 
-def test_prepare_for_training_with_bpe(tmp_path, tok, small_folder):
+def test_prepare_for_training_with_bpe(tmp_path, tok, small_folder, monkeypatch):
     cfg = {"name": "small", "sources": [str(small_folder)], "round1_sources": None, "subset": "all",
            "limit": None, "val_fraction": 0.1, "test_fraction": 0.1}
     bpe_tok = remi.Tokenizer(replace(tok.config, bpe_vocab_size=tok.vocab_size + 40))
@@ -243,7 +243,9 @@ def test_prepare_for_training_with_bpe(tmp_path, tok, small_folder):
     m = shards.read_manifest(shard_dir)
     assert m["total"]["tokens"] == sum(shards.load_split(shard_dir, s).n_tokens for s in shards.SPLITS)
     assert m["total"]["tokens_per_note"] < shards.read_manifest(base_dir)["total"]["tokens_per_note"]
-    # second call: the trained BPE and the shards are reused, not retrained
+    # second call: the trained BPE and the shards are reused, not retrained or rewritten
+    monkeypatch.setattr(remi.Tokenizer, "train_bpe", lambda *a, **k: pytest.fail("BPE retrained"))
+    monkeypatch.setattr(shards, "write_shards", lambda *a, **k: pytest.fail("shards rewritten"))
     again, again_dir = prepare.prepare_for_training(cfg, bpe_tok, tmp_path, tmp_path / "cache", workers=1, progress=False)
     assert again.hash == final.hash and again_dir == shard_dir
 
