@@ -26,6 +26,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -160,47 +161,56 @@ def results_dir(cache_dir: str | Path, tok: Any) -> Path:
     return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}"
 
 
+_HEAD_STRUCT = struct.Struct("<32sqqq")  # ResultLog.HEAD, packed without numpy (one per file)
+
+
 class ResultLog:
-    """Per-file results, appended as they arrive to `<dir>/log-<pid>-<ns>.bin` (one file per run).
+    """Per-file results, appended as they arrive to `<dir>/log-<pid>-<ns>.bin` (one file per
+    writing process and run: the main process with one worker, else each worker process).
 
     Record: 32-byte content hash, int64 notes, int64 milliseconds, int64 n (n >= 0: n uint32 ids
     follow; n < 0: -n bytes of UTF-8 skip reason follow). A killed run leaves at most one
-    incomplete record at the end of its log, which reading ignores; everything before it is
-    reused, so a rerun resumes. One open file per run, no file per MIDI file.
+    incomplete record at the end of each log, which reading ignores; everything before it is
+    reused, so a rerun resumes. Reading maps each log once; a result's ids are a view into it.
     """
 
     HEAD = np.dtype([("sha", "u1", (32,)), ("notes", "<i8"), ("ms", "<i8"), ("n", "<i8")])
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.index: dict[bytes, tuple[Path, int, int, int, int]] = {}  # sha -> (log, offset, notes, ms, n)
-        for log in sorted(self.folder.glob("log-*.bin")):
-            self._scan(log)
+        self.index: dict[bytes, tuple[np.ndarray, int, int, int, int]] = {}  # sha -> (log bytes, offset, notes, ms, n)
+        self._scanned: set[str] = set()
+        self.rescan()
         self._out = None
 
+    def rescan(self) -> None:
+        """Index the logs written since the last scan (e.g. by worker processes)."""
+        for log in sorted(self.folder.glob("log-*.bin")):
+            if log.name not in self._scanned:
+                self._scanned.add(log.name)
+                self._scan(log)
+
     def _scan(self, log: Path) -> None:
-        data = log.read_bytes()
-        pos, size, hs = 0, len(data), self.HEAD.itemsize
+        if log.stat().st_size == 0:
+            return
+        data = np.memmap(log, dtype=np.uint8, mode="r").view(np.ndarray)
+        pos, size, hs = 0, len(data), _HEAD_STRUCT.size
         while pos + hs <= size:
-            h = np.frombuffer(data, self.HEAD, count=1, offset=pos)[0]
-            n = int(h["n"])
+            sha, notes, ms, n = _HEAD_STRUCT.unpack_from(data, pos)
             body = n * 4 if n >= 0 else -n
             if pos + hs + body > size:
                 break  # the incomplete last record of a killed run
-            self.index[h["sha"].tobytes()] = (log, pos + hs, int(h["notes"]), int(h["ms"]), n)
+            self.index[sha] = (data, pos + hs, notes, ms, n)
             pos += hs + body
 
     def get(self, sha: str) -> FileResult | None:
         hit = self.index.get(bytes.fromhex(sha))
         if hit is None:
             return None
-        log, offset, notes, ms, n = hit
+        data, offset, notes, ms, n = hit
         if n < 0:
-            with open(log, "rb") as f:
-                f.seek(offset)
-                return FileResult(None, error=f.read(-n).decode("utf-8", "replace"))
-        ids = np.fromfile(log, dtype="<u4", count=n, offset=offset).astype(np.int64)
-        return FileResult(ids, notes, ms / 1000.0)
+            return FileResult(None, error=data[offset : offset - n].tobytes().decode("utf-8", "replace"))
+        return FileResult(data[offset : offset + 4 * n].view("<u4"), notes, ms / 1000.0)
 
     def put(self, sha: str, r: FileResult) -> None:
         if self._out is None:
@@ -212,10 +222,12 @@ class ResultLog:
         else:
             body = np.asarray(r.ids, dtype="<u4").tobytes()
             n = len(r.ids)
-        head = np.zeros(1, dtype=self.HEAD)
-        head["sha"] = np.frombuffer(bytes.fromhex(sha), dtype=np.uint8)
-        head["notes"], head["ms"], head["n"] = r.notes, round(r.seconds * 1000), n
-        self._out.write(head.tobytes() + body)
+        head = _HEAD_STRUCT.pack(bytes.fromhex(sha), r.notes, round(r.seconds * 1000), n)
+        self._out.write(head + body)
+
+    def flush(self) -> None:
+        if self._out is not None:
+            self._out.flush()
 
     def close(self) -> None:
         if self._out is not None:
@@ -224,13 +236,16 @@ class ResultLog:
 
 
 _TOK = None  # the worker process's tokenizer (set once by _init_worker)
+_LOG: ResultLog | None = None  # the worker process's own result log
 
 
-def _init_worker(tok_dict: dict) -> None:
-    global _TOK
+def _init_worker(tok_dict: dict, log_folder: str) -> None:
+    global _TOK, _LOG
     from .tokenizer import Tokenizer
 
     _TOK = Tokenizer.from_dict(tok_dict)
+    _LOG = ResultLog.__new__(ResultLog)  # a writer only: it need not index the existing logs
+    _LOG.folder, _LOG.index, _LOG._scanned, _LOG._out = Path(log_folder), {}, set(), None
 
 
 def encode_file(path: str, tok: Any) -> FileResult:
@@ -257,29 +272,14 @@ def encode_file(path: str, tok: Any) -> FileResult:
         return FileResult(None, error=f"{type(e).__name__}: {e}")
 
 
-def _work(chunk: list[tuple[int, str]]) -> tuple[list[tuple[int, int, float, str | None, int]], np.ndarray | None]:
-    """Encode a chunk of files in a worker. Returns one row (index, notes, seconds, error,
-    n_ids) per file and every file's ids concatenated in the shard dtype: one pickle per chunk,
-    4x fewer bytes than int64, so the main process stays nearly idle."""
-    rows, arrays = [], []
-    for i, path in chunk:
-        r = encode_file(path, _TOK)
-        rows.append((i, r.notes, r.seconds, r.error, 0 if r.ids is None else len(r.ids)))
-        if r.ids is not None:
-            arrays.append(r.ids)
-    flat = np.concatenate(arrays).astype(shards.dtype_for_vocab(_TOK.vocab_size)) if arrays else None
-    return rows, flat
-
-
-def _unpack(packed) -> Iterable[tuple[int, FileResult]]:
-    rows, flat = packed
-    pos = 0
-    for i, notes, seconds, error, n in rows:
-        if error is not None:
-            yield i, FileResult(None, error=error)
-        else:
-            yield i, FileResult(flat[pos : pos + n], notes, seconds)
-            pos += n
+def _work(chunk: list[tuple[str, str]]) -> int:
+    """Encode a chunk of (path, sha) in a worker, appending each result to the worker's own log
+    (flushed before returning, so a finished chunk is on disk). Only the count goes back: the
+    main process has nothing to unpickle or write, so the workers keep the cores to themselves."""
+    for path, sha in chunk:
+        _LOG.put(sha, encode_file(path, _TOK))
+    _LOG.flush()
+    return len(chunk)
 
 
 def tokenize(
@@ -295,26 +295,34 @@ def tokenize(
 
     log = ResultLog(results_dir(cache_dir, tok))
     results: list[FileResult | None] = [log.get(e.sha256) for e in entries]
-    items = [(i, e.path) for i, e in enumerate(entries) if results[i] is None]
-    workers = max(1, min(workers or default_workers(), len(items) or 1))
-    bar = tqdm(total=len(items), desc=f"tokenize ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
+    todo = [i for i, r in enumerate(results) if r is None]
+    workers = max(1, min(workers or default_workers(), len(todo) or 1))
+    bar = tqdm(total=len(todo), desc=f"tokenize ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
     try:
         if workers == 1:
-            for i, path in items:
-                results[i] = r = encode_file(path, tok)
+            for i in todo:
+                results[i] = r = encode_file(entries[i].path, tok)
                 log.put(entries[i].sha256, r)
                 bar.update()
         else:
+            items = [(entries[i].path, entries[i].sha256) for i in todo]
             ctx = pool_context()
-            # Small chunks keep every worker busy to the end; files differ 100x in length.
-            chunksize = max(1, min(16, len(items) // (workers * 8)))
-            chunks = [items[k : k + chunksize] for k in range(0, len(items), chunksize)]
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(),)) as pool:
-                for packed in pool.imap_unordered(_work, chunks):
-                    for i, r in _unpack(packed):
-                        results[i] = r
-                        log.put(entries[i].sha256, r)
-                        bar.update()
+            # Chunks shrink toward the end (guided scheduling): few round trips while there is
+            # much left, and no worker left alone with a long chunk at the end (files differ
+            # 100x in length).
+            chunks, k = [], 0
+            while k < len(items):
+                size = max(1, min(64, (len(items) - k) // (workers * 4)))
+                chunks.append(items[k : k + size])
+                k += size
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(), str(log.folder))) as pool:
+                for done in pool.imap_unordered(_work, chunks):
+                    bar.update(done)
+            log.rescan()
+            for i in todo:
+                results[i] = log.get(entries[i].sha256)
+                if results[i] is None:  # cannot happen unless a worker's log was lost
+                    raise RuntimeError(f"no result for {entries[i].path} in {log.folder}; rerun to resume")
     finally:
         log.close()
         bar.close()

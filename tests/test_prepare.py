@@ -155,6 +155,28 @@ def test_killed_preparation_leaves_nothing_complete_and_resumes_from_cached_file
     assert shards.is_complete(r.dir) and r.manifest["total"]["files"] == 12
 
 
+def test_parallel_workers_write_their_own_logs_and_a_rerun_reuses_them(tmp_path, tok, small_folder, monkeypatch):
+    cfg = DataConfig(name="small", sources=(str(small_folder),))
+    cache = tmp_path / "cache"
+    first = prepare.prepare(cfg, tok, cache_dir=cache, workers=2, progress=False)
+    logs = sorted(prepare.results_dir(cache, tok).glob("log-*.bin"))
+    # one per worker process that got work, none from the main process
+    assert 1 <= len(logs) <= 2 and not any(f.name.startswith(f"log-{os.getpid()}-") for f in logs)
+    # a log cut inside its last record (a worker killed mid-write) loses only that file
+    logs[0].write_bytes(logs[0].read_bytes()[:-3])
+    for d in (cache / "shards").iterdir():
+        shutil.rmtree(d)
+    calls = []
+    real = prepare.encode_file
+    monkeypatch.setattr(prepare, "encode_file", lambda path, t: calls.append(path) or real(path, t))
+    again = prepare.prepare(cfg, tok, cache_dir=cache, workers=1, progress=False)
+    assert len(calls) == 1  # only the cut record is encoded again
+    assert again.manifest["files"] == first.manifest["files"]
+    for split in shards.SPLITS:
+        a, b = shards.load_split(first.dir, split), shards.load_split(again.dir, split)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
 # --------------------------------------------------------------------------- corrupt files
 
 
