@@ -11,7 +11,7 @@ Timings alternate between the peers round by round and report medians, so a load
 shared machine hits both sides alike; the ratios are the figures to quote.
 
     python benchmarks/bench_gpt.py --threads 1              # CPU, fp32: 4 layers x 256 wide, 256 context
-    python benchmarks/bench_gpt.py --threads 1 --n-layer 6 --n-head 8 --n-embd 512   # the `small` scale's width
+    python benchmarks/bench_gpt.py --threads 2 --scale small --batch 2 --vocab 256   # a project scale's shape
     python benchmarks/bench_gpt.py --device cuda --dtype bf16 --n-layer 12 --n-embd 768 --n-head 12 \
         --block-size 1024 --batch 16 --vocab 8192
 """
@@ -82,10 +82,22 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--gen-batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--scale", default=None,
+                    help="take n_layer, n_head, n_embd and block_size from conf/scale/NAME.yaml (tiny, small, full)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models for training")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-generate", action="store_true")
     args = ap.parse_args(argv)
+    if args.scale:
+        from pathlib import Path
+
+        from omegaconf import OmegaConf
+
+        path = Path(__file__).resolve().parents[1] / "conf" / "scale" / f"{args.scale}.yaml"
+        if not path.is_file():
+            raise SystemExit(f"--scale {args.scale}: no {path}; choose one of conf/scale/*.yaml")
+        scale = OmegaConf.load(path)
+        args.n_layer, args.n_head, args.n_embd, args.block_size = scale.n_layer, scale.n_head, scale.n_embd, scale.block_size
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
