@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .keys import DEFAULT_PROFILE, PROFILES, find_key, key_agrees, stated_key
-from .score import END, PITCH, START, VELOCITY, Score, ticks_to_seconds
+from .keys import DEFAULT_PROFILE, PROFILES, find_key, key_agrees, pitch_class_profile, stated_key
+from .score import END, PITCH, START, VELOCITY, Score, bar_starts, ticks_to_seconds
 
 NAN = float("nan")
 
@@ -45,37 +45,11 @@ GROOVE_STEPS_PER_BEAT = 12
 # Bars
 
 
-def bar_starts(score: Score, until: int, min_count: int = 0) -> np.ndarray:
-    """Ticks at which bars start, from 0 through the first bar start after `until` (and at
-    least `min_count` of them).
-
-    Follows the time-signature map: a change takes effect at its tick (a change in mid-bar
-    starts a new bar there, as MIDI sequencers do).
-    """
-    sigs = [(ts.tick, ts.numerator, ts.denominator) for ts in score.time_signatures]
-    if not sigs or sigs[0][0] > 0:
-        sigs.insert(0, (0, 4, 4))
-    starts: list[int] = []
-    for i, (tick, num, den) in enumerate(sigs):
-        length = max(1, round(score.ticks_per_beat * 4 * num / den))
-        stop = sigs[i + 1][0] if i + 1 < len(sigs) else None
-        t = tick
-        while stop is None or t < stop:
-            starts.append(t)
-            if t > until and len(starts) >= min_count:
-                return np.asarray(starts, dtype=np.int64)
-            t += length
-    raise AssertionError("unreachable: the last time signature runs forever")
-
-
 def bar_length_at(score: Score, tick: int) -> int:
-    """Ticks in the bar that is in force at `tick`."""
-    num, den = 4, 4
-    for ts in score.time_signatures:
-        if ts.tick > tick:
-            break
-        num, den = ts.numerator, ts.denominator
-    return max(1, round(score.ticks_per_beat * 4 * num / den))
+    """Ticks in the bar that contains `tick` (on the bar grid of `bar_starts`)."""
+    starts = bar_starts(score, tick)
+    i = int(np.searchsorted(starts, tick, side="right")) - 1
+    return int(starts[i + 1] - starts[i])
 
 
 def split_at_bar(score: Score, n_bars: int) -> tuple[Score, Score, int]:
@@ -211,14 +185,9 @@ def notes_per_second(score: Score) -> float:
 # Coherence
 
 
-def pitch_class_histogram(score: Score) -> np.ndarray:
-    """(12,) note counts per pitch class."""
-    return np.bincount(score.notes[:, PITCH] % 12, minlength=12).astype(float)
-
-
 def pitch_class_entropy(score: Score) -> float:
     """Shannon entropy (bits) of the pitch-class note counts: 0 for one pitch class, log2 12 max."""
-    hist = pitch_class_histogram(score)
+    hist = pitch_class_profile(score, "count")
     if hist.sum() == 0:
         return NAN
     p = hist[hist > 0] / hist.sum()
@@ -233,7 +202,7 @@ _MAJOR_SCALE[[0, 2, 4, 5, 7, 9, 11]] = True
 
 def scale_consistency(score: Score) -> float:
     """Share of notes that lie in the best-matching major/minor scale (1 for a major scale)."""
-    hist = pitch_class_histogram(score)
+    hist = pitch_class_profile(score, "count")
     if hist.sum() == 0:
         return NAN
     in_scale = max(hist[np.roll(_MAJOR_SCALE, k)].sum() for k in range(12))

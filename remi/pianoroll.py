@@ -17,26 +17,9 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .score import END, PITCH, START, VELOCITY, Score  # noqa: E402
+from .score import END, PITCH, START, VELOCITY, Score, bar_starts  # noqa: E402
 
 PROMPT_LINE_LABEL = "prompt end"
-
-
-def bar_starts(score: Score, until_tick: int) -> np.ndarray:
-    """Ticks where bars start, from 0 up to `until_tick` inclusive, following the time signatures.
-
-    A time signature takes effect at the first bar line at or after its tick (as in REMI, where
-    meter changes sit on bar lines); no time signature means 4/4.
-    """
-    tpb = score.ticks_per_beat
-    sigs = sorted(score.time_signatures, key=lambda t: t.tick)
-    num, den, i, tick, starts = 4, 4, 0, 0, []
-    while tick <= until_tick:
-        while i < len(sigs) and sigs[i].tick <= tick:
-            num, den, i = sigs[i].numerator, sigs[i].denominator, i + 1
-        starts.append(tick)
-        tick += max(1, tpb * 4 * num // den)
-    return np.asarray(starts, dtype=np.int64)
 
 
 def roll_array(score: Score, ticks_per_cell: int | None = None) -> np.ndarray:
@@ -78,7 +61,7 @@ def draw_pianoroll(
 
     end_tick = max(score.end_tick, prompt_end_tick or 0, tpb)
     right = max_beats if max_beats is not None else end_tick / tpb
-    for tick in bar_starts(score, end_tick):
+    for tick in bar_starts(score, end_tick)[:-1]:  # the last start lies past end_tick
         ax.axvline(tick / tpb, color="0.85", linewidth=0.5, zorder=0)
     if prompt_end_tick is not None:
         ax.axvspan(0, prompt_end_tick / tpb, color="0.94", zorder=0)  # the given part, shaded

@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from .midi_io import score_to_midifile
-from .pianoroll import bar_starts, save_pianoroll
+from .pianoroll import save_pianoroll
+from .score import bar_starts
 
 
 @dataclass
@@ -57,7 +58,7 @@ def prompt_end_tick(tok, prompt_ids: Sequence[int]) -> int:
     if n_bars == 0:
         return 0
     score = tok.decode_score(ids)
-    starts = bar_starts(score, score.ticks_per_beat * 64 * (n_bars + 1))  # ample: <= 16 beats a bar
+    starts = bar_starts(score, 0, min_count=n_bars + 1)
     return int(starts[n_bars])
 
 

@@ -99,6 +99,25 @@ def sort_notes(notes: np.ndarray) -> np.ndarray:
     return notes[order]
 
 
+def bar_starts(score: Score, until: int, min_count: int = 0) -> np.ndarray:
+    """Ticks at which bars start, from 0 through the first bar start after `until` (and at
+    least `min_count` of them). The one bar grid of the project: tokenizer, metrics and plots.
+
+    A time signature takes effect at the first bar line at or after its tick, the REMI encoder's
+    rule (it delays a mid-bar change to the next bar line); no time signature means 4/4.
+    """
+    tpb = score.ticks_per_beat
+    sigs = sorted(score.time_signatures, key=lambda t: t.tick)
+    num, den, i, tick, starts = 4, 4, 0, 0, []
+    while True:
+        while i < len(sigs) and sigs[i].tick <= tick:
+            num, den, i = sigs[i].numerator, sigs[i].denominator, i + 1
+        starts.append(tick)
+        if tick > until and len(starts) >= min_count:
+            return np.asarray(starts, dtype=np.int64)
+        tick += max(1, tpb * 4 * num // den)
+
+
 def ticks_to_seconds(tick: int, ticks_per_beat: int, tempos: Sequence[Tempo]) -> float:
     seconds, last_tick, bpm = 0.0, 0, 120.0
     for t in tempos:

@@ -5,7 +5,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from remi.pianoroll import (PROMPT_LINE_LABEL, bar_starts, comparison_figure, pianoroll_figure, roll_array,
+from remi.pianoroll import (PROMPT_LINE_LABEL, comparison_figure, pianoroll_figure, roll_array,
                             save_comparison, save_pianoroll)
 from remi.score import Score, TimeSignature
 
@@ -26,16 +26,6 @@ def test_roll_array_marks_exactly_the_sounding_cells():
     assert roll[72].nonzero()[0].tolist() == [2, 3, 4, 5, 6, 7]
     assert roll[40].nonzero()[0].tolist() == [8]  # a 1-tick note still shows as one cell
     assert roll.sum() == 4 + 6 + 1
-
-
-def test_bar_starts_follow_time_signature_changes():
-    score = Score.from_notes([(0, 1, 60, 80)], ticks_per_beat=TPB,
-                             time_signatures=[TimeSignature(0, 4, 4), TimeSignature(2 * 4 * TPB, 3, 4),
-                                              TimeSignature(2 * 4 * TPB + 2 * 3 * TPB, 6, 8)])
-    starts = bar_starts(score, 2 * 4 * TPB + 2 * 3 * TPB + 2 * 3 * TPB)
-    assert (np.diff(starts) / TPB).tolist() == [4, 4, 3, 3, 3, 3]
-    # no time signature: 4/4
-    assert bar_starts(Score.from_notes([], ticks_per_beat=96), 96 * 8).tolist() == [0, 384, 768]
 
 
 def test_single_roll_png_shows_the_notes_and_the_prompt_marker(tmp_path):
