@@ -46,7 +46,7 @@ class TrainWindows(IterableDataset):
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, position: Callable[[], int] = lambda: 0):
-        if len(tokens) < block_size + 2:
+        if len(tokens) < block_size + 1:
             raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                              f"block_size + 1 = {block_size + 1}; use more data or a smaller scale.block_size")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
@@ -55,7 +55,8 @@ class TrainWindows(IterableDataset):
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number k of this rank (a pure function of seed, rank and k)."""
         rng = np.random.default_rng((self.seed, self.rank, k))
-        starts = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
+        # any start whose window of block_size + 1 fits: the last token is a target too
+        starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
         idx = starts[:, None] + np.arange(self.block_size + 1)     # (B, T+1)
         w = _as_int64(self.tokens[idx])
         return w[:, :-1], w[:, 1:]

@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from model.gpt import GPT
@@ -96,9 +95,7 @@ class LitGPT(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch                                    # (B, T); y is -1 past a song's end
-        logits = self.gpt(x)                            # (B, T, V)
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1),
-                              ignore_index=-1, reduction="sum")
+        _, nll = self.gpt(x, y, reduction="sum")        # summed over the targets that are not -1
         self._val_nll += nll.double()
         self._val_tokens += (y >= 0).sum().double()
 

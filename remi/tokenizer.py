@@ -84,7 +84,7 @@ class Tokenizer:
 
     @cached_property
     def hash(self) -> str:
-        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())  # = config.hash()
         if self.bpe is not None:
             h.update(b"|bpe|" + str(self.bpe.hash).encode())
         return h.hexdigest()

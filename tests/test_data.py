@@ -43,6 +43,18 @@ def test_train_stream_is_a_function_of_seed_rank_and_position():
     assert not torch.equal(a.batch(0)[0], a.batch(1)[0])
 
 
+def test_every_window_start_is_drawn_so_the_last_token_is_a_target_too():
+    tokens = np.arange(20, dtype=np.uint16)
+    ds = TrainWindows(tokens, block_size=16, batch_size=64, seed=0)  # 4 possible windows of 17
+    firsts = {int(ds.batch(k)[0][i, 0]) for k in range(8) for i in range(64)}
+    assert firsts == {0, 1, 2, 3}
+    _, y = ds.batch(0)
+    assert int(y.max()) == 19
+    shortest = TrainWindows(np.arange(17, dtype=np.uint16), block_size=16, batch_size=2, seed=0)
+    x, y = shortest.batch(0)  # exactly one window: the whole split
+    assert x[0].tolist() == list(range(16)) and y[0].tolist() == list(range(1, 17))
+
+
 def test_too_short_training_split_is_a_clear_error():
     with pytest.raises(ValueError, match="block_size"):
         TrainWindows(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2, seed=0)

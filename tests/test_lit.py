@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
@@ -66,8 +67,13 @@ class ZeroLogits(nn.Module):
         self.vocab_size = vocab_size
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def forward(self, idx, targets=None):
-        return torch.zeros(*idx.shape, self.vocab_size) + 0 * self.dummy
+    def forward(self, idx, targets=None, reduction="mean"):
+        logits = torch.zeros(*idx.shape, self.vocab_size) + 0 * self.dummy
+        if targets is None:
+            return logits
+        # the contract of GPT.forward with targets: cross-entropy ignoring -1 targets
+        return logits, F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1),
+                                       ignore_index=-1, reduction=reduction)
 
 
 def test_uniform_model_bits_per_note_is_tokens_per_note_times_log2_v():
