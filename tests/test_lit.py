@@ -13,15 +13,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 
 from model.callbacks import NaNGuard, NonFiniteLossError, SampleCallback
 from model.ckptio import AtomicCheckpointIO, load_plain, save_atomic
 from model.data import WindowConfig, WindowDataModule
 from model.gpt import GPT, GPTConfig
 from model.lit import LitGPT, OptimConfig, TokenizerMismatchError
+from tests.stubs import ZeroLogits
 
 V = 40
 
@@ -57,23 +56,6 @@ def make(gpt=None, steps=6, tokenizer_hash="abc", out=None, callbacks=(), ckpt_e
                         enable_checkpointing=out is not None, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False, gradient_clip_val=1.0)
     return lit, dm, trainer, (tokens, offsets, notes)
-
-
-class ZeroLogits(nn.Module):
-    """A uniform model: every logit 0 over V tokens."""
-
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, idx, targets=None, reduction="mean"):
-        logits = torch.zeros(*idx.shape, self.vocab_size) + 0 * self.dummy
-        if targets is None:
-            return logits
-        # the contract of GPT.forward with targets: cross-entropy ignoring -1 targets
-        return logits, F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1),
-                                       ignore_index=-1, reduction=reduction)
 
 
 def test_uniform_model_bits_per_note_is_tokens_per_note_times_log2_v():

@@ -22,11 +22,11 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
-from torch import nn
 
 import train
 from model.data import WindowConfig, WindowDataModule
 from model.lit import LitGPT, OptimConfig, TokenizerMismatchError
+from tests.stubs import ZeroLogits
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 40  # bundled pieces: enough for a val split, quick to convert and tokenize
@@ -126,17 +126,6 @@ def test_resume_refuses_a_checkpoint_made_with_another_tokenizer(tmp_path, cache
     with pytest.raises(TokenizerMismatchError, match="tokenizer hash"):
         train.train(other)
     assert not (tmp_path / "b" / "checkpoints").exists()            # refused before training
-
-
-class ZeroLogits(nn.Module):
-    """The uniform model over V tokens: all logits 0."""
-
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.vocab_size, self.unused = vocab_size, nn.Parameter(torch.zeros(()))
-
-    def forward(self, idx, targets=None):
-        return torch.zeros(*idx.shape, self.vocab_size)
 
 
 def _uniform_bits_per_note(cfg):
