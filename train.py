@@ -38,6 +38,24 @@ from model.gpt import GPT, GPTConfig
 from model.lit import LitGPT, OptimConfig, TokenizerMismatchError, check_tokenizer_hash
 
 
+# The sources whose code decides what a run trains and how: a run records their fingerprint.
+CODE_DIRS = ("remi", "model")
+CODE_FILES = ("train.py",)
+
+
+def code_fingerprint(root: Path | None = None) -> str:
+    """16 hex digits of sha256 over remi/, model/ and train.py: which code trained a run.
+
+    `experiments/ablate.py` compares it with a kept run's, so results from older code are not
+    silently mixed with new ones."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    files = sorted(p for d in CODE_DIRS for p in (root / d).rglob("*.py")) + [root / f for f in CODE_FILES]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _mul_int(value: Any, factor: Any) -> int:
     """`${mul_int:${scale.n_layer},1.5}`: an integer product, refusing to round silently."""
     product = float(value) * float(factor)
@@ -266,6 +284,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         "checkpoint": str(last_ckpt) if last_ckpt and last_ckpt.exists() else None,
         "samples": str(sample_cb.out_dir) if sample_cb and sample_cb.results else None,
         "wandb_dir": wandb_dir,
+        "code_fingerprint": code_fingerprint(),
     }
     if trainer.is_global_zero:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -118,6 +118,18 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def kept_message(run_dir: Path, current_code: str) -> str:
+    """What to say about a finished run that is kept, warning when other code trained it."""
+    import json
+
+    trained_by = json.loads((run_dir / "metrics.json").read_text()).get("code_fingerprint")
+    msg = f"[ablate] {run_dir.name}: already trained, kept"
+    if trained_by != current_code:
+        msg += (f" -- WARNING: trained by other code (fingerprint {trained_by or 'not recorded'}, now "
+                f"{current_code}); pass retrain=true to train it again")
+    return msg
+
+
 def sample_argv(cfg: AblationConfig, ckpt: Path, out_dir: Path, n: int, max_bars: int,
                 prompt: Path | None = None) -> list[str]:
     argv = [cfg.python, str(ROOT / "sample.py"), f"ckpt={ckpt}", f"out_dir={out_dir}", f"n_samples={n}",
@@ -231,9 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     timings: dict[str, float] = {}
     commands = train_commands(cfg)
+    from train import code_fingerprint  # imported here: train pulls in torch and Lightning
+
+    current_code = code_fingerprint(ROOT)
     for c in commands:
         if finished(c.run_dir) and not cfg.retrain:
-            print(f"[ablate] {c.run_dir.name}: already trained, kept", file=sys.stderr)
+            print(kept_message(c.run_dir, current_code), file=sys.stderr)
             continue
         t = time.time()
         print(f"[ablate] training {c.run_dir.name} ...", file=sys.stderr, flush=True)

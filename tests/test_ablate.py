@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,31 @@ def test_ablate_plans_commands(tmp_path):
     assert sum(a.startswith("trainer.max_steps=") for a in first.argv) == 1
     plain = ablate.train_commands(ablate.parse_args(["rounds=[2]", "steps=11"]))[0].argv
     assert [a for a in plain if a.startswith("trainer.")] == ["trainer.max_steps=11"]
+
+
+def test_a_kept_run_trained_by_other_code_is_flagged(tmp_path):
+    from experiments import ablate
+    from train import code_fingerprint
+
+    now = code_fingerprint()
+    assert len(now) == 16 and now == code_fingerprint(ROOT)
+    run = tmp_path / "round1-seed0"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"code_fingerprint": now}))
+    assert "WARNING" not in ablate.kept_message(run, now)
+    (run / "metrics.json").write_text(json.dumps({"code_fingerprint": "0123456789abcdef"}))
+    msg = ablate.kept_message(run, now)
+    assert "WARNING" in msg and "0123456789abcdef" in msg and "retrain=true" in msg
+    (run / "metrics.json").write_text(json.dumps({"steps": 3}))  # written before fingerprints existed
+    assert "not recorded" in ablate.kept_message(run, now)
+    # the fingerprint follows the code: a changed source file changes it
+    copy = tmp_path / "repo"
+    for d in ("remi", "model"):
+        shutil.copytree(ROOT / d, copy / d, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "train.py", copy / "train.py")
+    assert code_fingerprint(copy) == now
+    (copy / "model" / "data.py").write_text((copy / "model" / "data.py").read_text() + "\n# changed\n")
+    assert code_fingerprint(copy) != now
 
 
 @pytest.mark.slow

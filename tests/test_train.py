@@ -58,6 +58,7 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path, cache_dir):
     result = train.train(cfg)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["steps"] == 4 and m["round"] == experiment and m["train_songs"] > 0
+    assert m["code_fingerprint"] == train.code_fingerprint()
     assert math.isfinite(m["val_loss"]) and m["val_bits_per_note"] > 0
     assert m["non_embedding_params"] == result["lit"].gpt.num_params(non_embedding=True)
     assert m["bpe"] == (cfg.tokenizer.bpe_vocab_size > 0)
