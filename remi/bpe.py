@@ -362,6 +362,13 @@ def _bar_ids(tok: Any) -> set[int]:
     return {int(bar)} if isinstance(bar, (int, np.integer)) else {int(b) for b in bar}
 
 
+def base_hashes(tok) -> set[str]:
+    """Hashes of the tokenizers whose ids are `tok`'s base ids: its config as is, and with
+    `bpe_vocab_size` 0 (the BPE-free tokenizer that writes base shards)."""
+    make = type(tok)
+    return {make(tok.config).hash, make(dataclasses.replace(tok.config, bpe_vocab_size=0)).hash}
+
+
 def _shard_songs(shard_dir: Path, split: str, accept_hashes: set[str]) -> Iterator[np.ndarray]:
     """Stream one split's songs from a shard folder (memmap slices: nothing is read twice)."""
     from . import shards  # remi.shards is imported late: only this path needs it
@@ -391,11 +398,8 @@ def train_tokenizer_bpe(tok: Any, data: Iterable[Sequence[int]] | str | Path, vo
         shard_dir = Path(data)
         if not shard_dir.is_dir():
             raise FileNotFoundError(f"BPE training data {shard_dir} is not a shard folder")
-        accept = {tok.hash}
-        config = getattr(tok, "config", None)
-        if getattr(config, "bpe_vocab_size", 0):  # a BPE config before training: its base ids are bpe_vocab_size 0's
-            accept.add(type(tok)(dataclasses.replace(config, bpe_vocab_size=0)).hash)
-        data = _shard_songs(shard_dir, "train", accept)
+        # tok has no BPE yet; a config that asks for BPE has the base ids of bpe_vocab_size 0
+        data = _shard_songs(shard_dir, "train", {tok.hash} | base_hashes(tok))
     model = train_bpe(
         data,
         base_vocab_size=getattr(tok, "base_vocab_size", tok.vocab_size),
@@ -434,11 +438,11 @@ def bpe_info(tok: Any, shard_dir: str | Path | None = None, top: int = 20, split
         shard_dir = Path(shard_dir)
         shard_hash = read_manifest(shard_dir).get("tokenizer_hash")
         is_bpe_shard = shard_hash == tok.hash
-        base_hashes = {type(tok)(tok.config).hash, type(tok)(dataclasses.replace(tok.config, bpe_vocab_size=0)).hash}
-        if not is_bpe_shard and shard_hash not in base_hashes:
+        bases = base_hashes(tok)
+        if not is_bpe_shard and shard_hash not in bases:
             raise ValueError(
                 f"{shard_dir} was written by tokenizer {str(shard_hash)[:12]}, neither this BPE tokenizer "
-                f"({tok.hash[:12]}) nor its base ({', '.join(sorted(h[:12] for h in base_hashes))})"
+                f"({tok.hash[:12]}) nor its base ({', '.join(sorted(h[:12] for h in bases))})"
             )
         shard = load_split(shard_dir, split, expect_hash=shard_hash)
         offsets = np.asarray(shard.offsets)
