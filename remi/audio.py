@@ -88,20 +88,24 @@ def render_wav(midi_path: str | Path, wav_path: str | Path, renderer: Renderer,
     return wav_path
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """16-bit PCM WAV -> (int16 array (frames, channels), sample rate)."""
+def _load_wav(path: str | Path):
+    """(int16 frames (frames, channels), sample rate, the file's wave parameters), one read."""
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2:
             raise ValueError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
         frames = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-        return frames.reshape(-1, w.getnchannels()), w.getframerate()
+        return frames.reshape(-1, w.getnchannels()), w.getframerate(), w.getparams()
 
 
-def _rewrite(path: str | Path, n_frames: int) -> float:
-    """Keep the first `n_frames` frames of a WAV file, in place; returns its length in seconds."""
-    with wave.open(str(path), "rb") as w:
-        params = w.getparams()
-    audio, rate = read_wav(path)
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """16-bit PCM WAV -> (int16 array (frames, channels), sample rate)."""
+    audio, rate, _ = _load_wav(path)
+    return audio, rate
+
+
+def _keep_frames(path: str | Path, loaded, n_frames: int) -> float:
+    """Keep the first `n_frames` frames of the loaded WAV file, in place; returns its length in seconds."""
+    audio, rate, params = loaded
     if n_frames < len(audio):
         with wave.open(str(path), "wb") as w:
             w.setparams(params)
@@ -111,9 +115,8 @@ def _rewrite(path: str | Path, n_frames: int) -> float:
 
 def cut_wav(path: str | Path, seconds: float) -> float:
     """Cut a WAV file to at most `seconds`, in place; returns its new length in seconds."""
-    with wave.open(str(path), "rb") as w:
-        rate = w.getframerate()
-    return _rewrite(path, max(0, int(round(seconds * rate))))
+    loaded = _load_wav(path)
+    return _keep_frames(path, loaded, max(0, int(round(seconds * loaded[1]))))
 
 
 def trim_trailing_silence(path: str | Path, threshold: float = 1e-3, keep_s: float = 0.1) -> float:
@@ -122,6 +125,6 @@ def trim_trailing_silence(path: str | Path, threshold: float = 1e-3, keep_s: flo
     FluidSynth renders a couple of seconds past the last note-off; trimming them makes the WAV
     as long as the music (plus `keep_s` of release). Returns the new length in seconds.
     """
-    audio, rate = read_wav(path)
+    loaded = audio, rate, _ = _load_wav(path)
     loud = np.flatnonzero(np.abs(audio.astype(np.int32)).max(axis=1) > threshold * 32767)
-    return _rewrite(path, (int(loud[-1]) + 1 if len(loud) else 0) + int(keep_s * rate))
+    return _keep_frames(path, loaded, (int(loud[-1]) + 1 if len(loud) else 0) + int(keep_s * rate))
