@@ -168,6 +168,10 @@ class TokenizerConfig:
         data.pop("_target_", None)
         return cls.from_dict(data, source=str(path))
 
+    def canonical_json(self) -> bytes:
+        """The bytes every hash of this config is taken over (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True).encode()
+
     def hash(self) -> str:
         """sha256 hex of the canonical JSON of this config."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(self.canonical_json()).hexdigest()

@@ -45,11 +45,17 @@ GROOVE_STEPS_PER_BEAT = 12
 # Bars
 
 
+def bar_lengths_at(score: Score, ticks) -> np.ndarray:
+    """Ticks in the bar that contains each of `ticks` (on the bar grid of `bar_starts`), built once."""
+    ticks = np.asarray(ticks, dtype=np.int64).reshape(-1)
+    starts = bar_starts(score, int(ticks.max()) if len(ticks) else 0)
+    i = np.searchsorted(starts, ticks, side="right") - 1
+    return starts[i + 1] - starts[i]
+
+
 def bar_length_at(score: Score, tick: int) -> int:
-    """Ticks in the bar that contains `tick` (on the bar grid of `bar_starts`)."""
-    starts = bar_starts(score, tick)
-    i = int(np.searchsorted(starts, tick, side="right")) - 1
-    return int(starts[i + 1] - starts[i])
+    """Ticks in the bar that contains `tick`."""
+    return int(bar_lengths_at(score, [tick])[0])
 
 
 def split_at_bar(score: Score, n_bars: int) -> tuple[Score, Score, int]:
@@ -103,7 +109,10 @@ def longest_gap_bars(score: Score) -> float:
     """Longest silence between the first note and the last, in bars (0 when there is none)."""
     if len(score) == 0:
         return NAN
-    return max((float(e - s) / bar_length_at(score, s) for s, e in gaps(score)), default=0.0)
+    silences = np.asarray(gaps(score), dtype=np.int64).reshape(-1, 2)
+    if not len(silences):
+        return 0.0
+    return float(((silences[:, 1] - silences[:, 0]) / bar_lengths_at(score, silences[:, 0])).max())
 
 
 # ---------------------------------------------------------------------------------------------

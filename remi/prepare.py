@@ -161,27 +161,27 @@ def results_dir(cache_dir: str | Path, tok: Any) -> Path:
     return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}"
 
 
-_HEAD_STRUCT = struct.Struct("<32sqqq")  # ResultLog.HEAD, packed without numpy (one per file)
+# A result record's head: 32-byte content hash, int64 notes, int64 milliseconds, int64 n.
+_HEAD_STRUCT = struct.Struct("<32sqqq")
 
 
 class ResultLog:
     """Per-file results, appended as they arrive to `<dir>/log-<pid>-<ns>.bin` (one file per
     writing process and run: the main process with one worker, else each worker process).
 
-    Record: 32-byte content hash, int64 notes, int64 milliseconds, int64 n (n >= 0: n uint32 ids
-    follow; n < 0: -n bytes of UTF-8 skip reason follow). A killed run leaves at most one
+    Record: `_HEAD_STRUCT`, then (n >= 0) n uint32 ids or (n < 0) -n bytes of UTF-8 skip reason. A killed run leaves at most one
     incomplete record at the end of each log, which reading ignores; everything before it is
     reused, so a rerun resumes. Reading maps each log once; a result's ids are a view into it.
     """
 
-    HEAD = np.dtype([("sha", "u1", (32,)), ("notes", "<i8"), ("ms", "<i8"), ("n", "<i8")])
-
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, scan: bool = True):
+        """scan=False: a writer only (a worker process), which need not index existing logs."""
         self.folder = Path(folder)
         self.index: dict[bytes, tuple[np.ndarray, int, int, int, int]] = {}  # sha -> (log bytes, offset, notes, ms, n)
         self._scanned: set[str] = set()
-        self.rescan()
         self._out = None
+        if scan:
+            self.rescan()
 
     def rescan(self) -> None:
         """Index the logs written since the last scan (e.g. by worker processes)."""
@@ -244,8 +244,7 @@ def _init_worker(tok_dict: dict, log_folder: str) -> None:
     from .tokenizer import Tokenizer
 
     _TOK = Tokenizer.from_dict(tok_dict)
-    _LOG = ResultLog.__new__(ResultLog)  # a writer only: it need not index the existing logs
-    _LOG.folder, _LOG.index, _LOG._scanned, _LOG._out = Path(log_folder), {}, set(), None
+    _LOG = ResultLog(Path(log_folder), scan=False)
 
 
 def encode_file(path: str, tok: Any) -> FileResult:

@@ -84,7 +84,7 @@ class Tokenizer:
 
     @cached_property
     def hash(self) -> str:
-        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())  # = config.hash()
+        h = hashlib.sha256(self.config.canonical_json())  # without BPE: the config's own hash
         if self.bpe is not None:
             h.update(b"|bpe|" + str(self.bpe.hash).encode())
         return h.hexdigest()
