@@ -11,6 +11,8 @@ decode: ids -> a MIDI object (ours: mido.MidiFile, the API's return type; MidiTo
 decode,kept: the same, but all results are held in one list until the end. Ours then holds
         ~670k mido message objects, which Python's cyclic GC rescans on every full collection
         (together with everything else alive in the process); symusic's Score is one object.
+decode,kept,frozen: the kept row again, with `gc.freeze()` first (everything alive before the
+        loop is left out of the GC's passes): how much of the kept row is the GC's.
 decode->Score: ours to remi.Score alone (the like-for-like row: both return an in-memory score).
 decode->bytes: ids -> a standard MIDI file's bytes (ours: tok.decode + mido's writer; MidiTok:
         decode + symusic's dump_midi to a temporary file, read back as bytes).
@@ -44,6 +46,14 @@ def drop_each(fn, items) -> None:
         fn(item)
 
 
+def kept_frozen(fn, items) -> list:
+    gc.freeze()
+    try:
+        return [fn(item) for item in items]
+    finally:
+        gc.unfreeze()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--midi", default=str(ROOT.parent / "shared" / "midi"))
@@ -73,6 +83,7 @@ def main() -> None:
     our_ids = [ours.encode(f) for f in files]
     ours_t["decode"] = best_of(args.repeat, lambda: drop_each(ours.decode, our_ids))
     ours_t["decode,kept"] = best_of(args.repeat, lambda: [ours.decode(i) for i in our_ids])
+    ours_t["decode,kept,frozen"] = best_of(args.repeat, lambda: kept_frozen(ours.decode, our_ids))
     ours_t["decode->Score"] = best_of(args.repeat, lambda: [ours.decode_score(i) for i in our_ids])
     ours_t["decode->bytes"] = best_of(args.repeat, lambda: [midifile_to_bytes(ours.decode(i)) for i in our_ids])
     del our_ids
@@ -81,6 +92,7 @@ def main() -> None:
     their_seqs = [theirs.encode(f) for f in files]
     theirs_t["decode"] = best_of(args.repeat, lambda: drop_each(theirs.decode, their_seqs))
     theirs_t["decode,kept"] = theirs_t["decode->Score"] = best_of(args.repeat, lambda: [theirs.decode(s) for s in their_seqs])
+    theirs_t["decode,kept,frozen"] = best_of(args.repeat, lambda: kept_frozen(theirs.decode, their_seqs))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "x.mid"
 
@@ -92,9 +104,9 @@ def main() -> None:
     rows = [(k, ours_t[k], theirs_t[k]) for k in ours_t]
     print(f"{len(files)} files, {notes} notes, best of {args.repeat}, single process; "
           f"miditok {importlib.metadata.version('miditok')}")
-    print(f"{'task':<14} {'ours files/s':>13} {'ours notes/s':>13} {'miditok files/s':>16} {'miditok notes/s':>16} {'ratio':>6}")
+    print(f"{'task':<19} {'ours files/s':>13} {'ours notes/s':>13} {'miditok files/s':>16} {'miditok notes/s':>16} {'ratio':>6}")
     for name, t_ours, t_theirs in rows:
-        print(f"{name:<14} {len(files) / t_ours:>13.1f} {notes / t_ours:>13.0f} {len(files) / t_theirs:>16.1f} "
+        print(f"{name:<19} {len(files) / t_ours:>13.1f} {notes / t_ours:>13.0f} {len(files) / t_theirs:>16.1f} "
               f"{notes / t_theirs:>16.0f} {t_theirs / t_ours:>5.2f}x")
 
 

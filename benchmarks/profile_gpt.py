@@ -5,11 +5,18 @@
 Same config as bench_gpt.py's default (4 layers x 256, context 256, vocab 2048, batch 4):
 prints torch.profiler's table of operators by self CPU time, for 5 training steps (forward,
 backward, fused AdamW) and for greedy generation of 64 tokens at batch 8.
+
+Then the floor of a training step: the same step's matmuls (forward, input gradient and weight
+gradient of every linear layer and of the head) and its attention (forward + backward), each
+timed alone on tensors of the step's shapes, against the whole step. Were every other op free,
+a step could take no less than that sum.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -44,6 +51,48 @@ def main() -> None:
             fn()
         print(f"\n== {name}")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    floor(gpt, step, x.shape)
+
+
+def median_ms(fn, n: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def floor(gpt: GPT, step, shape: tuple[int, int]) -> None:
+    import torch.nn.functional as F
+
+    B, T = shape
+    c = gpt.config
+    rows = B * T
+    linears = [m for m in gpt.modules() if isinstance(m, torch.nn.Linear)]  # every block's four + the head
+
+    def matmuls() -> None:
+        for m in linears:
+            out_f, in_f = m.weight.shape
+            x, g = mm_inputs[in_f], grads[out_f]
+            x @ m.weight.t()  # forward
+            g @ m.weight      # input gradient
+            g.t() @ x         # weight gradient
+
+    mm_inputs = {n: torch.randn(rows, n) for n in {m.weight.shape[1] for m in linears}}
+    grads = {n: torch.randn(rows, n) for n in {m.weight.shape[0] for m in linears}}
+    q, k, v = (torch.randn(B, c.n_head, T, c.head_size, requires_grad=True) for _ in range(3))
+    dy = torch.randn(B, c.n_head, T, c.head_size)
+
+    def attention() -> None:
+        for _ in range(c.n_layer):
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(dy)
+
+    t_mm, t_att, t_step = median_ms(matmuls), median_ms(attention), median_ms(step)
+    print("\n== floor of one training step (median of 15)")
+    print(f"matmuls {t_mm:.1f} ms + attention {t_att:.1f} ms = {t_mm + t_att:.1f} ms; whole step {t_step:.1f} ms "
+          f"({(t_mm + t_att) / t_step:.0%} of it)")
 
 
 if __name__ == "__main__":
