@@ -28,7 +28,7 @@ from model import GPT, GPTConfig
 from model.ckptio import load_plain
 from remi.audio import INSTALL_HINT, find_renderer, render_wav
 from remi.pianoroll import save_comparison
-from remi.render import bar_ids, count_bars, prompt_end_tick, render
+from remi.render import bar_ids, count_bars, cut_bars, prompt_end_tick, render
 
 REQUIRED_KEYS = ("state_dict", "tokenizer", "model_config")
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -136,21 +136,6 @@ def prompt_files(prompt: str | Path) -> list[Path]:
     if not path.is_file():
         raise SampleError(f"prompt {path} does not exist")
     return [path]
-
-
-def cut_bars(tok, ids: Sequence[int], n_bars: int | None) -> tuple[list[int], int]:
-    """The ids up to (not including) the (n_bars+1)-th Bar token, EOS dropped; and the bar count.
-
-    n_bars None keeps every bar. A file with fewer bars keeps all it has.
-    """
-    ids = [int(i) for i in ids]
-    if ids and ids[-1] == tok.eos_id:
-        ids = ids[:-1]
-    starts = bar_ids(tok)
-    bars = [i for i, t in enumerate(ids) if t in starts]
-    if n_bars is not None and len(bars) > n_bars:
-        return ids[: bars[n_bars]], n_bars
-    return ids, len(bars)
 
 
 def load_prompts(tok, prompt: str | Path | None, prompt_bars: int | None, block_size: int) -> list[Prompt]:

@@ -8,7 +8,8 @@ Measures, on the same config, device, dtype and torch threads:
      identical weights (ours is `GPT.from_hf` of the HF model), and how often their tokens agree.
 
 Timings alternate between the peers round by round and report medians, so a load spike on a
-shared machine hits both sides alike; the ratios are the figures to quote.
+shared machine hits both sides alike; the ratios are the figures to quote. Each ratio also
+prints its range over the rounds (ours and the peer timed back to back), to show the noise.
 
     python benchmarks/bench_gpt.py --threads 1              # CPU, fp32: 4 layers x 256 wide, 256 context
     python benchmarks/bench_gpt.py --threads 2 --scale small --batch 2 --vocab 256   # a project scale's shape
@@ -40,7 +41,7 @@ def autocast(device: torch.device, dtype: str):
 
 
 def interleaved(fns: dict, rounds: int, device: torch.device) -> dict:
-    """Median seconds per call of each fn, calling them in turn each round."""
+    """Seconds per call of each fn, one per round, calling them in turn each round."""
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -49,7 +50,17 @@ def interleaved(fns: dict, rounds: int, device: torch.device) -> dict:
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t)
+    return times
+
+
+def medians(times: dict) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def spread(slow: list, fast: list) -> str:
+    """The range of the per-round ratios slow/fast (each round timed both back to back)."""
+    r = sorted(s / f for s, f in zip(slow, fast))
+    return f"rounds {r[0]:.2f}-{r[-1]:.2f}x"
 
 
 def hf_model(config: GPTConfig, device: torch.device):
@@ -164,7 +175,8 @@ def main(argv=None) -> int:
 
         fns = {"ours": step_ours, "hf": step_hf, "mm_square": matmul_square, "mm_shape": matmul_model_shape}
         interleaved(fns, 1, device)  # warm-up
-        t = interleaved(fns, args.rounds, device)
+        raw = interleaved(fns, args.rounds, device)
+        t = medians(raw)
         tokens = args.steps * B * T
         tps_ours, tps_hf = tokens / t["ours"], tokens / t["hf"]
         achieved = tps_ours * flops_per_token(config)
@@ -175,7 +187,8 @@ def main(argv=None) -> int:
         ratios["flops_vs_shaped_mm"] = achieved / mm_shape
         print(f"\ntraining, batch {B} x {T} tokens, {args.steps} steps x {args.rounds} rounds (median):")
         print(f"  ours {tps_ours:10.0f} tok/s   HF GPT2LMHeadModel(sdpa) {tps_hf:10.0f} tok/s"
-              f"   ratio ours/HF = {ratios['train']:.2f}x")
+              f"   ratio ours/HF = {ratios['train']:.2f}x"
+              f" ({spread(raw['hf'], raw['ours'])})")
         print(f"  ours achieved {achieved / 1e9:8.1f} GFLOP/s ({flops_per_token(config) / 1e6:.1f} MFLOP/token)")
         print(f"  plain {args.dtype} matmul {n}x{n}x{n}: {mm_square / 1e9:8.1f} GFLOP/s;"
               f" ours/it = {ratios['flops_vs_square_mm']:.0%}")
@@ -206,13 +219,15 @@ def main(argv=None) -> int:
                                              do_sample=False, use_cache=True)
 
             interleaved({"ours": gen_ours, "hf": gen_hf}, 1, device)  # warm-up
-            t = interleaved({"ours": gen_ours, "hf": gen_hf}, args.rounds, device)
+            raw = interleaved({"ours": gen_ours, "hf": gen_hf}, args.rounds, device)
+            t = medians(raw)
             assert outs["ours"].shape == outs["hf"].shape, (outs["ours"].shape, outs["hf"].shape)
             agree = (outs["ours"][:, args.prompt:] == outs["hf"][:, args.prompt:]).float().mean().item()
             new = gb * args.new_tokens
             ratios[f"gen_b{gb}"] = t["hf"] / t["ours"]
             print(f"  batch {gb}: ours {new / t['ours']:9.1f} tok/s   HF generate {new / t['hf']:9.1f} tok/s"
-                  f"   ratio ours/HF = {ratios[f'gen_b{gb}']:.2f}x   (tokens equal to HF's: {agree:.0%})")
+                  f"   ratio ours/HF = {ratios[f'gen_b{gb}']:.2f}x"
+                  f" ({spread(raw['hf'], raw['ours'])}; tokens equal to HF's: {agree:.0%})")
 
     print("\nsummary: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     return 0

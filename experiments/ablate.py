@@ -177,13 +177,10 @@ def checkpoint_tokenizer(run_dir: Path):
 
 
 def prompt_tokens(tok, path: Path, prompt_bars: int) -> int:
-    """Tokens of the first `prompt_bars` bars of a MIDI file, as sample.py would cut them."""
-    from remi.render import bar_ids
+    """Tokens of the first `prompt_bars` bars of a MIDI file, as sample.py cuts them."""
+    from remi.render import cut_bars
 
-    ids = tok.encode(path)
-    starts = bar_ids(tok)
-    bars = [i for i, t in enumerate(ids) if int(t) in starts]
-    return bars[prompt_bars] if len(bars) > prompt_bars else len(ids)
+    return len(cut_bars(tok, tok.encode(path), prompt_bars)[0])
 
 
 def spread(items: Sequence, n: int) -> list:

@@ -47,6 +47,21 @@ def count_bars(tok, ids: Sequence[int]) -> int:
     return sum(1 for i in ids if int(i) in starts)
 
 
+def cut_bars(tok, ids: Sequence[int], n_bars: int | None) -> tuple[list[int], int]:
+    """The ids up to (not including) the (n_bars+1)-th Bar token, EOS dropped; and the bar count.
+
+    n_bars None keeps every bar. A file with fewer bars keeps all it has.
+    """
+    ids = [int(i) for i in ids]
+    if ids and ids[-1] == tok.eos_id:
+        ids = ids[:-1]
+    starts = bar_ids(tok)
+    bars = [i for i, t in enumerate(ids) if t in starts]
+    if n_bars is not None and len(bars) > n_bars:
+        return ids[: bars[n_bars]], n_bars
+    return ids, len(bars)
+
+
 def prompt_end_tick(tok, prompt_ids: Sequence[int]) -> int:
     """Tick where the bars of a prompt end (the start of the first bar after it).
 

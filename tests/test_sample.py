@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 import remi
 import sample as sample_mod
 from remi.audio import INSTALL_HINT, find_renderer, read_wav
+import remi.render
 from tests.conftest import ROOT, shared_midi_files
 
 PY = sys.executable
@@ -294,10 +295,10 @@ def test_state_dict_prefix_is_found_not_assumed():
 
 def test_cut_bars_stops_before_the_next_bar(tok, tmp_path):
     ids = tok.encode(write_prompt(tmp_path / "p.mid", n_bars=5))
-    cut, n = sample_mod.cut_bars(tok, ids, 3)
+    cut, n = remi.render.cut_bars(tok, ids, 3)
     assert n == 3 and cut.count(tok.bar_id) == 3 and ids[len(cut)] == tok.bar_id
     assert cut == ids[: len(cut)] and tok.eos_id not in cut
-    whole, n_all = sample_mod.cut_bars(tok, ids, 50)  # fewer bars than asked: all of them
+    whole, n_all = remi.render.cut_bars(tok, ids, 50)  # fewer bars than asked: all of them
     assert whole == ids[:-1] and n_all == ids.count(tok.bar_id)
 
 
