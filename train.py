@@ -226,6 +226,9 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     prepared = time.time()
     gpt_config = model_config(cfg, tok.vocab_size)
     gpt = GPT(gpt_config)
+    if cfg.get("compile"):
+        # in place (nn.Module.compile): parameter names, and so checkpoints, stay as without it
+        gpt.compile(backend="inductor" if cfg.compile is True else str(cfg.compile))
     extra = {"tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": gpt_config.to_dict(),
              "cfg": OmegaConf.to_container(cfg, resolve=True)}
     lit = LitGPT(gpt, OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True)),

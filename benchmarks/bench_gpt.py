@@ -2,8 +2,10 @@
 
 Measures, on the same config, device, dtype and torch threads:
   1. training tokens/s (forward, backward, AdamW step): ours vs GPT2LMHeadModel (sdpa attention);
-  2. achieved training FLOP/s (model.flops.flops_per_token) vs a plain square matmul's FLOP/s
-     (fp32 on CPU; the --dtype on GPU) and, on a known GPU, vs its data-sheet peak (MFU);
+     on a CPU in fp32 also ours with F.linear in place of oneDNN (model.linear), to show that gain;
+  2. achieved training FLOP/s (model.flops.flops_per_token) vs plain matmuls' FLOP/s, square and
+     of the MLP's shape, through torch's `@` and (fp32 on CPU) through oneDNN; the --dtype on
+     GPU, where a known GPU also gets MFU against its data-sheet peak;
   3. greedy generation tokens/s with a KV cache: ours vs HF `generate`, batch 1 and 8, with
      identical weights (ours is `GPT.from_hf` of the HF model), and how often their tokens agree.
 
@@ -27,6 +29,7 @@ import time
 import torch
 
 from model import GPT, GPTConfig, configure_optimizer, flops_per_token, peak_flops
+from model.linear import linear, onednn, uses_onednn
 
 
 def sync(device: torch.device) -> None:
@@ -155,45 +158,59 @@ def main(argv=None) -> int:
                 opt_hf.step()
                 opt_hf.zero_grad(set_to_none=True)
 
-        # Two references: a plain square matmul (what the cores can do at best), and one with the
-        # model's own dominant shape, the MLP's (B*T, C) @ (C, 4C) (what they do on these sizes).
+        def step_ours_plain():  # ours with F.linear everywhere (on CPU: the MKL sgemm HF uses)
+            with onednn(False):
+                step_ours()
+
+        # References: a plain square matmul (what the cores can do at best), and one with the
+        # model's own dominant shape, the MLP's (B*T, C) @ (C, 4C) (what they do on these sizes);
+        # each through torch's `@` and, for fp32 on CPU, through oneDNN (model.linear's kernel).
         mm_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         n = 4096 if device.type == "cuda" else 2048
-        sq = (torch.randn(n, n, device=device, dtype=mm_dtype), torch.randn(n, n, device=device, dtype=mm_dtype))
         C = config.n_embd
-        sh = (torch.randn(B * T, C, device=device, dtype=mm_dtype), torch.randn(C, 4 * C, device=device, dtype=mm_dtype))
         mm_reps = 20 if device.type == "cuda" else 2
-        sq_flops, sh_flops = 2 * n**3, 2 * B * T * C * 4 * C
+        shapes = {"square": (n, n, n), "MLP-shaped": (B * T, C, 4 * C)}
+        kernels = {"torch @": lambda a, w: a @ w.t()}
+        probe = torch.empty(2, 2, device=device, dtype=mm_dtype)
+        if uses_onednn(probe, probe):
+            kernels["oneDNN"] = lambda a, w: linear(a, w)
+        mats = {s: (torch.randn(m, k, device=device, dtype=mm_dtype), torch.randn(nn, k, device=device, dtype=mm_dtype))
+                for s, (m, k, nn) in shapes.items()}
 
-        def matmul_square():
-            for _ in range(mm_reps):
-                sq[0] @ sq[1]
+        def matmul(kernel, shape):
+            def run():
+                for _ in range(mm_reps):
+                    kernel(*mats[shape])
+            return run
 
-        def matmul_model_shape():
-            for _ in range(mm_reps):
-                sh[0] @ sh[1]
-
-        fns = {"ours": step_ours, "hf": step_hf, "mm_square": matmul_square, "mm_shape": matmul_model_shape}
+        fns = {"ours": step_ours, "hf": step_hf}
+        if "oneDNN" in kernels and not args.compile:
+            fns["ours_plain"] = step_ours_plain
+        refs = {(k, s): f"{k} {s}" for k in kernels for s in shapes}
+        fns |= {name: matmul(kernels[k], s) for (k, s), name in refs.items()}
         interleaved(fns, 1, device)  # warm-up
         raw = interleaved(fns, args.rounds, device)
         t = medians(raw)
         tokens = args.steps * B * T
         tps_ours, tps_hf = tokens / t["ours"], tokens / t["hf"]
         achieved = tps_ours * flops_per_token(config)
-        mm_square = mm_reps * sq_flops / t["mm_square"]
-        mm_shape = mm_reps * sh_flops / t["mm_shape"]
         ratios["train"] = tps_ours / tps_hf
-        ratios["flops_vs_square_mm"] = achieved / mm_square
-        ratios["flops_vs_shaped_mm"] = achieved / mm_shape
         print(f"\ntraining, batch {B} x {T} tokens, {args.steps} steps x {args.rounds} rounds (median):")
         print(f"  ours {tps_ours:10.0f} tok/s   HF GPT2LMHeadModel(sdpa) {tps_hf:10.0f} tok/s"
               f"   ratio ours/HF = {ratios['train']:.2f}x"
               f" ({spread(raw['hf'], raw['ours'])})")
+        if "ours_plain" in t:
+            ratios["train_without_onednn"] = t["hf"] / t["ours_plain"]
+            print(f"  ours with F.linear instead of oneDNN {tokens / t['ours_plain']:10.0f} tok/s"
+                  f"   ratio to HF = {ratios['train_without_onednn']:.2f}x ({spread(raw['hf'], raw['ours_plain'])})")
         print(f"  ours achieved {achieved / 1e9:8.1f} GFLOP/s ({flops_per_token(config) / 1e6:.1f} MFLOP/token)")
-        print(f"  plain {args.dtype} matmul {n}x{n}x{n}: {mm_square / 1e9:8.1f} GFLOP/s;"
-              f" ours/it = {ratios['flops_vs_square_mm']:.0%}")
-        print(f"  plain {args.dtype} matmul {B * T}x{C}x{4 * C} (the MLP's shape): {mm_shape / 1e9:8.1f} GFLOP/s;"
-              f" ours/it = {ratios['flops_vs_shaped_mm']:.0%}")
+        for (k, s), name in refs.items():
+            m, kk, nn = shapes[s]
+            rate = mm_reps * 2 * m * kk * nn / t[name]
+            key = f"flops_vs_{k.replace('torch @', 'torch_mm').replace('oneDNN', 'onednn')}_{s.split('-')[0].lower()}"
+            ratios[key] = achieved / rate
+            print(f"  plain {args.dtype} matmul {m}x{kk}x{nn} ({s}) via {k}: {rate / 1e9:8.1f} GFLOP/s;"
+                  f" ours/it = {ratios[key]:.0%}")
         peak = peak_flops(device)
         if peak is not None and args.dtype == "bf16":
             ratios["mfu"] = achieved / peak

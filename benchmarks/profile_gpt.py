@@ -1,15 +1,15 @@
 """Where one CPU training step and one batch-8 generation of our GPT spend their time.
 
-    .venv/bin/python benchmarks/profile_gpt.py [--threads 2]
+    .venv/bin/python benchmarks/profile_gpt.py [--threads 2] [--no-onednn]
 
 Same config as bench_gpt.py's default (4 layers x 256, context 256, vocab 2048, batch 4):
 prints torch.profiler's table of operators by self CPU time, for 5 training steps (forward,
 backward, fused AdamW) and for greedy generation of 64 tokens at batch 8.
 
-Then the floor of a training step: the same step's matmuls (forward, input gradient and weight
-gradient of every linear layer and of the head) and its attention (forward + backward), each
-timed alone on tensors of the step's shapes, against the whole step. Were every other op free,
-a step could take no less than that sum.
+Then the floor of a training step: the same step's linear layers (every block's four and the
+head, forward and backward through the model's own kernel, oneDNN or F.linear as model.linear
+picks) and its attention (forward + backward), each timed alone on tensors of the step's shapes,
+against the whole step. Were every other op free, a step could take no less than that sum.
 """
 from __future__ import annotations
 
@@ -24,13 +24,20 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import GPT, GPTConfig, configure_optimizer  # noqa: E402
+from model.linear import onednn  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=12)
+    ap.add_argument("--no-onednn", action="store_true", help="F.linear (MKL) instead of model.linear's oneDNN path")
     args = ap.parse_args()
+    with onednn(not args.no_onednn):
+        run(args)
+
+
+def run(args) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     gpt = GPT(GPTConfig(vocab_size=2048, block_size=256, n_layer=4, n_head=4, n_embd=256))
@@ -73,14 +80,15 @@ def floor(gpt: GPT, step, shape: tuple[int, int]) -> None:
     linears = [m for m in gpt.modules() if isinstance(m, torch.nn.Linear)]  # every block's four + the head
 
     def matmuls() -> None:
+        # each linear layer alone, forward and backward, through the model's own kernel (model.linear)
         for m in linears:
             out_f, in_f = m.weight.shape
-            x, g = mm_inputs[in_f], grads[out_f]
-            x @ m.weight.t()  # forward
-            g @ m.weight      # input gradient
-            g.t() @ x         # weight gradient
+            m(mm_inputs[in_f]).backward(grads[out_f])
+            m.weight.grad = mm_inputs[in_f].grad = None
+            if m.bias is not None:
+                m.bias.grad = None
 
-    mm_inputs = {n: torch.randn(rows, n) for n in {m.weight.shape[1] for m in linears}}
+    mm_inputs = {n: torch.randn(rows, n, requires_grad=True) for n in {m.weight.shape[1] for m in linears}}
     grads = {n: torch.randn(rows, n) for n in {m.weight.shape[0] for m in linears}}
     q, k, v = (torch.randn(B, c.n_head, T, c.head_size, requires_grad=True) for _ in range(3))
     dy = torch.randn(B, c.n_head, T, c.head_size)

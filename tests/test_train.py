@@ -118,6 +118,20 @@ def test_resume_from_last_ckpt_equals_a_straight_run(tmp_path, cache_dir):
     assert resumed["metrics"]["val_loss"] == pytest.approx(straight["metrics"]["val_loss"], rel=1e-4)
 
 
+def test_compile_trains_the_same_model_and_keeps_parameter_names(tmp_path, cache_dir):
+    # aot_eager traces with TorchDynamo and AOTAutograd like Inductor does, without a C++ compiler
+    runs = {c: train.train(compose_cfg(tmp_path / str(c), cache_dir, f"compile={c}", "logger=none"))
+            for c in (False, "aot_eager")}
+    assert runs["aot_eager"]["lit"].gpt._compiled_call_impl is not None  # the forward really was compiled
+    assert runs[False]["lit"].gpt._compiled_call_impl is None
+    eager, compiled = (runs[c]["metrics"] for c in (False, "aot_eager"))
+    assert compiled["steps"] == eager["steps"] == 4
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
+    ckpt = torch.load(tmp_path / "aot_eager" / "checkpoints" / "last.ckpt", weights_only=True)
+    plain = torch.load(tmp_path / "False" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert list(ckpt["state_dict"]) == list(plain["state_dict"])
+
+
 @pytest.mark.slow
 def test_resume_refuses_a_checkpoint_made_with_another_tokenizer(tmp_path, cache_dir):
     train.train(compose_cfg(tmp_path / "a", cache_dir, "+experiment=round3", "callbacks.samples=null"))
