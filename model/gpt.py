@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.linear import Linear
+from model.linear import Linear, min_rows_for
 from model.sampling import next_token
 
 
@@ -185,6 +185,10 @@ class GPT(nn.Module):
         )
         self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied: one (V, C) matrix embeds and predicts
+        linears = [m for m in self.modules() if isinstance(m, Linear)]
+        min_rows = min_rows_for(4 * sum(m.weight.numel() for m in linears))  # fp32 bytes read per token
+        for m in linears:
+            m.min_rows = min_rows
         self.apply(self._init_weights)
         # GPT-2: each block adds two residual branches, so their output projections start smaller
         # to keep the residual stream's variance independent of depth.

@@ -1,17 +1,20 @@
 """`Linear`: nn.Linear whose fp32 CPU matmuls run on oneDNN instead of the BLAS behind `torch.mm`.
 
-PyTorch's CPU `addmm`/`mm` call MKL's sgemm. MKL picks its AVX-512 kernels on Intel CPUs only;
-on others (AMD EPYC here) it runs AVX2 code at about half of what the cores can do. oneDNN,
-which PyTorch's x86 wheels also carry, chooses its kernels by instruction set. On this project's
-2-core AMD machine a (1024 x 256) @ (256 x 1024) product takes 2.3 ms through `torch.mm` and
-1.2 ms through oneDNN (`python benchmarks/bench_gpt.py` prints both matmuls side by side).
+PyTorch's CPU `addmm`/`mm` call MKL's sgemm. On the AMD EPYC this project is built on, that
+reaches about half of what the cores can do (MKL is known to choose its AVX-512 code by CPU
+vendor), while oneDNN, which PyTorch's x86 wheels also carry, runs its AVX-512 kernels
+(`ONEDNN_VERBOSE=1` shows `brg_matmul:avx512_core`). A (1024 x 256) @ (256 x 1024) product
+takes 2.3 ms through `torch.mm` and 1.2 ms through oneDNN on 2 cores; `python
+benchmarks/bench_gpt.py` prints both side by side. On a CPU where MKL already runs AVX-512,
+expect the two to be closer.
 
 The math is the same fp32 product with fp32 accumulation (results differ from MKL's only in
 rounding order, ~1e-6 relative). The oneDNN path is taken only where it is known to be right
 and faster: CPU, fp32 input and weight, no autocast, not under torch.compile (Inductor chooses
-its own kernels), at least `MIN_ROWS` rows (a single row is a matrix-vector product, where MKL
-is faster), and an installed PyTorch whose oneDNN linear passed a check against `F.linear` on
-first use. Everywhere else, and with `onednn(False)`, it is `F.linear`.
+its own kernels), at least `min_rows` rows (a single row is a matrix-vector product, where MKL
+is faster while the weights stay in cache: see `min_rows_for`), and an installed PyTorch whose
+oneDNN linear passed a check against `F.linear` on first use. Everywhere else, and with
+`onednn(False)`, it is `F.linear`.
 
 The backward pass is written here (input gradient dY @ W, weight gradient dY^T @ X, bias
 gradient the column sums), each a oneDNN product too.
@@ -19,6 +22,7 @@ gradient the column sums), each a oneDNN product too.
 from __future__ import annotations
 
 import contextlib
+import platform
 import warnings
 from typing import Iterator
 
@@ -27,10 +31,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-MIN_ROWS = 2  # one row is a matrix-vector product, where MKL wins (batch-1 decoding)
+MIN_ROWS = 2  # one row is a matrix-vector product: MKL wins while the weights stay in cache
 
 _switch = {"on": True}
 _probe: dict[str, bool] = {}
+
+
+def cache_bytes() -> int:
+    """The CPU's last-level cache in bytes (Linux sysfs); 32 MiB where it cannot be read."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    for index in (3, 2):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+            return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        except (OSError, ValueError):
+            continue
+    return 32 << 20
+
+
+def min_rows_for(weight_bytes: int) -> int:
+    """Fewest rows for the oneDNN path in a model whose matmul weights take `weight_bytes`.
+
+    One-row products (batch-1 decoding) read every weight once per token. While the weights fit
+    in half the last-level cache, MKL's matrix-vector kernel is faster (4 x 256 wide: 12 vs 18 us
+    a product); beyond it each step streams them from memory, where oneDNN's is about twice as
+    fast (6 x 512 wide: 152 vs 68 us, and 4.6 vs 2.7 ms per generated token).
+    """
+    return 1 if weight_bytes > cache_bytes() // 2 else MIN_ROWS
 
 
 def _dense(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -43,7 +71,8 @@ def onednn_available() -> bool:
     if "ok" not in _probe:
         ok = False
         try:
-            if torch.backends.mkldnn.is_available():
+            # x86 only: elsewhere (e.g. ARM) the BLAS behind torch.mm has not been measured against it
+            if torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64"):
                 g = torch.Generator().manual_seed(0)
                 x, w, b = (torch.randn(*s, generator=g) for s in ((8, 48), (40, 48), (40,)))
                 y = _dense(x, w, b)  # (8, 40), and the two transposed products of the backward pass
@@ -79,14 +108,14 @@ def _autocast_on() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether `linear(x, weight, ...)` takes the oneDNN path."""
+def uses_onednn(x: Tensor, weight: Tensor, min_rows: int = MIN_ROWS) -> bool:
+    """Whether `linear(x, weight, ..., min_rows)` takes the oneDNN path."""
     return (
         _switch["on"]
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.numel() >= MIN_ROWS * x.shape[-1] > 0
+        and x.numel() >= min_rows * x.shape[-1] > 0
         and not torch.compiler.is_compiling()
         and not _autocast_on()
         and onednn_available()
@@ -119,9 +148,9 @@ class _OneDnnLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, min_rows: int = MIN_ROWS) -> Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn` says so."""
-    if not uses_onednn(x, weight):
+    if not uses_onednn(x, weight, min_rows):
         return F.linear(x, weight, bias)
     x2 = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
@@ -132,7 +161,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters, names and init) whose forward is `linear`."""
+    """nn.Linear (same parameters, names and init) whose forward is `linear`.
+
+    `min_rows` (default MIN_ROWS) is set per model by its owner, see `min_rows_for`.
+    """
+
+    min_rows: int = MIN_ROWS
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.min_rows)

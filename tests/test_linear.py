@@ -107,3 +107,35 @@ def test_gpt_training_step_agrees_between_onednn_and_f_linear():
     assert grads[True].keys() == grads[False].keys()
     for name in grads[True]:
         torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_one_row_products_use_onednn_only_when_the_model_outgrows_the_cache(monkeypatch):
+    monkeypatch.setattr(L, "cache_bytes", lambda: 4 << 20)  # a 4 MiB last-level cache
+    small = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=64))    # ~0.2 MB of weights
+    large = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=256))   # ~6.4 MB
+    assert {m.min_rows for m in small.modules() if isinstance(m, L.Linear)} == {L.MIN_ROWS}
+    assert {m.min_rows for m in large.modules() if isinstance(m, L.Linear)} == {1}
+    row = torch.randn(1, 1, 256)
+    head = large.lm_head
+    assert L.uses_onednn(row, head.weight, head.min_rows) == L.onednn_available()
+    assert not L.uses_onednn(row, head.weight, L.MIN_ROWS)
+    with torch.no_grad():  # one-row decoding through oneDNN gives F.linear's logits
+        torch.testing.assert_close(head(row), F.linear(row, head.weight), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("files,expected", [
+    ({3: "1024K\n", 2: "512K\n"}, 1 << 20),   # the last level (index3) when there is one
+    ({2: "2M\n"}, 2 << 20),                   # else index2
+    ({}, 32 << 20),                           # unreadable sysfs: 32 MiB
+])
+def test_cache_size_comes_from_sysfs(monkeypatch, files, expected):
+    import io
+
+    def fake_open(path, *args, **kwargs):
+        index = int(str(path).split("index")[1].split("/")[0])
+        if index not in files:
+            raise FileNotFoundError(path)
+        return io.StringIO(files[index])
+
+    monkeypatch.setattr(L, "open", fake_open, raising=False)
+    assert L.cache_bytes() == expected
