@@ -10,6 +10,9 @@ Then the floor of a training step: the same step's linear layers (every block's 
 head, forward and backward through the model's own kernel, oneDNN or F.linear as model.linear
 picks) and its attention (forward + backward), each timed alone on tensors of the step's shapes,
 against the whole step. Were every other op free, a step could take no less than that sum.
+
+Last, batch-1 decoding's one-row products at the default and `small` shapes through MKL and
+oneDNN, which is what `model.linear.min_rows_for` decides between.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ def run(args) -> None:
         print(f"\n== {name}")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     floor(gpt, step, x.shape)
+    one_row()
 
 
 def median_ms(fn, n: int = 15) -> float:
@@ -101,6 +105,30 @@ def floor(gpt: GPT, step, shape: tuple[int, int]) -> None:
     print("\n== floor of one training step (median of 15)")
     print(f"matmuls {t_mm:.1f} ms + attention {t_att:.1f} ms = {t_mm + t_att:.1f} ms; whole step {t_step:.1f} ms "
           f"({(t_mm + t_att) / t_step:.0%} of it)")
+
+
+def one_row() -> None:
+    """Batch-1 decoding's products (one row x every weight of a model in turn), MKL vs oneDNN."""
+    from model.linear import MIN_ROWS, Linear, cache_bytes, linear
+
+    print("\n== one-row products through every weight of a model in turn (median of 15)")
+    for name, cfg in (("default 4 x 256, vocab 2048", GPTConfig(vocab_size=2048, block_size=256, n_layer=4,
+                                                                 n_head=4, n_embd=256)),
+                      ("small 6 x 512, vocab 256", GPTConfig(vocab_size=256, block_size=1024, n_layer=6,
+                                                              n_head=8, n_embd=512))):
+        linears = [m for m in GPT(cfg).modules() if isinstance(m, Linear)]
+        rows = {m.weight.shape[1]: torch.randn(1, m.weight.shape[1]) for m in linears}
+        mb = 4 * sum(m.weight.numel() for m in linears) / 1e6
+
+        def products(min_rows: int) -> None:
+            with torch.no_grad():
+                for m in linears:
+                    linear(rows[m.weight.shape[1]], m.weight, m.bias, min_rows)
+
+        mkl, dnn = median_ms(lambda: products(MIN_ROWS)), median_ms(lambda: products(1))
+        print(f"{name}: {mb:.0f} MB of weights (last-level cache {cache_bytes() >> 20} MiB): per product "
+              f"MKL {1e3 * mkl / len(linears):.1f} us, oneDNN {1e3 * dnn / len(linears):.1f} us; "
+              f"the model uses {'oneDNN' if linears[0].min_rows == 1 else 'MKL'}")
 
 
 if __name__ == "__main__":

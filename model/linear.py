@@ -3,10 +3,10 @@
 PyTorch's CPU `addmm`/`mm` call MKL's sgemm. On the AMD EPYC this project is built on, that
 reaches about half of what the cores can do (MKL is known to choose its AVX-512 code by CPU
 vendor), while oneDNN, which PyTorch's x86 wheels also carry, runs its AVX-512 kernels
-(`ONEDNN_VERBOSE=1` shows `brg_matmul:avx512_core`). A (1024 x 256) @ (256 x 1024) product
-takes 2.3 ms through `torch.mm` and 1.2 ms through oneDNN on 2 cores; `python
-benchmarks/bench_gpt.py` prints both side by side. On a CPU where MKL already runs AVX-512,
-expect the two to be closer.
+(`ONEDNN_VERBOSE=1` shows `brg_matmul:avx512_core`). `python benchmarks/bench_gpt.py` prints
+both side by side: on 2 cores, a (1024 x 256) @ (256 x 1024) product runs at ~210 GFLOP/s
+through `torch.mm` and ~430 through oneDNN. On a CPU where MKL already runs AVX-512, expect
+the two to be closer.
 
 The math is the same fp32 product with fp32 accumulation (results differ from MKL's only in
 rounding order, ~1e-6 relative). The oneDNN path is taken only where it is known to be right
@@ -54,9 +54,10 @@ def min_rows_for(weight_bytes: int) -> int:
     """Fewest rows for the oneDNN path in a model whose matmul weights take `weight_bytes`.
 
     One-row products (batch-1 decoding) read every weight once per token. While the weights fit
-    in half the last-level cache, MKL's matrix-vector kernel is faster (4 x 256 wide: 12 vs 18 us
-    a product); beyond it each step streams them from memory, where oneDNN's is about twice as
-    fast (6 x 512 wide: 152 vs 68 us, and 4.6 vs 2.7 ms per generated token).
+    in half the last-level cache, MKL's matrix-vector kernel is faster; beyond it each step
+    streams them from memory, where oneDNN's is about twice as fast. `python
+    benchmarks/profile_gpt.py` times both: 4 x 256 wide (15 MB), 16.5 vs 24.8 us a product;
+    6 x 512 wide (76 MB), 165 vs 82 us.
     """
     return 1 if weight_bytes > cache_bytes() // 2 else MIN_ROWS
 
