@@ -20,9 +20,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import remi
+import remi.render
 import sample as sample_mod
 from remi.audio import INSTALL_HINT, find_renderer, read_wav
-import remi.render
 from tests.conftest import ROOT, shared_midi_files
 
 PY = sys.executable
