@@ -169,13 +169,13 @@ def main(argv=None) -> int:
         n = 4096 if device.type == "cuda" else 2048
         C = config.n_embd
         mm_reps = 20 if device.type == "cuda" else 2
-        shapes = {"square": (n, n, n), "MLP-shaped": (B * T, C, 4 * C)}
-        kernels = {"torch @": lambda a, w: a @ w.t()}
+        shapes = {"square": ("square", (n, n, n)), "mlp": ("the MLP's shape", (B * T, C, 4 * C))}  # rows, inner, cols
+        kernels = {"torch_mm": ("torch @", lambda a, w: a @ w.t())}
         probe = torch.empty(2, 2, device=device, dtype=mm_dtype)
         if uses_onednn(probe, probe):
-            kernels["oneDNN"] = lambda a, w: linear(a, w)
-        mats = {s: (torch.randn(m, k, device=device, dtype=mm_dtype), torch.randn(nn, k, device=device, dtype=mm_dtype))
-                for s, (m, k, nn) in shapes.items()}
+            kernels["onednn"] = ("oneDNN", lambda a, w: linear(a, w))
+        mats = {s: (torch.randn(m, k, device=device, dtype=mm_dtype), torch.randn(cols, k, device=device, dtype=mm_dtype))
+                for s, (_, (m, k, cols)) in shapes.items()}
 
         def matmul(kernel, shape):
             def run():
@@ -184,10 +184,10 @@ def main(argv=None) -> int:
             return run
 
         fns = {"ours": step_ours, "hf": step_hf}
-        if "oneDNN" in kernels and not args.compile:
+        if "onednn" in kernels and not args.compile:
             fns["ours_plain"] = step_ours_plain
-        refs = {(k, s): f"{k} {s}" for k in kernels for s in shapes}
-        fns |= {name: matmul(kernels[k], s) for (k, s), name in refs.items()}
+        refs = {f"flops_vs_{k}_{s}": (k, s) for k in kernels for s in shapes}  # the summary's keys
+        fns |= {key: matmul(kernels[k][1], s) for key, (k, s) in refs.items()}
         interleaved(fns, 1, device)  # warm-up
         raw = interleaved(fns, args.rounds, device)
         t = medians(raw)
@@ -204,12 +204,11 @@ def main(argv=None) -> int:
             print(f"  ours with F.linear instead of oneDNN {tokens / t['ours_plain']:10.0f} tok/s"
                   f"   ratio to HF = {ratios['train_without_onednn']:.2f}x ({spread(raw['hf'], raw['ours_plain'])})")
         print(f"  ours achieved {achieved / 1e9:8.1f} GFLOP/s ({flops_per_token(config) / 1e6:.1f} MFLOP/token)")
-        for (k, s), name in refs.items():
-            m, kk, nn = shapes[s]
-            rate = mm_reps * 2 * m * kk * nn / t[name]
-            key = f"flops_vs_{k.replace('torch @', 'torch_mm').replace('oneDNN', 'onednn')}_{s.split('-')[0].lower()}"
+        for key, (k, s) in refs.items():
+            label, (m, inner, cols) = shapes[s]
+            rate = mm_reps * 2 * m * inner * cols / t[key]
             ratios[key] = achieved / rate
-            print(f"  plain {args.dtype} matmul {m}x{kk}x{nn} ({s}) via {k}: {rate / 1e9:8.1f} GFLOP/s;"
+            print(f"  plain {args.dtype} matmul {m}x{inner}x{cols} ({label}) via {kernels[k][0]}: {rate / 1e9:8.1f} GFLOP/s;"
                   f" ours/it = {ratios[key]:.0%}")
         peak = peak_flops(device)
         if peak is not None and args.dtype == "bf16":

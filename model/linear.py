@@ -102,13 +102,6 @@ def onednn(enabled: bool) -> Iterator[None]:
         _switch["on"] = before
 
 
-def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # PyTorch < 2.4 spells it differently
-        return torch.is_autocast_cpu_enabled()
-
-
 def uses_onednn(x: Tensor, weight: Tensor, min_rows: int = MIN_ROWS) -> bool:
     """Whether `linear(x, weight, ..., min_rows)` takes the oneDNN path."""
     return (
@@ -118,7 +111,7 @@ def uses_onednn(x: Tensor, weight: Tensor, min_rows: int = MIN_ROWS) -> bool:
         and weight.dtype == torch.float32
         and x.numel() >= min_rows * x.shape[-1] > 0
         and not torch.compiler.is_compiling()
-        and not _autocast_on()
+        and not torch.is_autocast_enabled("cpu")
         and onednn_available()
     )
 
