@@ -169,9 +169,9 @@ class ResultLog:
     """Per-file results, appended as they arrive to `<dir>/log-<pid>-<ns>.bin` (one file per
     writing process and run: the main process with one worker, else each worker process).
 
-    Record: `_HEAD_STRUCT`, then (n >= 0) n uint32 ids or (n < 0) -n bytes of UTF-8 skip reason. A killed run leaves at most one
-    incomplete record at the end of each log, which reading ignores; everything before it is
-    reused, so a rerun resumes. Reading maps each log once; a result's ids are a view into it.
+    Record: `_HEAD_STRUCT`, then (n >= 0) n uint32 ids or (n < 0) -n bytes of UTF-8 skip
+    reason. A killed run leaves at most one incomplete record at the end of each log, which
+    reading ignores; everything before it is reused, so a rerun resumes. Reading maps each log once; a result's ids are a view into it.
     """
 
     def __init__(self, folder: Path, scan: bool = True):
