@@ -71,33 +71,34 @@ def _ticks_per_bar(tpq: int, num: int, den: int) -> int:
 
 
 def _preprocess_time_signatures(ts: list[list[int]], tpq: int) -> list[list[int]]:
-    """Delay each time signature to the next bar line, drop repeats (MidiTok's rules)."""
-    i = 0
+    """Delay each time signature to the next bar line, drop repeats (MidiTok's rules).
+
+    One pass that appends to `out` (the signatures kept so far) and pops only its last entry, so
+    the cost is linear: deleting inside the list made 4·10^5 signatures take ~10 s."""
+    out: list[list[int]] = []
     ticks_per_bar = _ticks_per_bar(tpq, ts[0][1], ts[0][2])
     previous_tick = 0
-    while i < len(ts):
-        if i >= 1 and ts[i][1:] == ts[i - 1][1:]:
-            del ts[i]
-            continue
-        if i >= 1 and ts[i][0] < ts[i - 1][0]:
-            ts[i][0] = ts[i - 1][0]
-        bar_offset, rest = divmod(ts[i][0] - previous_tick, ticks_per_bar)
+    for cur in ts:
+        if out and cur[1:] == out[-1][1:]:
+            continue  # a repeat of the meter in force
+        if out and cur[0] < out[-1][0]:
+            cur[0] = out[-1][0]
+        bar_offset, rest = divmod(cur[0] - previous_tick, ticks_per_bar)
         if rest > 0:
-            ts[i][0] = previous_tick + (bar_offset + 1) * ticks_per_bar
-        ticks_per_bar = _ticks_per_bar(tpq, ts[i][1], ts[i][2])
-        previous_tick = ts[i][0]
-        if i >= 1 and ts[i][0] == ts[i - 1][0]:
-            del ts[i - 1]
-            if i >= 2 and ts[i - 1][1:] == ts[i - 2][1:]:
-                del ts[i - 1]
-                ticks_per_bar = _ticks_per_bar(tpq, ts[i - 2][1], ts[i - 2][2])
-                previous_tick = ts[i - 2][0]
-                i -= 1
-            continue
-        i += 1
-    if not ts or ts[0][0] != 0:
-        ts.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
-    return ts
+            cur[0] = previous_tick + (bar_offset + 1) * ticks_per_bar
+        ticks_per_bar = _ticks_per_bar(tpq, cur[1], cur[2])
+        previous_tick = cur[0]
+        if out and cur[0] == out[-1][0]:
+            out.pop()  # two signatures on one bar line: the later one wins
+            if out and cur[1:] == out[-1][1:]:
+                # ... and it repeats the one before: the meter never changed here
+                ticks_per_bar = _ticks_per_bar(tpq, out[-1][1], out[-1][2])
+                previous_tick = out[-1][0]
+                continue
+        out.append(cur)
+    if not out or out[0][0] != 0:
+        out.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
+    return out
 
 
 def _sections(ts: list[list[int]], end: int, value) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""Hostile MIDI (issue 15): bounded time and memory when reading and encoding, and MidiReadError
+as the one exception for a file that cannot be read.
+
+The time guards are generous deadlines (the old quadratic code took 10x longer than each limit;
+the figures themselves are `benchmarks/bench_hostile.py` rows)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import remi
+from remi import MidiReadError, read_midi
+from tests.hostile import many_time_signatures, note_pairs, overlapping_notes
+
+ROOT = Path(__file__).resolve().parents[1]
+COARSE = ROOT / "conf" / "tokenizer" / "coarse.yaml"
+
+
+@pytest.mark.timeout(30)
+def test_a_million_overlapping_notes_of_one_pitch_read_in_linear_time():
+    # The old reader closed notes with list.pop(0): 68 s for this file.
+    n = 1_000_000
+    score = read_midi(overlapping_notes(n))
+    assert len(score) == n
+    # first in, first out: note i sounds from tick i to tick n + i
+    np.testing.assert_array_equal(score.notes[:, 0], np.arange(n))
+    np.testing.assert_array_equal(score.notes[:, 1], np.arange(n) + n)
+
+
+@pytest.mark.timeout(30)
+def test_a_million_time_signatures_encode_in_linear_time():
+    # The old encoder deleted inside a list: ~10 s at 4e5 signatures, ~60 s at 1e6.
+    tok = remi.Tokenizer.from_file(COARSE)
+    score = read_midi(many_time_signatures(1_000_000))
+    ids = tok.encode(score)
+    assert tok.count_notes(ids) == 1
+
+
+def test_time_signature_rules_unchanged_on_a_small_case():
+    # 4/4 at 0, 3/4 inside bar 1 (delayed to its end, tick 4*tpq), 3/4 again (a repeat, dropped),
+    # then 6/8 and 4/4 colliding on one bar line (the later wins).
+    from remi.encode import _preprocess_time_signatures
+
+    tpq = 4
+    ts = [[0, 4, 4], [3, 3, 4], [20, 3, 4], [17, 6, 8], [18, 4, 4]]
+    assert _preprocess_time_signatures(ts, tpq) == [[0, 4, 4], [16, 3, 4], [28, 4, 4]]
+
+
+_CAPPED = textwrap.dedent("""
+    import os, resource, sys
+    sys.path.insert(0, {root!r})
+    from tests.hostile import note_pairs
+    from remi import read_midi
+    data = note_pairs({n})
+    vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+    cap = vm + ({extra_mb} << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        score = read_midi(data)
+        print("ok", len(score))
+    except BaseException as e:
+        print(type(e).__name__)
+""")
+
+
+def _read_capped(n: int, extra_mb: int) -> str:
+    """Read n note pairs in a child process whose address space may grow only `extra_mb` MB."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    code = _CAPPED.format(root=str(ROOT), n=n, extra_mb=extra_mb)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    return (out.stdout.strip().splitlines() or [out.stderr.strip()[-300:]])[-1]
+
+
+def test_three_million_notes_fit_in_300_mb():
+    # Notes held as Python tuples (~150 bytes each) ran out at this cap; 32 bytes a note now.
+    assert _read_capped(3_000_000, 300) == "ok 3000000"
+
+
+def test_out_of_memory_is_a_midi_read_error():
+    # The old reader let MemoryError (numpy's _ArrayMemoryError among them) escape read_midi.
+    assert _read_capped(3_000_000, 60) == "MidiReadError"
+
+
+def test_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "big.mid"
+    path.write_bytes(note_pairs(1000))
+    monkeypatch.setattr(remi.midi_read, "MAX_FILE_BYTES", 100)
+    with pytest.raises(MidiReadError, match="larger than 100 bytes"):
+        read_midi(path)
