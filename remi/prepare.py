@@ -29,6 +29,7 @@ import os
 import struct
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -157,12 +158,17 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
+RESULT_FORMAT = 2  # 2: records carry a CRC-32
+
+
 def results_dir(cache_dir: str | Path, tok: Any) -> Path:
-    return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}"
+    return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}-r{RESULT_FORMAT}"
 
 
-# A result record's head: 32-byte content hash, int64 notes, int64 milliseconds, int64 n.
-_HEAD_STRUCT = struct.Struct("<32sqqq")
+# A result record's head: 32-byte content hash, int64 notes, int64 milliseconds, int64 n, and the
+# CRC-32 of those and of the body.
+_HEAD_STRUCT = struct.Struct("<32sqqqI")
+_HEAD_FIELDS = struct.Struct("<32sqqq")
 
 
 class ResultLog:
@@ -171,7 +177,10 @@ class ResultLog:
 
     Record: `_HEAD_STRUCT`, then (n >= 0) n uint32 ids or (n < 0) -n bytes of UTF-8 skip
     reason. A killed run leaves at most one incomplete record at the end of each log, which
-    reading ignores; everything before it is reused, so a rerun resumes. Reading maps each log once; a result's ids are a view into it.
+    reading ignores; everything before it is reused, so a rerun resumes. Reading maps each log
+    once; a result's ids are a view into it. A record whose CRC-32 does not match (a damaged
+    disk or an edited file) is not used: the file is encoded again. A damaged length ends the
+    scan of that log (later records are encoded again too).
     """
 
     def __init__(self, folder: Path, scan: bool = True):
@@ -196,11 +205,13 @@ class ResultLog:
         data = np.memmap(log, dtype=np.uint8, mode="r").view(np.ndarray)
         pos, size, hs = 0, len(data), _HEAD_STRUCT.size
         while pos + hs <= size:
-            sha, notes, ms, n = _HEAD_STRUCT.unpack_from(data, pos)
+            sha, notes, ms, n, crc = _HEAD_STRUCT.unpack_from(data, pos)
             body = n * 4 if n >= 0 else -n
             if pos + hs + body > size:
-                break  # the incomplete last record of a killed run
-            self.index[sha] = (data, pos + hs, notes, ms, n)
+                break  # the incomplete last record of a killed run (or a damaged length)
+            head = data[pos : pos + _HEAD_FIELDS.size]
+            if zlib.crc32(data[pos + hs : pos + hs + body], zlib.crc32(head)) == crc and notes >= 0 and ms >= 0:
+                self.index[sha] = (data, pos + hs, notes, ms, n)
             pos += hs + body
 
     def get(self, sha: str) -> FileResult | None:
@@ -222,8 +233,8 @@ class ResultLog:
         else:
             body = np.asarray(r.ids, dtype="<u4").tobytes()
             n = len(r.ids)
-        head = _HEAD_STRUCT.pack(bytes.fromhex(sha), r.notes, round(r.seconds * 1000), n)
-        self._out.write(head + body)
+        fields = _HEAD_FIELDS.pack(bytes.fromhex(sha), r.notes, round(r.seconds * 1000), n)
+        self._out.write(fields + struct.pack("<I", zlib.crc32(body, zlib.crc32(fields))) + body)
 
     def flush(self) -> None:
         if self._out is not None:
@@ -293,7 +304,7 @@ def tokenize(
     from tqdm import tqdm
 
     log = ResultLog(results_dir(cache_dir, tok))
-    results: list[FileResult | None] = [log.get(e.sha256) for e in entries]
+    results: list[FileResult | None] = [_usable(log.get(e.sha256), tok) for e in entries]
     todo = [i for i, r in enumerate(results) if r is None]
     workers = max(1, min(workers or default_workers(), len(todo) or 1))
     bar = tqdm(total=len(todo), desc=f"tokenize ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
@@ -328,6 +339,13 @@ def tokenize(
     return results  # type: ignore[return-value]
 
 
+def _usable(r: FileResult | None, tok: Any) -> FileResult | None:
+    """A cached result, or None (encode again) when its ids could not come from `tok`."""
+    if r is None or r.ids is None or not len(r.ids):
+        return r
+    return r if int(r.ids.max()) < tok.vocab_size else None
+
+
 # --------------------------------------------------------------------------- 3. shards
 
 
@@ -347,7 +365,8 @@ def shard_key(tok: Any, cfg: DataConfig, entries: Sequence[FileEntry]) -> str:
     selection = {k: v for k, v in cfg.to_dict().items() if k != "name"}
     h.update(json.dumps({"tokenizer": tok.hash, "code": code_hash(), "data": selection, "format": shards.FORMAT_VERSION}, sort_keys=True).encode())
     for e in entries:
-        h.update(f"{e.source}\0{e.rel}\0{e.sha256}\0{e.split}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 hashes as its bytes
+        h.update(f"{e.source}\0{e.rel}\0{e.sha256}\0{e.split}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
@@ -556,13 +575,22 @@ def _read_yaml(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
 
 
+def printable(text: str) -> str:
+    """A file name as it can be printed: bytes that are not UTF-8 (kept by Python as lone
+    surrogates) become `\\xNN` escapes instead of aborting the print with UnicodeEncodeError."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name decoding made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def format_table(stats: Mapping[str, Mapping], total: Mapping) -> str:
     head = f"{'source':<24}{'files':>8}{'skipped':>9}{'dups':>6}{'notes':>12}{'tokens':>13}{'hours':>9}{'tok/note':>9}"
     lines = [head, "-" * len(head)]
     for name, s in [*stats.items(), ("total", total)]:
         if name == "total":
             lines.append("-" * len(head))
-        label = Path(name).name if "/" in name else name
+        label = printable(Path(name).name if "/" in name else name)
         lines.append(
             f"{label[:23]:<24}{s['files']:>8}{s['skipped']:>9}{s['duplicates']:>6}{s['notes']:>12}{s['tokens']:>13}"
             f"{s['hours']:>9.1f}{s['tokens_per_note']:>9.2f}"
@@ -595,9 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_table(m["stats"], m["total"]))
         for s in m["skipped"]:
-            print(f"skipped {s['source']}/{s['file']}: {s['reason']}")
+            print(printable(f"skipped {s['source']}/{s['file']}: {s['reason']}"))
         verb = "reused" if r.reused else f"written in {time.perf_counter() - t0:.1f} s"
-        print(f"shards: {r.dir} ({verb})")
+        print(printable(f"shards: {r.dir} ({verb})"))
     return 0
 
 

@@ -2,21 +2,25 @@
 
 A shard folder is complete exactly when its `manifest.json` exists: writers build the folder
 under a temporary name, write the manifest last and rename the folder into place, so a killed
-preparation never leaves a folder that looks complete. Readers check every file's byte size
-against the manifest and the tokenizer hash against the caller's, so a truncated or stale
-shard is an error, never silently read.
+preparation never leaves a folder that looks complete (and the next writer removes the
+temporary folders that killed writers left). Readers check every file's byte size and SHA-256
+against the manifest, the tokenizer hash against the caller's, and that offsets rise and ids
+lie inside the vocabulary, so a truncated, damaged or stale shard is a `ShardError`, never
+silently read.
 
 Layout of `<dir>/`, per split in SPLITS:
     {split}.bin        flat token ids (uint16, or uint32 if vocab > 65535), songs concatenated
     {split}.idx.npy    int64 song offsets into .bin, length n_songs + 1 (offsets[0] == 0)
     {split}.notes.npy  int64 note count per song (for bits per note)
-    manifest.json      tokenizer JSON + hash, dtype, per-split counts and byte sizes, sources...
+    manifest.json      tokenizer JSON + hash, dtype, per-split counts, byte sizes and SHA-256, sources...
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -25,11 +29,11 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each file's SHA-256 in the manifest
 
 
 class ShardError(RuntimeError):
-    """A shard folder that is missing, incomplete, truncated or built for another tokenizer."""
+    """A shard folder that is missing, incomplete, truncated, damaged or built for another tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,60 @@ def write_split(folder: Path, split: str, songs: Sequence[np.ndarray], notes: Se
             f.write(arr.astype(dtype, copy=False).tobytes())
     np.save(folder / idx_name, offsets)
     np.save(folder / notes_name, np.asarray(notes, dtype=np.int64))
+    names = (bin_name, idx_name, notes_name)
     return {
         "songs": int(len(songs)),
         "tokens": int(offsets[-1]),
         "notes": int(np.sum(notes, dtype=np.int64)) if len(notes) else 0,
-        "bytes": {name: (folder / name).stat().st_size for name in (bin_name, idx_name, notes_name)},
+        "bytes": {name: (folder / name).stat().st_size for name in names},
+        "sha256": {name: file_sha256(folder / name) for name in names},
     }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remove_stale_temporaries(parent: Path) -> list[Path]:
+    """Delete the `.tmp-*` / `.old-*` folders that writers killed with SIGKILL left in `parent`:
+    each name ends in its writer's host and pid, and a pid no longer running on this host cannot
+    finish it (a folder from another host, on a shared disk, is left alone). Returns what was removed."""
+    removed = []
+    for p in Path(parent).glob(".*"):
+        if not p.name.startswith((".tmp-", ".old-")):
+            continue
+        host, _, pid = p.name.rpartition("@")[2].partition("-")
+        if host != _HOST or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+_HOST = socket.gethostname().replace("-", "_").replace("@", "_")
+
+
+def _temp_name(kind: str, final_dir: Path) -> Path:
+    return final_dir.with_name(f".{kind}-{final_dir.name}@{_HOST}-{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def write_shards(
@@ -103,7 +155,8 @@ def write_shards(
     """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_dir.with_name(f".tmp-{final_dir.name}-{os.getpid()}")
+    remove_stale_temporaries(final_dir.parent)
+    tmp = _temp_name("tmp", final_dir)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -120,7 +173,7 @@ def write_shards(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final_dir.exists():  # stale or concurrent copy: ours replaces it
-        old = final_dir.with_name(f".old-{final_dir.name}-{os.getpid()}")
+        old = _temp_name("old", final_dir)
         final_dir.rename(old)
         shutil.rmtree(old, ignore_errors=True)
     tmp.rename(final_dir)
@@ -132,16 +185,31 @@ def read_manifest(folder: str | Path) -> dict:
     if not path.is_file():
         raise ShardError(f"{folder} is not a complete shard folder (no {MANIFEST}); prepare it with `python -m remi.prepare`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path} is not valid JSON ({e}); delete {folder} and prepare again") from e
+        m = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # binary junk, or text that is not JSON
+        raise ShardError(f"{path} is not valid JSON ({e}); delete {folder} and prepare again") from None
+    except OSError as e:
+        raise ShardError(f"{path} cannot be read ({e.strerror or e}); delete {folder} and prepare again") from None
+    if not isinstance(m, dict):
+        raise ShardError(f"{path} holds a JSON {type(m).__name__}, not the manifest object; delete {folder} and prepare again")
+    return m
 
 
 def verify(folder: str | Path, expect_hash: str | None = None, key: str | None = None) -> dict:
-    """Check a shard folder without loading it: manifest present, tokenizer hash and cache key
-    as expected, every file's byte size as recorded. Returns the manifest; raises ShardError."""
+    """Check a shard folder without loading it: manifest present and well-formed, tokenizer hash
+    and cache key as expected, every file's byte size and SHA-256 as recorded (reads every byte:
+    ~0.1 s per 100 MB). Returns the manifest; raises ShardError."""
     folder = Path(folder)
     m = read_manifest(folder)
+    try:
+        _verify(folder, m, expect_hash, key)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # a manifest with the wrong shape
+        raise ShardError(f"{folder / MANIFEST} is malformed ({type(e).__name__}: {e}); "
+                         "delete the folder and prepare again") from None
+    return m
+
+
+def _verify(folder: Path, m: dict, expect_hash: str | None, key: str | None) -> None:
     if m.get("format") != FORMAT_VERSION:
         raise ShardError(f"{folder}: shard format {m.get('format')} != {FORMAT_VERSION}; prepare it again")
     if expect_hash is not None and m.get("tokenizer_hash") != expect_hash:
@@ -151,16 +219,20 @@ def verify(folder: str | Path, expect_hash: str | None = None, key: str | None =
         )
     if key is not None and m.get("key") != key:
         raise ShardError(f"{folder}: cache key {m.get('key')} != expected {key}; prepare it again")
-    for split, entry in m.get("splits", {}).items():
-        for name, size in entry["bytes"].items():
-            path = folder / name
+    np.dtype(m["dtype"])  # a damaged dtype name is a malformed manifest
+    for split in SPLITS:
+        entry = m["splits"][split]
+        for name in split_files(split):
+            path, size = folder / name, entry["bytes"][name]
             actual = path.stat().st_size if path.is_file() else None
             if actual != size:
                 raise ShardError(
                     f"{path}: {'missing' if actual is None else f'{actual} bytes'}, manifest says {size} bytes "
                     "(truncated or modified shard); delete the folder and prepare again"
                 )
-    return m
+            if file_sha256(path) != entry["sha256"][name]:
+                raise ShardError(f"{path}: content differs from the SHA-256 in its manifest (damaged or modified "
+                                 "shard); delete the folder and prepare again")
 
 
 def load_split(folder: str | Path, split: str, expect_hash: str | None = None) -> ShardSplit:
@@ -171,26 +243,44 @@ def load_split(folder: str | Path, split: str, expect_hash: str | None = None) -
         raise ShardError(f"{folder}: no split {split!r} (have {sorted(m['splits'])})")
     entry = m["splits"][split]
     bin_name, idx_name, notes_name = split_files(split)
-    offsets = np.load(folder / idx_name)
-    notes = np.load(folder / notes_name)
+    offsets, notes = _load_npy(folder / idx_name), _load_npy(folder / notes_name)
     dtype = np.dtype(m["dtype"])
     n_tokens = entry["tokens"]
-    if len(offsets) != entry["songs"] + 1 or len(notes) != entry["songs"] or int(offsets[-1]) != n_tokens:
+    if (offsets.ndim != 1 or notes.ndim != 1 or len(offsets) != entry["songs"] + 1 or len(notes) != entry["songs"]
+            or int(offsets[-1]) != n_tokens):
         raise ShardError(f"{folder}/{split}: offsets/notes disagree with the manifest; prepare it again")
+    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or np.any(notes < 0):
+        raise ShardError(f"{folder}/{idx_name}: song offsets do not rise from 0 (or a note count is negative); "
+                         "delete the folder and prepare again")
     if n_tokens * dtype.itemsize != entry["bytes"][bin_name]:
         raise ShardError(f"{folder}/{bin_name}: size does not match {n_tokens} {dtype} tokens")
     if n_tokens:
         tokens = np.memmap(folder / bin_name, dtype=dtype, mode="r", shape=(n_tokens,))
+        vocab_size = int(m.get("vocab_size", np.iinfo(dtype).max + 1))
+        if int(tokens.max()) >= vocab_size:
+            raise ShardError(f"{folder}/{bin_name}: token id {int(tokens.max())} is outside the vocabulary "
+                             f"(size {vocab_size}); delete the folder and prepare again")
     else:  # np.memmap refuses empty files
         tokens = np.zeros(0, dtype=dtype)
     return ShardSplit(tokens=tokens, offsets=offsets, notes=notes)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """An int64 .npy (never pickles); a damaged header or body is a ShardError."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ShardError(f"{path} is not a readable .npy ({e}); delete the folder and prepare again") from None
+    if arr.dtype != np.int64:
+        raise ShardError(f"{path} holds {arr.dtype}, not int64; delete the folder and prepare again")
+    return arr
 
 
 def is_complete(folder: str | Path, expect_hash: str | None = None, key: str | None = None) -> bool:
     try:
         verify(folder, expect_hash, key)
         return True
-    except (ShardError, OSError, KeyError, TypeError):
+    except (ShardError, OSError):
         return False
 
 
