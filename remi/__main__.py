@@ -17,6 +17,41 @@ def _tokenizer(path: str | None):
     return Tokenizer.from_file(cfg)
 
 
+class _UsageError(Exception):
+    """A bad input file or output path: printed as one line, exit status 2."""
+
+
+def _decode(tok, tokens: Path, out: Path) -> int:
+    """A file of space-separated token strings -> a MIDI file."""
+    if not tokens.is_file():
+        raise _UsageError(f"{tokens}: {'is a folder' if tokens.is_dir() else 'no such file'}; pass a text file of token strings")
+    if not out.parent.is_dir():
+        raise _UsageError(f"{out}: the output folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise _UsageError(f"{out} is a folder; pass the path of the .mid file to write")
+    try:
+        words = tokens.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError:
+        raise _UsageError(f"{tokens} is not a UTF-8 text file of token strings (binary?)") from None
+    except OSError as e:
+        raise _UsageError(f"{tokens}: cannot read ({e.strerror or e})") from None
+    # A merged BPE token prints as "A+B+C": expand it to base strings.
+    base = [w for word in words for w in word.split("+")]
+    try:
+        ids = tok.ids_from_tokens(base)
+    except ValueError as err:
+        raise _UsageError(f"{tokens}: {err}") from None
+    score = tok.decode_score(ids) if tok.bpe is None else tok.decode_score(tok.bpe.encode(ids))
+    from .midi_io import score_to_midifile
+
+    try:
+        score_to_midifile(score).save(str(out))
+    except OSError as e:
+        raise _UsageError(f"{out}: cannot write ({e.strerror or e})") from None
+    print(f"wrote {out}: {len(score)} notes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bpe-info":
@@ -49,19 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(" ".join(tok.tokens(ids)))
     elif args.cmd == "decode":
-        words = Path(args.tokens).read_text().split()
-        # A merged BPE token prints as "A+B+C": expand it to base strings.
-        base = [w for word in words for w in word.split("+")]
         try:
-            ids = tok.ids_from_tokens(base)
-        except ValueError as err:
-            print(f"error: {args.tokens}: {err}", file=sys.stderr)
+            return _decode(tok, Path(args.tokens), Path(args.out))
+        except _UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
             return 2
-        score = tok.decode_score(ids) if tok.bpe is None else tok.decode_score(tok.bpe.encode(ids))
-        from .midi_io import score_to_midifile
-
-        score_to_midifile(score).save(args.out)
-        print(f"wrote {args.out}: {len(score)} notes")
     else:
         print(f"vocab_size {tok.vocab_size}")
         print(f"base_vocab_size {tok.base_vocab_size}")

@@ -4,31 +4,43 @@ Reading rules (the inverse of `remi.encode`): Bar starts the next bar (the first
 at tick 0); a TimeSig right after it sets the meter from that bar on; Position moves inside the
 current bar; Tempo applies at the current tick; Pitch Velocity Duration is a note at the current
 tick (a Pitch not followed by Velocity and Duration is dropped, with its partial group). Special
-tokens are ignored, except EOS, which ends the piece. Unknown ids raise ValueError.
+tokens are ignored, except EOS, which ends the piece. Unknown ids raise ValueError. Notes of one
+pitch never overlap in the result (`remi.score.one_voice_per_pitch`), whatever the ids say, so
+the written MIDI file reads back the same in every reader.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .score import Score, Tempo, TimeSignature, sort_notes
+from .score import Score, Tempo, TimeSignature, one_voice_per_pitch, sort_notes
 from .vocab import (BAR, DEFAULT_TIME_SIGNATURE, DURATION, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG,
                     VELOCITY, Vocab)
 
 
-def check_ids(ids, vocab: Vocab) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.size == 0:
+def check_ids(ids, vocab: Vocab, size: int | None = None) -> np.ndarray:
+    """A flat sequence of token ids -> int64 array, every id an integer in [0, size) (`size`
+    defaults to the base vocabulary; a BPE tokenizer passes its own). Anything else is a
+    ValueError naming the first bad id and its index: floats (even 5.0), strings, bools, None,
+    and integers too large for int64 are refused rather than converted."""
+    size = len(vocab) if size is None else size
+    seq = ids if isinstance(ids, np.ndarray) or hasattr(ids, "__len__") else list(ids)
+    arr = np.asarray(seq)
+    if arr.size == 0 and arr.ndim == 1:
         return np.zeros(0, dtype=np.int64)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        try:
-            arr = np.asarray([int(i) for i in ids], dtype=np.int64)
-        except (TypeError, ValueError):
-            raise ValueError(f"token ids must be a flat sequence of ints, got {type(ids).__name__}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"token ids must be a flat sequence of ints, got an array of shape {arr.shape}")
+    if arr.dtype.kind not in "iu" or (arr.dtype.kind == "u" and arr.dtype.itemsize == 8):
+        # numpy turned them into floats, strings or objects: find the first bad one as given
+        for k, i in enumerate(seq.tolist() if isinstance(seq, np.ndarray) else seq):
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < size:
+                what = "is not an integer" if isinstance(i, bool) or not isinstance(i, (int, np.integer)) else \
+                    f"is out of the vocabulary (size {size})"
+                raise ValueError(f"token id {i!r} at index {k} {what}")
     arr = arr.astype(np.int64, copy=False)
-    bad = np.nonzero((arr < 0) | (arr >= len(vocab)))[0]
+    bad = np.nonzero((arr < 0) | (arr >= size))[0]
     if len(bad):
         raise ValueError(
-            f"token id {int(arr[bad[0]])} at index {int(bad[0])} is out of the vocabulary (size {len(vocab)}); "
+            f"token id {int(arr[bad[0]])} at index {int(bad[0])} is out of the vocabulary (size {size}); "
             "were these ids made by a tokenizer with another config or BPE?"
         )
     return arr

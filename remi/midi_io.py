@@ -13,6 +13,10 @@ import numpy as np
 from .midi_read import DRUM_CHANNEL, MidiReadError, _pedal_intervals
 from .score import KeySignature, Score, Tempo, TimeSignature, sort_notes
 
+# A Standard MIDI File stores a delta time in at most 4 bytes of 7 bits; mido writes longer ones,
+# which readers (ours included) refuse.
+MAX_DELTA = 0x0FFFFFFF
+
 
 @contextmanager
 def gc_paused():
@@ -44,7 +48,7 @@ def score_to_midifile(score: Score, program: int = 0) -> mido.MidiFile:
     for k in score.key_signatures:
         meta.append((k.tick, 2, mido.MetaMessage("key_signature", key=k.key, time=0)))
     meta.sort(key=lambda m: (m[0], m[1]))
-    conductor = mido.MidiTrack(_delta(meta))
+    conductor = mido.MidiTrack(_split_long_deltas(_delta(meta)))
     # Notes and pedal as one numpy event table sorted by (tick, kind): offs (kind 0) before ons
     # (kind 1) at a tick.
     notes = score.notes
@@ -74,6 +78,8 @@ def score_to_midifile(score: Score, program: int = 0) -> mido.MidiFile:
         msgs[i] = mido.Message("control_change", control=64, value=int(d2[i]), time=int(dt[i]))
     msgs.insert(0, mido.Message("program_change", program=program, time=0))
     msgs.append(mido.MetaMessage("end_of_track", time=0))
+    if len(dt) and int(dt.max()) > MAX_DELTA:
+        msgs = _split_long_deltas(msgs)
     piano = mido.MidiTrack(msgs)
     return mido.MidiFile(type=1, ticks_per_beat=tpq, tracks=[conductor, piano])
 
@@ -84,6 +90,20 @@ def _delta(events: list[tuple[int, int, object]]) -> list:
         out.append(msg.copy(time=int(tick - last)))
         last = tick
     out.append(mido.MetaMessage("end_of_track", time=0))
+    return out
+
+
+def _split_long_deltas(msgs: list) -> list:
+    """Messages whose delta time exceeds MAX_DELTA get empty text events before them, each
+    carrying MAX_DELTA ticks (e.g. a decoded piece of ten million empty bars): every reader
+    skips text events, so the file reads back with the same ticks."""
+    out = []
+    for m in msgs:
+        t = m.time
+        while t > MAX_DELTA:
+            out.append(mido.MetaMessage("text", text="", time=MAX_DELTA))
+            t -= MAX_DELTA
+        out.append(m if t == m.time else m.copy(time=t))
     return out
 
 

@@ -125,12 +125,7 @@ class Tokenizer:
     def base_ids(self, ids) -> np.ndarray:
         """Merged ids -> base ids (identity without BPE); OOV ids raise ValueError."""
         if self.bpe is not None:
-            arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-            bad = np.nonzero((arr < 0) | (arr >= self.vocab_size))[0]
-            if len(bad):
-                raise ValueError(f"token id {int(arr[bad[0]])} at index {int(bad[0])} is out of the BPE vocabulary "
-                                 f"(size {self.vocab_size})")
-            ids = self.bpe.decode([int(i) for i in arr])
+            ids = self.bpe.decode(_decode.check_ids(ids, self.vocab, size=self.vocab_size).tolist())
         return _decode.check_ids(ids, self.vocab)
 
     def decode_score(self, ids) -> Score:
@@ -148,9 +143,7 @@ class Tokenizer:
         if self.bpe is None:
             return [toks[i] for i in _decode.check_ids(ids, self.vocab).tolist()]
         out = []
-        for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is out of the vocabulary (size {self.vocab_size})")
+        for i in _decode.check_ids(ids, self.vocab, size=self.vocab_size).tolist():
             out.append("+".join(toks[b] for b in self.bpe.expand(i)))
         return out
 
