@@ -91,12 +91,37 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[remi.Tokeniz
     if ckpt.get("tokenizer_hash") and ckpt["tokenizer_hash"] != tok.hash:
         raise SampleError(f"{path}: tokenizer hash {ckpt['tokenizer_hash'][:12]}… does not match its "
                           f"tokenizer JSON ({tok.hash[:12]}…); the checkpoint is inconsistent")
-    config = GPTConfig.from_dict(dict(ckpt["model_config"]))
+    try:
+        config = GPTConfig.from_dict(dict(ckpt["model_config"]))
+    except (TypeError, ValueError) as e:
+        raise SampleError(f"{path}: its model_config does not load ({e})") from None
     if config.vocab_size != tok.vocab_size:
         raise SampleError(f"{path}: model vocab_size {config.vocab_size} != tokenizer vocab_size "
                           f"{tok.vocab_size}")
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SampleError(f"{path}: its state_dict is not a mapping of tensors")
+    # Before allocating anything: the config must describe the weights the file holds. A rough
+    # count first (a damaged config can ask for tens of GB, or for a million layers), then every
+    # tensor's shape against a model built on the meta device (shapes only, no memory).
+    held = sum(v.numel() for v in state.values())
+    described = 12 * config.n_layer * config.n_embd**2 + (config.padded_vocab_size + config.block_size) * config.n_embd
+    if described > 1.5 * held + 1_000_000:
+        raise SampleError(f"{path}: model_config {config.to_dict()} describes ~{described:,} parameters "
+                          f"({described * 4 / 1e9:.1f} GB) but the checkpoint holds {held:,} weights; "
+                          "the checkpoint is damaged or its model_config was edited")
+    with torch.device("meta"):
+        expected = GPT(config).state_dict()
+    weights = match_state_dict(state, list(expected), str(path))
+    for key, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise SampleError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)} but model_config "
+                              f"{config.to_dict()} needs {tuple(expected[key].shape)}; the checkpoint is damaged "
+                              "or its model_config was edited")
+        if not torch.isfinite(tensor).all():
+            raise SampleError(f"{path}: tensor {key!r} holds NaN or infinite values; use an earlier checkpoint")
     gpt = GPT(config)
-    gpt.load_state_dict(match_state_dict(ckpt["state_dict"], list(gpt.state_dict()), str(path)))
+    gpt.load_state_dict(weights)
     extras = {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")}
     return tok, gpt.to(device).eval(), extras
 
@@ -263,8 +288,13 @@ def check_config(cfg) -> None:
     if int(cfg.max_new_tokens) < 1:
         raise SampleError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
     for t in list(cfg.temperatures or []) + [cfg.temperature]:
-        if float(t) < 0:
-            raise SampleError(f"temperatures must be >= 0 (0 is greedy), got {t}")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
+            raise SampleError(f"temperature={t!r}: must be a finite number >= 0 (0 is greedy)")
+    top_k, top_p = cfg.get("top_k"), cfg.get("top_p")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise SampleError(f"top_k={top_k!r}: must be an integer >= 1 (the k most likely tokens are kept), or null for all")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise SampleError(f"top_p={top_p!r}: must be a number in (0, 1] (the nucleus' probability mass), or null for all")
 
 
 def sample(cfg: DictConfig) -> list[dict]:

@@ -1,0 +1,72 @@
+"""train.py checks every component's settings before any work (issue 15): a bad value is a
+ConfigError naming the key, the value and what is allowed, raised before data preparation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, *overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                                           "logger=none", *overrides])
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail loudly if training gets as far as preparing data."""
+    def prepare_data(cfg):
+        raise AssertionError("data preparation started before the config was checked")
+    monkeypatch.setattr(train, "prepare_data", prepare_data)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scale.batch_size=0", r"scale.batch_size=0: must be an integer >= 1"),
+    ("scale.accumulate=-2", r"scale.accumulate=-2: must be an integer >= 1"),
+    ("optim.lr=-1", r"optim.lr=-1: must be a finite number > 0"),
+    ("scale.lr=0", r"optim.lr \(= \$\{scale.lr\}\)=0: must be a finite number > 0"),
+    ("optim.min_lr=1.0", r"optim.min_lr=1.0: must be a number in \[0, optim.lr"),
+    ("optim.betas=[2,0.95]", r"optim.betas=\[2, 0.95\]: must be two numbers in \[0, 1\)"),
+    ("optim.betas=[0.9]", r"optim.betas=\[0.9\]: must be two numbers"),
+    ("optim.weight_decay=-0.1", r"optim.weight_decay=-0.1: must be a number >= 0"),
+    ("optim.grad_clip=0", r"optim.grad_clip=0: must be a number > 0, or null"),
+    ("model.n_head=3", r"model.n_embd \(= \$\{scale.n_embd\}\)=128 is not divisible by model.n_head=3"),
+    ("scale.dropout=1.5", r"model.dropout \(= \$\{scale.dropout\}\)=1.5: must be a number in \[0, 1\)"),
+    ("model.n_layer=abc", r"model.n_layer='abc': must be an integer >= 1"),
+    ("scale.block_size=0", r"model.block_size \(= \$\{scale.block_size\}\)=0: must be an integer >= 1"),
+    ("trainer.max_steps=0", r"trainer.max_steps=0: must be an integer >= 1"),
+    ("seed=-5", r"seed=-5: must be an integer in \[0, 2\*\*32\)"),
+    ("tokenizer.pitch_range=[90,20]", r"tokenizer: TokenizerConfig.pitch_range must be"),
+    ("tokenizer.num_velocities=0", r"tokenizer: TokenizerConfig.num_velocities must be in 1..127"),
+    ("tokenizer.bpe_vocab_size=10", r"tokenizer.bpe_vocab_size=10: must be 0 \(no BPE\) or larger than the base vocabulary"),
+    ("data.val_fraction=2", r"data: data.val_fraction \+ test_fraction must be in \[0, 1\)"),
+])
+def test_bad_values_are_named_before_any_work(tmp_path, no_work, override, message):
+    cfg = _cfg(tmp_path, override)
+    with pytest.raises(train.ConfigError, match=message):
+        train.train(cfg)
+
+
+def test_the_default_config_passes_the_checks(tmp_path):
+    train.check_config(_cfg(tmp_path))
+    for experiment in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
+        train.check_config(_cfg(tmp_path, f"+experiment={experiment}"))
+    for scale in ("tiny", "small", "full"):
+        train.check_config(_cfg(tmp_path, f"scale={scale}"))
+
+
+def test_command_line_prints_one_line_and_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "train.py", "optim.lr=-1", "logger=none", f"paths.output_dir={tmp_path}",
+                        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "[train] config error: optim.lr=-1: must be a finite number > 0" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "cache").exists()
