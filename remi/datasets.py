@@ -334,47 +334,105 @@ def _bar(total: int | None, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc, disable=not enabled, file=sys.stderr)
 
 
-def safe_extract(archive: Path, target: Path) -> list[Path]:
-    """Extract a zip into `target`, refusing members that would land outside it.
+# Caps on what an archive may unpack to (a zip bomb unpacks 1 GiB from 1 MB). The corpora we
+# fetch are far inside them: MAESTRO's MIDI unpacks to ~85 MB at ~1.5:1.
+MAX_EXTRACT_BYTES = 8 << 30
+MAX_RATIO = 100  # uncompressed / compressed bytes, per member of more than RATIO_MIN_BYTES
+RATIO_MIN_BYTES = 1 << 20
+_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+            zipfile.ZIP_LZMA: "lzma"}
 
-    Absolute names, `..` components, drive letters and symlinks are rejected (DownloadError)
-    before anything is written. Returns the extracted file paths, sorted.
+
+def safe_extract(archive: Path, target: Path, max_bytes: int = MAX_EXTRACT_BYTES, max_ratio: float = MAX_RATIO) -> list[Path]:
+    """Extract a zip into `target`, refusing anything that could write outside it or without bound.
+
+    Refused with DownloadError before anything is written: absolute names, `..` components,
+    drive letters (`C:`), names that name no file (`.`, ``), symlinks, encrypted members,
+    compression methods zipfile cannot read, a file and a folder of one name, more than
+    `max_bytes` in all and a member over `max_ratio`:1. (A colon elsewhere in a name, as in
+    `Bach: Invention 1.mid`, is an ordinary character.) Writing stops at the sizes the
+    archive declares. Returns the extracted file paths, sorted. On any error the caller removes
+    `target` (download extracts into a temporary folder).
     """
     target = Path(target).resolve()
     try:
         zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DownloadError(f"{archive} is not a valid zip archive ({e}); delete it and download again") from e
     with zf:
-        members = zf.infolist()
-        for m in members:
-            name = m.filename
-            parts = Path(name.replace("\\", "/")).parts
-            mode = m.external_attr >> 16
-            if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                raise DownloadError(f"{archive}: member {name!r} would escape {target}; refusing to extract")
-            if (mode & 0o170000) == 0o120000:
-                raise DownloadError(f"{archive}: member {name!r} is a symlink; refusing to extract")
-            if not (target / name).resolve().is_relative_to(target):
-                raise DownloadError(f"{archive}: member {name!r} would escape {target}; refusing to extract")
+        members = [m for m in zf.infolist()]
+        files = _check_members(archive, target, members, max_bytes, max_ratio)
         try:
             bad = zf.testzip()
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as e:
             bad = f"? ({e})"
         if bad is not None:
             raise DownloadError(f"{archive}: member {bad!r} is corrupt; delete the archive and download again")
         out = []
-        for m in members:
-            if m.is_dir():
-                continue
-            dest = target / m.filename
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.part")
-            with zf.open(m) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
-            os.replace(tmp, dest)
+        for m, dest in files:
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.part")
+                with zf.open(m) as src, open(tmp, "wb") as dst:
+                    left = m.file_size
+                    while chunk := src.read(min(CHUNK, left + 1)):
+                        left -= len(chunk)
+                        if left < 0:
+                            raise DownloadError(f"{archive}: member {m.filename!r} holds more than the "
+                                                f"{m.file_size} bytes it declares; refusing to extract")
+                        dst.write(chunk)
+                os.replace(tmp, dest)
+            except (OSError, zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as e:
+                raise DownloadError(f"{archive}: member {m.filename!r} cannot be extracted to {dest} ({e})") from e
             out.append(dest)
     return sorted(out)
+
+
+def _check_members(archive: Path, target: Path, members: list[zipfile.ZipInfo], max_bytes: int,
+                   max_ratio: float) -> list[tuple[zipfile.ZipInfo, Path]]:
+    """Every refusal of `safe_extract` that the central directory alone decides; returns
+    (member, destination) for each file member."""
+    files: dict[Path, zipfile.ZipInfo] = {}
+    folders: set[Path] = set()
+    total = 0
+    for m in members:
+        name = m.filename
+        parts = Path(name.replace("\\", "/")).parts
+        mode = m.external_attr >> 16
+        is_drive = len(name) >= 2 and name[1] == ":" and name[0].isascii() and name[0].isalpha()
+        if name.startswith(("/", "\\")) or ".." in parts or is_drive:
+            raise DownloadError(f"{archive}: member {name!r} would escape {target}; refusing to extract")
+        if (mode & 0o170000) == 0o120000:
+            raise DownloadError(f"{archive}: member {name!r} is a symlink; refusing to extract")
+        dest = (target / name).resolve()
+        if not dest.is_relative_to(target):
+            raise DownloadError(f"{archive}: member {name!r} would escape {target}; refusing to extract")
+        if m.is_dir():
+            folders.add(dest)
+            continue
+        if dest == target or not parts:
+            raise DownloadError(f"{archive}: member {name!r} names no file inside {target}; refusing to extract")
+        if m.flag_bits & 0x1:
+            raise DownloadError(f"{archive}: member {name!r} is encrypted; refusing to extract (no password is known)")
+        if m.compress_type not in _METHODS:
+            raise DownloadError(f"{archive}: member {name!r} uses compression method {m.compress_type}, which "
+                                f"cannot be read here (only {', '.join(_METHODS.values())})")
+        if dest in files:
+            raise DownloadError(f"{archive}: member {name!r} appears twice; refusing to extract")
+        total += m.file_size
+        if total > max_bytes:
+            raise DownloadError(f"{archive}: members unpack to more than {max_bytes} bytes (the cap); refusing to extract")
+        if m.file_size > RATIO_MIN_BYTES and m.file_size > max_ratio * max(1, m.compress_size):
+            raise DownloadError(f"{archive}: member {name!r} unpacks {m.file_size} bytes from {m.compress_size} "
+                                f"(over {max_ratio:g}:1, a zip bomb?); refusing to extract")
+        files[dest] = m
+    # A path that is a file for one member and a folder (named, or holding files) for another.
+    parents = {p for dest in files for p in dest.parents if p != target and p.is_relative_to(target)}
+    for dest in files:
+        if dest in parents or dest in folders:
+            raise DownloadError(f"{archive}: {dest.relative_to(target)} is both a file and a folder in the archive; "
+                                "refusing to extract")
+    return [(m, dest) for dest, m in files.items()]
 
 
 def download(name: str, root: str | Path | None = None, registry: Mapping[str, Source] | None = None, progress: bool = True) -> Path:
@@ -414,15 +472,16 @@ def download(name: str, root: str | Path | None = None, registry: Mapping[str, S
             )
         record.write_text(f"{digest}  {archive.name}\n")
         print(f"note: no official SHA-256 is published for {name}; recorded {digest[:16]}… in {record}", file=sys.stderr)
+    _remove_dead_extractions(root, src.folder)
     tmp = root / f".extract-{src.folder}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
         safe_extract(archive, tmp)
-    except DownloadError:
+    except BaseException as e:  # the folder goes whatever stopped us (Ctrl-C included)
         shutil.rmtree(tmp, ignore_errors=True)
-        if src.sha256 is None:  # cannot tell a corrupt archive from a changed one: fetch afresh next time
-            archive.unlink(missing_ok=True)
+        if isinstance(e, DownloadError) and src.sha256 is None:
+            archive.unlink(missing_ok=True)  # cannot tell a corrupt archive from a changed one: fetch afresh next time
         raise
     (tmp / ".complete").write_text(json.dumps({"source": name, "url": src.url, "sha256": digest}))
     if folder.exists():
@@ -430,6 +489,21 @@ def download(name: str, root: str | Path | None = None, registry: Mapping[str, S
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(folder)
     return folder
+
+
+def _remove_dead_extractions(root: Path, folder: str) -> None:
+    """`.extract-<folder>-<pid>` folders of downloads killed mid-extraction (their pid is gone)."""
+    for p in root.glob(f".extract-{folder}-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
