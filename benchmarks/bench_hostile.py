@@ -16,7 +16,6 @@ and deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

@@ -13,7 +13,10 @@ import pytest
 
 from remi import datasets
 from remi.datasets import DownloadError
-from tests.test_datasets import _registry, _zip, server  # noqa: F401 — `server` is a fixture
+from tests import test_datasets
+from tests.test_datasets import _registry, _zip
+
+server = test_datasets.server  # the loopback HTTP server fixture
 
 
 def _write(tmp_path: Path, members: dict[str, bytes]) -> Path:
@@ -101,7 +104,7 @@ def test_a_drive_letter_is_still_refused(tmp_path):
     ({"corpus/ok.mid": b"x", ".": b"junk"}, "names no file"),
     ({"corpus/bomb.mid": bytes(20 << 20)}, "zip bomb"),
 ])
-def test_download_cleans_up_after_every_refusal(server, tmp_path, members, message):  # noqa: F811
+def test_download_cleans_up_after_every_refusal(server, tmp_path, members, message):
     handler, base = server
     archive = _zip(members)
     handler.files["/toy.zip"] = archive
@@ -111,7 +114,7 @@ def test_download_cleans_up_after_every_refusal(server, tmp_path, members, messa
     assert sorted(p.name for p in root.iterdir()) == [".downloads"]
 
 
-def test_download_removes_the_extraction_folder_of_a_killed_run(server, tmp_path):  # noqa: F811
+def test_download_removes_the_extraction_folder_of_a_killed_run(server, tmp_path):
     handler, base = server
     archive = _zip({"corpus/a.mid": b"MThd" * 100})
     handler.files["/toy.zip"] = archive
