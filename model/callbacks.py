@@ -87,7 +87,9 @@ class Throughput(L.Callback):
 class SampleCallback(L.Callback):
     """Every `every_n_steps` steps and at the end of training, rank 0 samples `n_samples` pieces.
 
-    Generation starts from `bos_id`, stops at `eos_id` or after `max_new_tokens`. `render` gets
+    Generation starts from `bos_id`, stops at `eos_id` or after `max_new_tokens`; past the
+    context it moves the window on by `stride` tokens as `GPT.generate` does (None: its default),
+    so a long sample costs what it costs in sample.py. `render` gets
     the id lists (BOS included) and `out_dir/step_XXXXXX`, and returns a dict that may hold
     lists of paths under "midi", "images", "audio" and float scalars (e.g. "grammar_error_rate").
     """
@@ -95,11 +97,11 @@ class SampleCallback(L.Callback):
     def __init__(self, every_n_steps: int, n_samples: int = 2, max_new_tokens: int = 256,
                  temperature: float = 1.0, top_k: int | None = None, out_dir: str | Path = "samples",
                  render: Render | None = None, bos_id: int = 0, eos_id: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, stride: int | None = None):
         self.every_n_steps, self.n_samples = int(every_n_steps), int(n_samples)
         self.max_new_tokens, self.temperature, self.top_k = int(max_new_tokens), temperature, top_k
         self.out_dir, self.render = Path(out_dir), render
-        self.bos_id, self.eos_id, self.seed = bos_id, eos_id, seed
+        self.bos_id, self.eos_id, self.seed, self.stride = bos_id, eos_id, seed, stride
         self.last_step = -1
         self.results: list[dict] = []       # what render returned, per sampling (rank 0)
 
@@ -118,7 +120,7 @@ class SampleCallback(L.Callback):
         g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
         idx = torch.full((self.n_samples, 1), self.bos_id, dtype=torch.long, device=device)
         out = gpt.generate(idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                           eos_id=self.eos_id, generator=g)
+                           eos_id=self.eos_id, generator=g, stride=self.stride)
         samples = []
         for row in out.tolist():            # cut the EOS padding of rows that finished early
             if self.eos_id is not None and self.eos_id in row[1:]:

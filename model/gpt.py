@@ -19,6 +19,7 @@ from torch import Tensor
 
 from model.linear import Linear, min_rows_for
 from model.sampling import next_token
+from model.window import check_stride, window_start
 
 
 class LayerNorm(nn.Module):
@@ -262,14 +263,20 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         allowed: Callable[[Tensor], Tensor] | None = None,
         generator: torch.Generator | None = None,
+        stride: int | None = None,
     ) -> Tensor:
         """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
-        Decoding uses a preallocated key-value cache. Once the sequence fills the context, the
-        window slides: GPT-2's positions are absolute, so every cached key would be stale, and each
-        further step recomputes the last `block_size` tokens (exactly what an uncached model sees).
+        Decoding uses a preallocated key-value cache over a window `out[:, lo:n]` of at most
+        `block_size` tokens. GPT-2's positions are absolute, so a full cache cannot roll by one
+        token: every key would sit at the wrong position. Instead, when a new token would overflow
+        the window, its start moves `stride` tokens on (see `window_start`), the cache is
+        recomputed once for the `block_size - stride + 1` tokens kept, and decoding goes on cached.
+        `stride=1` is the exact one-token sliding window (a full recomputation per token);
+        `stride=None` takes `default_stride(block_size)`.
         Stops early when every row has produced `eos_id`; finished rows are padded with it.
-        `allowed(ids (B, T')) -> bool (B, V)` restricts each step to the tokens it permits.
+        `allowed(ids (B, n)) -> bool (B, V)` restricts each step to the tokens it permits; it is
+        always handed the whole sequence so far, never just the window.
         """
         if idx.dim() != 2:
             raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
@@ -277,6 +284,7 @@ class GPT(nn.Module):
         if T0 == 0:
             raise ValueError("generate needs a prompt of at least one token (e.g. BOS)")
         block = self.config.block_size
+        stride = check_stride(stride, block)
         was_training = self.training
         self.eval()
         out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -284,9 +292,8 @@ class GPT(nn.Module):
         n = T0
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         caches = [LayerCache(block) for _ in range(self.config.n_layer)]
-        ctx = out[:, max(0, n - block) : n]
-        cached = ctx.size(1)  # positions held in the cache
-        logits = self._head(self._hidden(ctx, caches, 0)[:, -1:])[:, -1]  # (B, V)
+        lo = window_start(0, n, block, stride)
+        logits = self._head(self._hidden(out[:, lo:n], caches, 0)[:, -1:])[:, -1]  # (B, V)
         try:
             for step in range(max_new_tokens):
                 mask = None
@@ -302,11 +309,12 @@ class GPT(nn.Module):
                 n += 1
                 if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
                     break
-                if cached < block:
-                    logits = self._head(self._hidden(out[:, n - 1 : n], caches, cached))[:, -1]
-                    cached += 1
-                else:
-                    logits = self._head(self._hidden(out[:, n - block : n])[:, -1:])[:, -1]
+                new_lo = window_start(lo, n, block, stride)
+                if new_lo == lo:  # the new token fits: one cached step at position n - 1 - lo
+                    logits = self._head(self._hidden(out[:, n - 1 : n], caches, n - 1 - lo))[:, -1]
+                else:  # the window moved: rebuild the cache for the tokens it keeps
+                    lo = new_lo
+                    logits = self._head(self._hidden(out[:, lo:n], caches, 0)[:, -1:])[:, -1]
         finally:
             self.train(was_training)
         return out[:, :n]

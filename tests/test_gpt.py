@@ -191,11 +191,56 @@ def test_cached_greedy_equals_recomputing_every_step_for_256_tokens():
     assert all(len(set(row[-50:].tolist())) > 5 for row in cached)  # a real path to the end, no loop
 
 
-def test_cached_greedy_equals_recomputing_when_the_window_slides():
+def reference_strided_greedy(gpt: GPT, idx: torch.Tensor, n: int, stride: int) -> torch.Tensor:
+    """Greedy decoding without a cache over a window that jumps `stride` tokens when it overflows."""
+    lo = 0
+    for _ in range(n):
+        while idx.size(1) - lo > gpt.config.block_size:
+            lo += stride
+        logits = gpt(idx[:, lo:])[:, -1]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def test_stride_one_equals_the_full_sliding_window():
     gpt = sharpened(tiny(block_size=24, seed=2))
     prompt = torch.randint(0, 61, (2, 30), generator=torch.Generator().manual_seed(4))  # longer than context
-    cached = gpt.generate(prompt, 60, temperature=0.0)
+    cached = gpt.generate(prompt, 60, temperature=0.0, stride=1)
     assert torch.equal(cached, reference_greedy(gpt, prompt, 60))
+
+
+@pytest.mark.parametrize("stride", [5, 12, 24])
+def test_strided_window_rebuilds_the_cache_exactly(stride):
+    gpt = sharpened(tiny(block_size=24, seed=2))
+    with torch.no_grad():  # strong positions: keys left at their old positions would change the path
+        gpt.transformer.wpe.weight.mul_(3)
+    for prompt_len in (1, 30):  # from one token, and from a prompt longer than the context
+        prompt = torch.randint(0, 61, (2, prompt_len), generator=torch.Generator().manual_seed(4))
+        cached = gpt.generate(prompt, 100, temperature=0.0, stride=stride)  # four shifts at least
+        assert torch.equal(cached, reference_strided_greedy(gpt, prompt, 100, stride))
+    # and a stride is not the full sliding window: contexts differ, and so does the path
+    assert not torch.equal(gpt.generate(prompt, 100, temperature=0.0, stride=stride),
+                           gpt.generate(prompt, 100, temperature=0.0, stride=1))
+
+
+def test_allowed_sees_the_whole_sequence_across_window_shifts():
+    gpt = tiny(block_size=16)
+    lengths = []
+
+    def allowed(ids):
+        lengths.append(ids.size(1))
+        return torch.ones(ids.size(0), 61, dtype=torch.bool)
+
+    out = gpt.generate(torch.zeros(3, 2, dtype=torch.long), 70, allowed=allowed, stride=4,
+                       generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 72) and lengths == list(range(2, 72))
+
+
+def test_stride_outside_one_to_block_size_is_refused():
+    gpt = tiny(block_size=16)
+    for bad in (0, 17, 2.5):
+        with pytest.raises(ValueError, match="stride must be an integer from 1"):
+            gpt.generate(torch.zeros(1, 1, dtype=torch.long), 3, stride=bad)
 
 
 def test_fp32_cache_decoding_matches_full_forward_logits():
