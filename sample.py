@@ -26,9 +26,11 @@ from tqdm import tqdm
 import remi
 from model import GPT, GPTConfig
 from model.ckptio import load_plain
+from model.window import check_stride
 from remi.audio import INSTALL_HINT, find_renderer, render_wav
 from remi.pianoroll import save_comparison
 from remi.render import bar_ids, count_bars, cut_bars, prompt_end_tick, render
+from remi.score import bar_starts, ticks_to_seconds
 
 REQUIRED_KEYS = ("state_dict", "tokenizer", "model_config")
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -193,16 +195,79 @@ def load_prompts(tok, prompt: str | Path | None, prompt_bars: int | None, block_
 # ---------------------------------------------------------------- generation
 
 
-def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, continue_bars: bool
-                 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-step mask for `GPT.generate`.
+def seconds_between_bars(tok, ids: Sequence[int], first: int, last: int) -> float:
+    """Seconds of music from the start of bar `first` to the start of bar `last` (0-based) of the
+    piece `ids` begins, on the bar grid and tempo map the tokenizer decodes from them."""
+    score = tok.decode_score(ids)
+    starts = bar_starts(score, 0, min_count=last + 1)
+    tpb = score.ticks_per_beat
+    return (ticks_to_seconds(int(starts[last]), tpb, score.tempos)
+            - ticks_to_seconds(int(starts[first]), tpb, score.tempos))
 
-    grammar: only ids the REMI grammar allows next (`tok.allowed_next`).
-    max_bars: a row that has generated its (max_bars+1)-th Bar may only say EOS (`finish` then
-        cuts that Bar off).
+
+class Piece:
+    """One row's bookkeeping while it is generated: the grammar automaton, the bars generated,
+    and where (if anywhere) the piece has reached EOS or the length asked for.
+
+    `advance(row)` reads only the ids it has not seen, so a step costs the same at token 5,000 as
+    at token 5: nothing here depends on the model's context window, which `GPT.generate` slides
+    underneath. A Bar that would open a bar past the length asked for (`max_bars` generated bars,
+    or a bar starting `max_seconds` or more of generated music after the prompt) stops the piece
+    there: `finish` cuts it off and ends the piece with EOS.
+    """
+
+    def __init__(self, tok, prompt: Sequence[int], max_bars: int | None = None,
+                 max_seconds: float | None = None, grammar: bool = True):
+        self.tok, self.max_bars, self.max_seconds = tok, max_bars, max_seconds
+        self.prompt_len = len(prompt)
+        self.prompt_bars = count_bars(tok, prompt)
+        self.starts = bar_ids(tok)
+        self.state = tok.grammar_state(list(prompt)) if grammar else None
+        self.n = self.prompt_len  # ids read so far
+        self.bars = 0  # bars generated (Bar ids after the prompt, the stopping one excluded)
+        self.stop: str | None = None  # "eos", "max_bars" or "max_seconds"
+        self.end: int | None = None  # index of the EOS or of the Bar that stopped it
+
+    def advance(self, row: Sequence[int]) -> None:
+        for i in range(self.n, len(row)):
+            t = int(row[i])
+            if self.stop is None:
+                if t == self.tok.eos_id:
+                    self.stop, self.end = "eos", i
+                elif t in self.starts:
+                    reason = self.over_length(row[:i])
+                    if reason:
+                        self.stop, self.end = reason, i
+                    else:
+                        self.bars += 1
+            if self.state is not None and self.stop is None:
+                for base in (self.tok.bpe.expand(t) if self.tok.bpe is not None else (t,)):
+                    self.state.step(base)
+        self.n = max(self.n, len(row))
+
+    def over_length(self, before: Sequence[int]) -> str | None:
+        """Why a Bar after `before` (the next generated bar) would be one too many, if it would."""
+        if self.max_bars is not None and self.bars >= self.max_bars:
+            return "max_bars"
+        if self.max_seconds is not None and seconds_between_bars(
+                self.tok, before, self.prompt_bars, self.prompt_bars + self.bars) >= self.max_seconds:
+            return "max_seconds"
+        return None
+
+
+def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, continue_bars: bool,
+                 max_seconds: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-step mask for one `GPT.generate` call.
+
+    grammar: only ids the REMI grammar allows next (the tokenizer's grammar automaton, advanced
+        one id at a time).
+    max_bars / max_seconds: a row whose latest Bar opens a bar past the length asked for may only
+        say EOS (`finish` then cuts that Bar off); see `Piece`.
     continue_bars: the first new id must open a bar, so the continuation never adds notes to
         the prompt's last bar and the prompt's bars stay exactly as given.
     Always: the first new id is not EOS (no empty pieces).
+    Every row's state is read from the whole sequence `generate` hands in, never from the model's
+    window, so it stays exact however often the window shifts.
     """
     only_eos = np.zeros(tok.vocab_size, dtype=bool)
     only_eos[tok.eos_id] = True
@@ -213,20 +278,22 @@ def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, cont
     # Specials other than EOS never belong inside a piece, whatever the grammar table permits.
     not_special = anything.copy()
     not_special[[tok.bos_id, tok.pad_id, tok.mask_id]] = False
+    pieces: list[Piece] = []
 
     def allowed(ids: torch.Tensor) -> torch.Tensor:  # ids (B, T) -> bool (B, V)
         rows = ids.cpu().numpy()
+        if len(pieces) != len(rows) or pieces[0].n > rows.shape[1]:  # a new generation: start over
+            pieces[:] = [Piece(tok, row[:prompt_len].tolist(), max_bars, max_seconds, grammar) for row in rows]
         masks = np.empty((len(rows), tok.vocab_size), dtype=bool)
-        for b, row in enumerate(rows):
-            new = row[prompt_len:]
-            if (new == tok.eos_id).any() or (max_bars is not None and
-                                              int(np.isin(new, starts).sum()) > max_bars):
+        for b, (piece, row) in enumerate(zip(pieces, rows)):
+            piece.advance(row)
+            if piece.stop is not None:
                 masks[b] = only_eos
                 continue
-            mask = tok.allowed_next(row.tolist()) & not_special if grammar else anything
+            mask = tok.allowed_after_state(piece.state) & not_special if grammar else anything
             if not mask.any():
                 mask = only_eos
-            if len(new) == 0:  # never an empty piece: the first new id is not EOS
+            if len(row) == prompt_len:  # never an empty piece: the first new id is not EOS
                 mask = mask & ~only_eos if (mask & ~only_eos).any() else mask
                 if continue_bars:
                     mask = mask & opens_bar if (mask & opens_bar).any() else opens_bar
@@ -236,24 +303,22 @@ def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, cont
     return allowed
 
 
-def finish(tok, row: Sequence[int], prompt_len: int, max_bars: int | None) -> tuple[list[int], str]:
+def finish(tok, row: Sequence[int], prompt_len: int, max_bars: int | None,
+           max_seconds: float | None = None) -> tuple[list[int], str]:
     """One generated row -> the raw ids to keep, and why generation stopped.
 
-    Cuts after the first EOS, or at the (max_bars+1)-th generated Bar (then ends with EOS).
+    Cuts after the first EOS, or before the Bar that opens a bar past `max_bars` generated bars
+    or past `max_seconds` of generated music (then ends with EOS): the same `Piece` rule that
+    `make_allowed` applied while generating.
     """
     row = [int(i) for i in row]
-    new = row[prompt_len:]
-    if tok.eos_id in new:
-        new = new[: new.index(tok.eos_id) + 1]
-        stop = "eos"
-    else:
-        stop = "max_new_tokens"
-    if max_bars is not None:
-        starts = bar_ids(tok)
-        bars = [i for i, t in enumerate(new) if t in starts]
-        if len(bars) > max_bars:
-            new, stop = new[: bars[max_bars]] + [tok.eos_id], "max_bars"
-    return row[:prompt_len] + new, stop
+    piece = Piece(tok, row[:prompt_len], max_bars, max_seconds, grammar=False)
+    piece.advance(row)
+    if piece.stop is None:
+        return row, "max_new_tokens"
+    if piece.stop == "eos":
+        return row[: piece.end + 1], "eos"
+    return row[: piece.end] + [tok.eos_id], piece.stop
 
 
 def generate_batch(gpt: GPT, tok, prompt: Prompt, n: int, cfg, temperature: float,
@@ -261,12 +326,12 @@ def generate_batch(gpt: GPT, tok, prompt: Prompt, n: int, cfg, temperature: floa
     """`n` continuations of one prompt, as (raw ids, stop reason)."""
     idx = torch.tensor([prompt.ids] * n, dtype=torch.long, device=device)
     allowed = make_allowed(tok, len(prompt.ids), bool(cfg.grammar), cfg.max_bars,
-                           continue_bars=prompt.path is not None)
+                           continue_bars=prompt.path is not None, max_seconds=cfg.max_seconds)
     with torch.no_grad():
         out = gpt.generate(idx, int(cfg.max_new_tokens), temperature=float(temperature),
                            top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id,
-                           allowed=allowed, generator=generator)
-    return [finish(tok, row, len(prompt.ids), cfg.max_bars) for row in out.tolist()]
+                           allowed=allowed, generator=generator, stride=cfg.stride)
+    return [finish(tok, row, len(prompt.ids), cfg.max_bars, cfg.max_seconds) for row in out.tolist()]
 
 
 # ---------------------------------------------------------------- the run
@@ -297,6 +362,16 @@ def check_config(cfg) -> None:
         raise SampleError(f"top_p={top_p!r}: must be a number in (0, 1] (the nucleus' probability mass), or null for all")
 
 
+def check_length(cfg, block_size: int) -> None:
+    """The keys of how long a piece runs past the context (stride needs the model's block_size)."""
+    if cfg.max_seconds is not None and not float(cfg.max_seconds) > 0:
+        raise SampleError(f"max_seconds must be > 0 or null, got {cfg.max_seconds}")
+    try:
+        check_stride(cfg.stride, block_size)
+    except ValueError as e:
+        raise SampleError(f"{e} (the checkpoint's context)") from None
+
+
 def sample(cfg: DictConfig) -> list[dict]:
     """Run sampling as configured; returns one settings/measurements dict per written piece.
 
@@ -309,6 +384,7 @@ def sample(cfg: DictConfig) -> list[dict]:
         # intra-op threads mostly wait on each other (15x slower at 2 threads on a loaded 2-core box).
         torch.set_num_threads(int(cfg.cpu_threads))
     tok, gpt, extras = load_checkpoint(cfg.ckpt, device)
+    check_length(cfg, gpt.config.block_size)
     train_step = extras.get("global_step")  # Lightning's own key: which point of training this is
     prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, gpt.config.block_size)
     out_dir = Path(cfg.out_dir)
@@ -368,6 +444,7 @@ def write_piece(tok, ids: list[int], stop: str, stem: Path, prompt: Prompt, cfg,
         "seed": int(cfg.seed), "index": index, "batch_size": int(cfg.batch_size),
         "temperature": temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
         "grammar": bool(cfg.grammar), "max_new_tokens": int(cfg.max_new_tokens), "max_bars": cfg.max_bars,
+        "max_seconds": cfg.max_seconds, "stride": cfg.stride,
         "n_tokens": media.n_tokens, "n_new_tokens": media.n_tokens - len(prompt.ids),
         "n_notes": media.n_notes, "n_bars": count_bars(tok, ids),
         "seconds": media.seconds, "token_errors": media.token_errors, "stopped_by": stop,

@@ -317,3 +317,125 @@ def test_bpe_checkpoint_samples_follow_the_grammar_and_keep_the_prompt(bpe_ckpt,
         assert any(i >= tok.base_vocab_size for i in r["ids"])  # merged ids really occur
         np.testing.assert_array_equal(notes_before(tok.decode_score(r["ids"]), two_bars), expected)
         assert len(mido.MidiFile(tmp_path / "out" / r["midi"]).tracks) > 0
+
+
+# ----------------------------------------------------------------- past the context window
+
+
+def long_pieces(ckpt, prompt_file, stride: int, max_bars: int | None = None) -> tuple[list, int, int]:
+    """Three pieces of 600 new tokens (as `finish` returns them) that continue 2 bars of
+    `prompt_file`, with sample.py's mask, except that EOS is only allowed where nothing else is
+    (the barely trained model would otherwise stop early); the prompt's length; block_size."""
+    tok, gpt, _ = sample_mod.load_checkpoint(ckpt)
+    prompt, = sample_mod.load_prompts(tok, prompt_file, 2, gpt.config.block_size)
+    allowed = sample_mod.make_allowed(tok, len(prompt.ids), True, max_bars, continue_bars=True)
+
+    def no_early_eos(ids):
+        mask = allowed(ids)
+        others = mask.clone()
+        others[:, tok.eos_id] = False
+        return torch.where(others.any(dim=1, keepdim=True), others, mask)
+
+    idx = torch.tensor([prompt.ids] * 3)
+    out = gpt.generate(idx, 600, eos_id=tok.eos_id, allowed=no_early_eos, stride=stride,
+                       generator=torch.Generator().manual_seed(4))
+    return [sample_mod.finish(tok, row, len(prompt.ids), max_bars) for row in out.tolist()], len(prompt.ids), \
+        gpt.config.block_size
+
+
+def test_grammar_prompt_and_max_bars_stay_exact_across_window_shifts(ckpt, tok, tmp_path):
+    prompt_file = write_prompt(tmp_path / "p.mid", n_bars=3)
+    stride = 16  # the window moves on every 16 tokens once the first 256 are written
+    free, prompt_len, block = long_pieces(ckpt, prompt_file, stride)
+    starts = remi.render.bar_ids(tok)
+    row = free[0][0]
+    assert len(row) > block + 8 * stride  # eight shifts or more
+    new_bars = [i for i in range(prompt_len, len(row)) if row[i] in starts]
+    k = sum(1 for i in new_bars if i < len(row) - 40)  # a cut well past several shifts
+    assert k >= 3 and new_bars[k] > block + 3 * stride
+    limited, _, _ = long_pieces(ckpt, prompt_file, stride, max_bars=k)
+    two_bars = 2 * 4 * tok.ticks_per_beat
+    expected = notes_before(tok.quantize(prompt_file), two_bars)
+    for (full, _), (cut, stop) in zip(free, limited):
+        assert tok.token_errors(full) == 0.0 == tok.token_errors(cut)  # the grammar held throughout
+        np.testing.assert_array_equal(notes_before(tok.decode_score(cut), two_bars), expected)
+        bars = [i for i in range(prompt_len, len(full)) if full[i] in starts]
+        if len(bars) > k:  # the same piece up to its (k+1)-th bar, then EOS: max_bars counted exactly
+            assert (cut, stop) == (full[: bars[k]] + [tok.eos_id], "max_bars")
+        else:
+            assert cut == full
+
+
+def test_incremental_grammar_mask_equals_reading_the_whole_prefix(tok, tmp_path):
+    ids = tok.encode(write_prompt(tmp_path / "p.mid", n_bars=4, notes_per_beat=2))[:-1]  # EOS dropped
+    allowed = sample_mod.make_allowed(tok, 5, grammar=True, max_bars=None, continue_bars=False)
+    not_special = np.ones(tok.vocab_size, dtype=bool)
+    not_special[[tok.bos_id, tok.pad_id, tok.mask_id]] = False
+    rows = torch.tensor([ids, ids[::-1]])  # a real piece, and one that breaks the grammar everywhere
+    for n in range(6, len(ids) + 1, 3):  # generate hands in growing prefixes, here several ids at a time
+        masks = allowed(rows[:, :n]).numpy()
+        for b in range(2):
+            expected = tok.allowed_next(rows[b, :n].tolist()) & not_special
+            np.testing.assert_array_equal(masks[b], expected if expected.any() else np.eye(tok.vocab_size,
+                                          dtype=bool)[tok.eos_id])
+
+
+@pytest.fixture(scope="module")
+def tempo_tok() -> tuple[remi.Tokenizer, float, float]:
+    """The default tokenizer (it has Tempo and TimeSig tokens), and its tempos nearest 60 and 120 bpm."""
+    tok = remi.Tokenizer()
+    bpms = [float(t.split("_")[1]) for t in tok.vocab.tokens if t.startswith("Tempo_")]
+    return tok, min(bpms, key=lambda b: abs(b - 60)), min(bpms, key=lambda b: abs(b - 120))
+
+
+def bars_of(tok, specs: list[tuple[str, float]]) -> list[int]:
+    """BOS + one bar per (time signature, tempo), each with one note on its first beat."""
+    vel = next(t for t in tok.vocab.tokens if t.startswith("Velocity_"))
+    dur = next(t for t in tok.vocab.tokens if t.startswith("Duration_"))
+    tokens = ["BOS_None"]
+    for sig, bpm in specs:
+        tokens += ["Bar_None", f"TimeSig_{sig}", "Position_0", f"Tempo_{bpm:g}", "Pitch_60", vel, dur]
+    return tok.ids_from_tokens(tokens)
+
+
+def test_seconds_between_bars_follows_meter_and_tempo(tempo_tok):
+    tok, slow, fast = tempo_tok
+    ids = bars_of(tok, [("4/4", slow), ("3/4", fast), ("4/4", fast)])
+    assert sample_mod.seconds_between_bars(tok, ids, 0, 1) == pytest.approx(4 * 60 / slow, rel=1e-3)
+    assert sample_mod.seconds_between_bars(tok, ids, 0, 2) == pytest.approx(4 * 60 / slow + 3 * 60 / fast,
+                                                                            rel=1e-3)
+    assert sample_mod.seconds_between_bars(tok, ids, 1, 3) == pytest.approx(7 * 60 / fast, rel=1e-3)
+
+
+def test_max_seconds_stops_at_the_first_bar_line_past_it(tempo_tok):
+    tok, slow, _ = tempo_tok
+    ids = bars_of(tok, [("4/4", slow)] * 6) + [tok.eos_id]
+    bar = 4 * 60 / slow  # about 4 s: bars start at 0, 1 bar, 2 bars, ...
+    for seconds, kept in ((1.99 * bar, 2), (2.01 * bar, 3), (3 * bar, 3), (3.01 * bar, 4), (30 * bar, 6)):
+        cut, stop = sample_mod.finish(tok, ids, 1, None, max_seconds=seconds)
+        assert cut.count(tok.bar_id) == kept and cut[-1] == tok.eos_id
+        assert stop == ("max_seconds" if kept < 6 else "eos")
+    assert sample_mod.finish(tok, ids, 1, 2, max_seconds=3.01 * bar)[1] == "max_bars"  # the first limit wins
+    # after a prompt of two bars, seconds count from the prompt's end
+    assert sample_mod.finish(tok, ids, 15, None, max_seconds=1.99 * bar)[0].count(tok.bar_id) == 2 + 2
+
+
+def test_max_seconds_from_the_command_line(ckpt, tok, tmp_path):
+    prompt = write_prompt(tmp_path / "p.mid", n_bars=3)
+    records = sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path / "o", prompt=prompt, prompt_bars=2,
+                                       max_seconds=6, n_samples=3, max_new_tokens=500, stride=64,
+                                       audio=False, progress=False))
+    assert {r["stopped_by"] for r in records} <= {"eos", "max_seconds"} and records[0]["max_seconds"] == 6
+    for r in records:
+        assert r["token_errors"] == 0.0
+        if r["stopped_by"] == "max_seconds":
+            ids, g = r["ids"][:-1], r["n_bars"] - 2  # generated bars kept; the next one started past 6 s
+            assert sample_mod.seconds_between_bars(tok, ids, 2, 2 + g) >= 6
+            assert sample_mod.seconds_between_bars(tok, ids, 2, 2 + g - 1) < 6
+
+
+def test_bad_stride_or_max_seconds_is_one_clear_error(ckpt, tmp_path):
+    with pytest.raises(sample_mod.SampleError, match="stride must be an integer from 1.*block_size 256"):
+        sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path, stride=1000, audio=False))
+    with pytest.raises(sample_mod.SampleError, match="max_seconds must be > 0"):
+        sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path, max_seconds=0, audio=False))
