@@ -100,7 +100,8 @@ def ids_to_score(ids, vocab: Vocab) -> Score:
             b = bar_of[i]
             time_sigs.append(TimeSignature(int(bar_tick[b]) if b >= 0 else 0, *cur))
             prev = cur
-    return Score(ticks_per_beat=tpq, notes=sort_notes(notes.astype(np.int64)), tempos=tempos, time_signatures=time_sigs)
+    return Score(ticks_per_beat=tpq, notes=one_voice_per_pitch(sort_notes(notes.astype(np.int64))), tempos=tempos,
+                 time_signatures=time_sigs)
 
 
 def ids_to_score_loop(ids, vocab: Vocab) -> Score:
@@ -159,7 +160,7 @@ def ids_to_score_loop(ids, vocab: Vocab) -> Score:
             break
         i += 1
     note_arr = np.array(notes, dtype=np.int64).reshape(-1, 4)
-    return Score(ticks_per_beat=tpq, notes=sort_notes(note_arr), tempos=tempos, time_signatures=time_sigs)
+    return Score(ticks_per_beat=tpq, notes=one_voice_per_pitch(sort_notes(note_arr)), tempos=tempos, time_signatures=time_sigs)
 
 
 def count_notes(ids, vocab: Vocab) -> int:

@@ -233,7 +233,55 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
                 time_sigs=[tuple(r) for r in ts])
     if cfg.leading_silence == "trim":
         grid = _trim_leading(grid, vocab)
-    return _cap_empty_bars(grid, vocab)
+    # Last, once every onset is final: the empty-bar cap moves onsets closer together.
+    return one_voice_per_pitch_grid(_cap_empty_bars(grid, vocab), vocab)
+
+
+def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
+    """`remi.score.one_voice_per_pitch` on the token grid, so that no id sequence the encoder
+    writes describes two sounding notes of one pitch (a MIDI file could not carry them back):
+    - notes of one pitch at one onset become one: the longest duration bin, the loudest velocity bin;
+    - a note still sounding when its pitch starts again ends there: its duration becomes the
+      longest bin that fits before that onset. Positions and the shortest duration are both one
+      grid step, so one always fits; the note is dropped only if none does (kept for safety).
+    """
+    notes = grid.notes
+    if len(notes) < 2:
+        return grid
+    # Sorted by (onset, pitch, duration, velocity): equal (onset, pitch) rows are adjacent.
+    same = (notes[1:, 0] == notes[:-1, 0]) & (notes[1:, 2] == notes[:-1, 2])
+    if same.any():
+        first = np.flatnonzero(np.concatenate([[True], ~same]))
+        merged = notes[first].copy()
+        merged[:, 1] = np.maximum.reduceat(notes[:, 1], first)
+        merged[:, 3] = np.maximum.reduceat(notes[:, 3], first)
+        notes = merged
+    # Duration bins in ticks depend on the meter at the onset (a beat is tpq*4/den ticks).
+    ts_ticks = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64)
+    dens = np.array([d for _, _, d in grid.time_sigs], dtype=np.int64)
+    tpb = grid.tpq * 4 // dens[np.maximum(np.searchsorted(ts_ticks, notes[:, 0], side="right") - 1, 0)]
+    dur = np.empty(len(notes), dtype=np.int64)
+    tables = {int(t): vocab.duration_ticks(int(t)) for t in np.unique(tpb)}
+    for t, table in tables.items():
+        m = tpb == t
+        dur[m] = table[notes[m, 1]]
+    order = np.lexsort((notes[:, 0], notes[:, 2]))  # by pitch, then onset
+    p, s = notes[order, 2], notes[order, 0]
+    nxt = np.full(len(notes), np.iinfo(np.int64).max)
+    same_pitch = p[1:] == p[:-1]
+    nxt[order[:-1][same_pitch]] = s[1:][same_pitch]
+    over = np.flatnonzero(notes[:, 0] + dur > nxt)
+    if len(over) == 0:
+        return Grid(grid.tpq, notes, grid.tempos, grid.time_sigs) if same.any() else grid
+    notes = notes.copy()
+    keep = np.ones(len(notes), dtype=bool)
+    for i in over.tolist():
+        fit = int(np.searchsorted(tables[int(tpb[i])], nxt[i] - notes[i, 0], side="right")) - 1
+        if fit < 0:
+            keep[i] = False
+        else:
+            notes[i, 1] = fit
+    return Grid(grid.tpq, notes[keep], grid.tempos, grid.time_sigs)
 
 
 def _floor_to_position(ticks: np.ndarray, bars: Bars) -> np.ndarray:

@@ -117,15 +117,19 @@ def is_midifile(obj) -> bool:
     return isinstance(obj, mido.MidiFile)
 
 
-def read_midi_mido(path: str | Path) -> Score:
+def read_midi_mido(path: str | Path | bytes) -> Score:
     """Reference reader through mido's message objects, same merging and pairing rules as
-    `remi.midi_read.read_midi` (slow; for cross-checking only)."""
+    `remi.midi_read.read_midi` (slow; for cross-checking only). A path or the file's bytes."""
+    source = "<bytes>" if isinstance(path, (bytes, bytearray)) else str(path)
     try:
-        mid = mido.MidiFile(str(path), clip=True)
+        if isinstance(path, (bytes, bytearray)):
+            mid = mido.MidiFile(file=io.BytesIO(path), clip=True)
+        else:
+            mid = mido.MidiFile(str(path), clip=True)
     except Exception as e:  # mido raises many types; the contract is one
-        raise MidiReadError(str(path), f"mido: {e}") from None
+        raise MidiReadError(source, f"mido: {e}") from None
     if mid.type == 2:
-        raise MidiReadError(str(path), "MIDI type 2 (independent sequences) is not supported; convert to type 1")
+        raise MidiReadError(source, "MIDI type 2 (independent sequences) is not supported; convert to type 1")
     notes, tempos, ts, keys = [], [], [], []
     pedal_events = []
     for track in mid.tracks:

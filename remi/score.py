@@ -99,6 +99,38 @@ def sort_notes(notes: np.ndarray) -> np.ndarray:
     return notes[order]
 
 
+def one_voice_per_pitch(notes: np.ndarray) -> np.ndarray:
+    """Sorted (N, 4) note rows -> the same music with no two notes of one pitch sounding at once.
+
+    A MIDI channel cannot carry two sounding notes of one pitch: a writer emits on, on, off, off
+    and each reader pairs them its own way. So, the project's one rule (the encoder applies it to
+    the quantized grid, `remi.encode.one_voice_per_pitch_grid`; the decoder to whatever ids a model
+    produced):
+    - notes of one pitch with one onset become one note: the longest end, the loudest velocity;
+    - a note still sounding when its pitch is struck again ends at that onset.
+    Returns rows in the canonical order (`sort_notes`); the input is not modified.
+    """
+    if len(notes) < 2:
+        return notes
+    notes = sort_notes(notes)
+    key_same = (notes[1:, START] == notes[:-1, START]) & (notes[1:, PITCH] == notes[:-1, PITCH])
+    if key_same.any():
+        first = np.flatnonzero(np.concatenate([[True], ~key_same]))
+        merged = notes[first].copy()
+        merged[:, END] = np.maximum.reduceat(notes[:, END], first)
+        merged[:, VELOCITY] = np.maximum.reduceat(notes[:, VELOCITY], first)
+        notes = merged
+    order = np.lexsort((notes[:, START], notes[:, PITCH]))  # by pitch, then onset
+    by_pitch = notes[order]
+    same = by_pitch[1:, PITCH] == by_pitch[:-1, PITCH]
+    nxt = np.full(len(notes), np.iinfo(np.int64).max)
+    nxt[:-1][same] = by_pitch[1:, START][same]
+    if not np.any(by_pitch[:, END] > nxt):
+        return notes
+    by_pitch[:, END] = np.minimum(by_pitch[:, END], nxt)
+    return sort_notes(by_pitch)
+
+
 def bar_starts(score: Score, until: int, min_count: int = 0) -> np.ndarray:
     """Ticks at which bars start, from 0 through the first bar start after `until` (and at
     least `min_count` of them). The one bar grid of the project: tokenizer, metrics and plots.
