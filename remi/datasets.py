@@ -125,6 +125,16 @@ class Source:
     manual: str = ""  # steps when it cannot be fetched by script
     split: str = "hash"  # "maestro": the official CSV split; "hash": by content hash
     licence: str = ""
+    # Other names the same corpus's folder goes by in known layouts (the first that exists wins,
+    # after `folder`): e.g. ../shared/midi calls Tegridy's folder `tegridy-piano`.
+    aliases: tuple[str, ...] = ()
+
+    def folder_in(self, root: Path) -> Path:
+        """The folder this source reads under `root`: `folder`, else the first alias present."""
+        for name in (self.folder, *self.aliases):
+            if (root / name).is_dir():
+                return root / name
+        return root / self.folder
 
 
 SOURCES: dict[str, Source] = {
@@ -157,6 +167,7 @@ SOURCES: dict[str, Source] = {
             "tegridy",
             url="https://github.com/asigalov61/Tegridy-MIDI-Dataset/raw/master/Tegridy-Piano-CC-BY-NC-SA.zip",
             licence="CC BY-NC-SA",
+            aliases=("tegridy-piano",),
         ),
         Source(
             "adl",
@@ -164,6 +175,43 @@ SOURCES: dict[str, Source] = {
             "adl",
             url="https://github.com/lucasnfe/adl-piano-midi/raw/master/midi.zip",
             licence="CC BY 4.0 (per its repository)",
+        ),
+        # The real piano corpora of ../shared/midi (read its README), under their folder names
+        # there. MAESTRO v2.0.0 keeps its official split from maestro-v2.0.0.csv.
+        Source(
+            "maestro_v2",
+            "MAESTRO v2.0.0 (MIDI only)",
+            "maestro-v2.0.0",
+            url="https://storage.googleapis.com/magentadata/datasets/maestro/v2.0.0/maestro-v2.0.0-midi.zip",
+            split="maestro",
+            licence="CC BY-NC-SA 4.0",
+        ),
+        Source(
+            "pop909",
+            "POP909 (piano arrangements of 909 pop songs)",
+            "pop909",
+            manual=(
+                "POP909 is published as a git repository (github.com/music-x-lab/POP909-Dataset):\n"
+                "  copy its POP909/NNN/NNN.mid files under {folder}/ (sub-folders are fine)."
+            ),
+            licence="MIT",
+        ),
+        Source(
+            "pianomidi",
+            "piano-midi.de (classical pieces sequenced by Bernd Krueger)",
+            "piano-midi-de",
+            manual="Download the composers' zip files from piano-midi.de and unzip them under {folder}/.",
+            licence="CC BY-SA 3.0 DE",
+        ),
+        Source(
+            "asap",
+            "ASAP score MIDIs",
+            "asap-scores",
+            manual=(
+                "ASAP is a git repository (github.com/fosfrancesco/asap-dataset): copy each piece's\n"
+                "  midi_score.mid under {folder}/ (the ../shared/midi layout names them Composer_Work_Piece.mid)."
+            ),
+            licence="CC BY-NC-SA 4.0",
         ),
     ]
 }
@@ -189,7 +237,7 @@ def source_folder(name: str, data_dir: str | Path | None = None, cache_dir: str 
         return bundled_dir(cache_dir)
     if name in SOURCES:
         root = Path(data_dir) if data_dir is not None else default_data_dir()
-        folder = root / SOURCES[name].folder
+        folder = SOURCES[name].folder_in(root)
         if not folder.is_dir() or not any(iter_midi_files(folder)):
             raise DatasetMissingError(
                 f"dataset {name!r} ({SOURCES[name].title}) not found: looked in {folder} "
