@@ -23,6 +23,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -34,7 +35,7 @@ import remi.datasets
 from remi.datasets import DatasetMissingError
 from model.callbacks import NonFiniteLossError, SampleCallback
 from model.ckptio import AtomicCheckpointIO, load_plain
-from model.data import WindowConfig, WindowDataModule
+from model.data import WindowConfig, WindowDataModule, spread_songs, take_songs
 from model.gpt import GPT, GPTConfig
 from model.lit import LitGPT, OptimConfig, TokenizerMismatchError, check_tokenizer_hash
 
@@ -316,11 +317,15 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         gpt.compile(backend="inductor" if cfg.compile is True else str(cfg.compile))
     extra = {"tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": gpt_config.to_dict(),
              "cfg": OmegaConf.to_container(cfg, resolve=True)}
+    # The fixed validation set: every val song, or `scale.val_songs` of them spread evenly.
+    songs = spread_songs(len(val_split.offsets) - 1, cfg.scale.get("val_songs"))
+    val_tokens, val_offsets = take_songs(val_split.tokens, val_split.offsets, songs)
+    val_notes = int(np.asarray(val_split.notes)[songs].sum())
     lit = LitGPT(gpt, OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True)),
-                 val_notes=int(val_split.notes.sum()), checkpoint_extra=extra)
-    dm = WindowDataModule(train_split.tokens, val_split.tokens, val_split.offsets,
+                 val_notes=val_notes, checkpoint_extra=extra)
+    dm = WindowDataModule(train_split.tokens, val_tokens, val_offsets,
                           WindowConfig(block_size=gpt_config.block_size, batch_size=cfg.scale.batch_size,
-                                       seed=cfg.seed))
+                                       seed=cfg.seed, val_batch_size=cfg.scale.get("val_batch_size")))
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
@@ -361,8 +366,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         "n_layer": gpt_config.n_layer, "n_embd": gpt_config.n_embd, "block_size": gpt_config.block_size,
         "vocab_size": tok.vocab_size, "tokenizer_hash": tok.hash, "bpe": bool(cfg.tokenizer.get("bpe_vocab_size")),
         "train_songs": len(train_split.offsets) - 1, "train_tokens": int(len(train_split.tokens)),
-        "train_notes": int(train_split.notes.sum()), "val_songs": len(val_split.offsets) - 1,
-        "val_tokens": int(len(val_split.tokens)), "val_notes": int(val_split.notes.sum()),
+        "train_notes": int(train_split.notes.sum()), "val_songs": len(songs),
+        "val_tokens": int(len(val_tokens)), "val_notes": val_notes,
         "steps": trainer.global_step, "world_size": trainer.world_size,
         "tokens_per_step": cfg.scale.batch_size * gpt_config.block_size * trainer.world_size * trainer.accumulate_grad_batches,
         "wall_time_s": round(time.time() - start, 2), "prepare_time_s": round(prepared - start, 2),

@@ -82,6 +82,25 @@ def val_windows(offsets: np.ndarray, block_size: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
+def spread_songs(n_songs: int, at_most: int | None) -> np.ndarray:
+    """Indices of at most `at_most` songs spread evenly over `n_songs` (all when None): a fixed
+    validation subset for short runs, the same for every run that asks for the same number."""
+    if at_most is None or at_most >= n_songs:
+        return np.arange(n_songs)
+    if at_most < 1:
+        raise ValueError(f"scale.val_songs must be >= 1 or null, got {at_most}")
+    return np.unique(np.linspace(0, n_songs - 1, at_most).round().astype(np.int64))
+
+
+def take_songs(tokens: np.ndarray, offsets: np.ndarray, songs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, offsets) of the chosen songs only, in their order."""
+    if len(songs) == len(offsets) - 1:
+        return tokens, offsets
+    parts = [tokens[offsets[s]:offsets[s + 1]] for s in songs.tolist()]
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    return np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)])
+
+
 class ValWindows(Dataset):
     """Windows `val_windows(...)[rank::world_size]`: (x, y), each (block_size,), y padded with -1."""
 

@@ -93,3 +93,17 @@ def test_datamodule_without_trainer_serves_rank0_from_position0():
     assert dm.state_dict() == {"position": 0, "seed": 9}
     vx, vy = next(iter(dm.val_dataloader()))
     assert vx.shape == (3, 16) and torch.equal(vy[0, :15], vx[0, 1:])
+
+
+def test_val_songs_subset_is_fixed_spread_and_keeps_whole_songs():
+    from model.data import spread_songs, take_songs
+
+    assert spread_songs(10, None).tolist() == list(range(10))
+    assert spread_songs(10, 4).tolist() == [0, 3, 6, 9]          # first and last always in
+    assert spread_songs(3, 8).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="val_songs"):
+        spread_songs(10, 0)
+    tokens = np.arange(10)
+    offsets = np.array([0, 2, 5, 10])                             # songs [0,1] [2,3,4] [5..9]
+    t, o = take_songs(tokens, offsets, np.array([0, 2]))
+    assert t.tolist() == [0, 1, 5, 6, 7, 8, 9] and o.tolist() == [0, 2, 7]
