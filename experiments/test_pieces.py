@@ -1,0 +1,41 @@
+"""Link the held-out test pieces of a shard folder into one folder, for `evaluate.py --real`.
+
+    python experiments/test_pieces.py SHARD_DIR OUT_FOLDER
+
+The test split is the one `remi.prepare` assigned (MAESTRO's official split, content hash for the
+others) and recorded in the shard manifest; each file is linked as `<source>__<path with / as _>`,
+so a sorted listing groups pieces by source and `evaluate.py --max-pieces` spreads over all.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.report import test_split_files  # noqa: E402
+
+
+def link_test_pieces(shard_dir: str | Path, out: str | Path) -> list[Path]:
+    import json
+
+    manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
+    folders = {name: Path(s["folder"]).resolve() for name, s in manifest.get("sources", {}).items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    links = []
+    for f in test_split_files(shard_dir):
+        source = next(name for name, folder in folders.items() if f.resolve().is_relative_to(folder))
+        link = out / f"{source}__{f.resolve().relative_to(folders[source]).as_posix().replace('/', '_')}"
+        if not link.exists():
+            link.symlink_to(f.resolve())
+        links.append(link)
+    return links
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__.strip().splitlines()[2].strip())
+    print(f"{len(link_test_pieces(sys.argv[1], sys.argv[2]))} test pieces linked in {sys.argv[2]}")

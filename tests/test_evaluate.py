@@ -1,0 +1,77 @@
+"""experiments/evaluate.py: bits per note against a model whose answer is known, the stop rule,
+and the command line's JSON contract on a real (tiny) checkpoint and MIDI files written here."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import remi
+from experiments.evaluate import KEY_METRICS, stop_after_bars, summed_nll_bits, unigram_bits
+from tests.stubs import ZeroLogits
+from tests.test_sample import ENV, ROOT, ckpt, write_prompt  # noqa: F401  (ckpt is a fixture)
+
+TOK = remi.Tokenizer.from_yaml(ROOT / "conf/tokenizer/coarse.yaml")
+
+
+def test_uniform_model_costs_log2_vocab_bits_per_predicted_token():
+    model = ZeroLogits(TOK.vocab_size)
+    model.config = SimpleNamespace(block_size=16)  # windows of 16: several per sequence
+    seqs = [list(np.random.default_rng(i).integers(0, TOK.vocab_size, size=n)) for i, n in enumerate([5, 40, 17])]
+    expected = sum(len(s) - 1 for s in seqs) * math.log2(TOK.vocab_size)
+    assert summed_nll_bits(model, seqs, batch_size=2) == pytest.approx(expected, rel=1e-6)  # float32 logits
+
+
+def test_unigram_bits_follow_the_train_counts():
+    train = np.array([0, 0, 0, 1])  # add-one counts over V=2: p(0) = 4/6, p(1) = 2/6
+    bits = unigram_bits(train, 2, [[1, 0, 1]])
+    assert bits == pytest.approx(-math.log2(4 / 6) - math.log2(2 / 6))
+
+
+def test_stop_after_bars_allows_only_eos_once_the_bars_are_complete():
+    allowed = stop_after_bars(TOK, total_bars=2)
+    bar = TOK.bar_id
+    ids = torch.tensor([[TOK.bos_id, bar, 5, bar, 6, 7], [TOK.bos_id, bar, 5, bar, 6, bar]])
+    mask = allowed(ids)
+    assert mask[0].all()                                         # two bars: the third may still start
+    assert mask[1].sum() == 1 and mask[1, TOK.eos_id]            # a third Bar started: only EOS
+
+
+def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(3):
+        write_prompt(real / f"piece_{i}.mid", n_bars=18, notes_per_beat=1 + i % 2, seed=7 + i)
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "experiments/evaluate.py", str(ckpt), "--real", str(real), "--n", "2",
+                           "--max-new-tokens", "48", "--bars", "4", "--json", "--out", str(out)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout)
+    assert {"bits_per_note", "metrics", "grammar_error_rate", "empty_pieces", "continuation"} <= set(r)
+    assert r["bits_per_note"] > 0 and r["pieces"]["real"] == 3 and r["pieces"]["continued"] == 3
+    assert set(KEY_METRICS) <= set(r["metrics"])
+    for name, m in r["metrics"].items():
+        assert set(m) == {"mean", "real_mean", "overlap"}, name
+        assert 0.0 <= m["overlap"] <= 1.0 or math.isnan(m["overlap"]), name
+    assert 0.0 <= r["grammar_error_rate"] <= 1.0 and 0 <= r["empty_pieces"] <= 2
+    assert {"key_agree", "key_agree_real", "tempo_ratio", "density_ratio", "pitch_range_overlap"} <= set(r["continuation"])
+    # The real side is the real pieces' first 16 bars, on the tokenizer's grid.
+    from remi.metrics import continuation_consistency
+    from remi.render import cut_bars
+
+    tok = remi.Tokenizer.from_dict(torch.load(ckpt, weights_only=True)["tokenizer"])
+    real16 = [tok.decode_score(cut_bars(tok, tok.encode(f), 16)[0]) for f in sorted(real.iterdir())]
+    expected = np.mean([continuation_consistency(s, 4)["density_ratio"] for s in real16])
+    assert r["continuation"]["density_ratio_real"] == pytest.approx(expected)
+    assert json.loads((out / "evaluation.json").read_text())["bits_per_note"] == r["bits_per_note"]
+    for rel in r["media"]["midi"]:
+        remi.read_midi(out / rel)  # every written piece reads back
+    assert (out / "pianoroll_samples.png").is_file() and (out / "pianoroll_continuations.png").is_file()
