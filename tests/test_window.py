@@ -44,8 +44,8 @@ def test_window_start_moves_by_whole_strides_only_when_it_overflows():
 
 
 def test_stride_defaults_and_bounds():
-    assert default_stride(256) == 64 and default_stride(2) == 1
-    assert check_stride(None, 256) == 64 and check_stride(1, 256) == 1 and check_stride(256, 256) == 256
+    assert default_stride(256) == 128 and default_stride(3) == 1 and default_stride(1) == 1
+    assert check_stride(None, 256) == 128 and check_stride(1, 256) == 1 and check_stride(256, 256) == 256
     for bad in (0, 257, -3, 1.5, True):
         with pytest.raises(ValueError, match="stride must be an integer"):
             check_stride(bad, 256)
