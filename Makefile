@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train test bench
+.PHONY: install train train-real test bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(BIN)/python
 
 train: install
 	$(BIN)/python train.py
+
+# The 2-core recipe on the real piano corpora in ../shared/midi (about 30 minutes of training).
+train-real: install
+	$(BIN)/python train.py +experiment=round3 data=real paths.data_dir=../shared/midi scale=cpu
 
 test: install
 	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q

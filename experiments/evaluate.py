@@ -371,11 +371,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     if args.out is not None:
         (args.out / "evaluation.json").write_text(json.dumps(public, indent=2, allow_nan=True) + "\n")
+        (args.out / "report.md").write_text(render_report(public, argv if argv is not None else sys.argv[1:]))
     if args.json:
         print(json.dumps(public, allow_nan=True))
     else:
         print(render_text(public))
     return 0
+
+
+def render_report(r: dict, argv: Sequence[str]) -> str:
+    """report.md beside evaluation.json: the command, the figures, and links to listen and look."""
+    media = r.get("media", {})
+    lines = ["# Evaluation", "", "```", "python experiments/evaluate.py " + " ".join(argv), "```", "",
+             "```", render_text(r), "```", "",
+             f"Timings (s): {r['seconds']}", "", "## Look and listen", ""]
+    lines += [f"![{png}]({png})" for png in media.get("png", [])]
+    lines += ["", "| piece | MIDI | audio |", "| --- | --- | --- |"]
+    audio = {Path(a).stem: a for a in media.get("audio", [])}
+    for mid in media.get("midi", []):
+        stem = Path(mid).stem
+        lines.append(f"| {stem} | [{Path(mid).name}]({mid}) | "
+                     + (f"[{Path(audio[stem]).name}]({audio[stem]})" if stem in audio else "(no FluidSynth)") + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render_text(r: dict) -> str:

@@ -25,16 +25,17 @@ from experiments.evaluate import KEY_METRICS, evaluate, load_model, real_files  
 
 
 def sweep(gpt, tok, files, temperatures: Sequence[float], n: int, seed: int, bars: int,
-          max_new_tokens: int) -> list[dict]:
+          max_new_tokens: int, continuations: bool = False) -> list[dict]:
     rows = []
     for t in temperatures:
         r = evaluate(gpt, tok, files, n=n, seed=seed, bars=bars, temperature=t,
-                     max_new_tokens=max_new_tokens, continuations=False, likelihood=False)
+                     max_new_tokens=max_new_tokens, continuations=continuations, likelihood=False)
         rows.append({"temperature": t, "grammar_error_rate": r["grammar_error_rate"],
                      "empty_pieces": r["empty_pieces"],
                      "overlap": {k: v["overlap"] for k, v in r["metrics"].items()},
                      "mean": {k: v["mean"] for k, v in r["metrics"].items()},
-                     "real_mean": {k: v["real_mean"] for k, v in r["metrics"].items()}})
+                     "real_mean": {k: v["real_mean"] for k, v in r["metrics"].items()},
+                     "continuation": r["continuation"] if continuations else None})
     return rows
 
 
@@ -75,15 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-pieces", type=int, default=48)
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--continuations", action="store_true", help="also continue each real piece (key agreement per T)")
     args = p.parse_args(argv)
     if any(t <= 0 for t in args.temperatures):
         p.error(f"--temperatures must all be > 0, got {args.temperatures}")
     tok, gpt, _ = load_model(args.ckpt)
     rows = sweep(gpt, tok, real_files(args.real, args.max_pieces), args.temperatures, args.n, args.seed,
-                 args.bars, args.max_new_tokens)
-    print(f"{'T':>5}{'grammar err':>13}{'empty':>7}  " + "".join(f"{k[:12]:>13}" for k in KEY_METRICS))
+                 args.bars, args.max_new_tokens, args.continuations)
+    print(f"{'T':>5}{'grammar err':>13}{'empty':>7}{'key agree':>10}  " + "".join(f"{k[:12]:>13}" for k in KEY_METRICS))
     for r in rows:
-        print(f"{r['temperature']:>5.2f}{r['grammar_error_rate']:>13.4%}{r['empty_pieces']:>7}  "
+        key = r["continuation"]["key_agree"] if r["continuation"] else float("nan")
+        print(f"{r['temperature']:>5.2f}{r['grammar_error_rate']:>13.4%}{r['empty_pieces']:>7}{key:>10.3f}  "
               + "".join(f"{r['overlap'][k]:>13.3f}" for k in KEY_METRICS))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -75,3 +75,5 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     for rel in r["media"]["midi"]:
         remi.read_midi(out / rel)  # every written piece reads back
     assert (out / "pianoroll_samples.png").is_file() and (out / "pianoroll_continuations.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "pianoroll_continuations.png" in report and f"{r['bits_per_note']:.4f}" in report
