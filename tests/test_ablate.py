@@ -37,11 +37,12 @@ def write_piece(tok, score: remi.Score, stem: Path, info: dict | None = None) ->
 def scale_piece(n_bars: int, transpose: int = 0, chord: int = 1, start_bar: int = 0) -> list[tuple]:
     """Quarter notes of a C-major scale (transposed), `chord` notes stacked on each beat."""
     steps = [0, 2, 4, 5, 7, 9, 11, 12]
+    octaves = [0, 12, 24, -12, -24, -36]  # distinct pitches: one pitch twice at one onset is one note
     rows = []
     for beat in range(4 * n_bars):
         t = (4 * start_bar + beat) * TPB
         for k in range(chord):
-            rows.append((t, t + TPB, 60 + transpose + steps[beat % 8] + 12 * (k % 3) - 12 * (k // 3), 80))
+            rows.append((t, t + TPB, 60 + transpose + steps[beat % 8] + octaves[k], 80))
     return rows
 
 
