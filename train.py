@@ -215,6 +215,9 @@ def check_config(cfg: DictConfig) -> None:
     if n_embd % n_head:
         raise ConfigError(f"{_key(cfg, 'model.n_embd')}={n_embd} is not divisible by {_key(cfg, 'model.n_head')}={n_head}: "
                           f"each head gets n_embd / n_head channels (e.g. n_head={_divisor_near(n_embd, n_head)})")
+    for key in ("scale.val_songs", "scale.val_batch_size"):  # optional: null means all / batch_size
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, int, pos_int, "an integer >= 1, or null")
     _number(cfg, "model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
     lr = _number(cfg, "optim.lr", float, lambda v: 0 < v < float("inf"), "a finite number > 0 (the peak learning rate)")
     _number(cfg, "optim.min_lr", float, lambda v: 0 <= v <= lr, f"a number in [0, optim.lr={lr}]")

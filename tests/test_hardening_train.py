@@ -30,6 +30,8 @@ def no_work(monkeypatch):
 
 @pytest.mark.parametrize("override, message", [
     ("scale.batch_size=0", r"scale.batch_size=0: must be an integer >= 1"),
+    ("scale.val_songs=0", r"scale.val_songs=0: must be an integer >= 1, or null"),
+    ("scale.val_batch_size=-2", r"scale.val_batch_size=-2: must be an integer >= 1, or null"),
     ("scale.accumulate=-2", r"scale.accumulate=-2: must be an integer >= 1"),
     ("optim.lr=-1", r"optim.lr=-1: must be a finite number > 0"),
     ("scale.lr=0", r"optim.lr \(= \$\{scale.lr\}\)=0: must be a finite number > 0"),
