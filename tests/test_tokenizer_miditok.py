@@ -193,7 +193,7 @@ def test_named_differences_explain_the_real_files_that_differ(pair):
 
     files = {rel: SHARED_MIDI / rel for rel in NAMED}
     if not all(p.is_file() for p in files.values()):
-        pytest.skip(f"the piano-midi.de files of {sorted(NAMED)} are not all under {SHARED_MIDI}")
+        pytest.skip(f"the real files {sorted(NAMED)} are not all under {SHARED_MIDI}")
     ours, theirs = pair
     uncapped = Tokenizer(TokenizerConfig(**{**yaml.safe_load((ROOT / "conf/tokenizer/miditok.yaml").read_text()),
                                             "max_empty_bars": 100_000}))
