@@ -148,15 +148,20 @@ def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_
 
 
 def grammar_errors(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> tuple[float, int]:
-    """(erroneous tokens, tokens) over the generated part of each row (after `skip[i]` ids)."""
+    """(erroneous tokens, tokens) over the generated part of each row (after `skip[i]` ids), counted
+    as `tok.token_errors` counts them: non-special base tokens, the grammar state carried over
+    from the prompt."""
+    from remi.vocab import SPECIAL
+
+    def errors_and_tokens(ids: Sequence[int]) -> tuple[int, int]:
+        n = int(np.count_nonzero(tok.vocab.types[tok.base_ids(list(ids))] != SPECIAL))
+        return round(tok.token_errors(list(ids)) * n), n
+
     bad = total = 0
     for row, k in zip(rows, skip):
-        gen = list(row[k:])
-        if gen:
-            # token_errors reads the whole row (the grammar state needs the prompt) and returns
-            # the share of erroneous tokens; scale by the row and subtract the prompt's own.
-            bad += tok.token_errors(row) * len(row) - (tok.token_errors(row[:k]) * k if k else 0)
-            total += len(gen)
+        e_row, n_row = errors_and_tokens(row)
+        e_pre, n_pre = errors_and_tokens(row[:k]) if k else (0, 0)
+        bad, total = bad + e_row - e_pre, total + n_row - n_pre
     return float(bad), total
 
 
@@ -232,6 +237,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
         "seconds": {"bits_per_note": round(t_nll - t0, 1), "sampling": round(t_free - t_nll, 1),
                     "continuations": round(t_cont - t_free, 1), "total": round(t_cont - t0, 1)},
         "_generated": {"free": free, "continuations": cont_rows, "prompts": prompts},
+        "_real": seqs,  # the real pieces' ids, for the baselines
     }
 
 
@@ -312,12 +318,10 @@ def load_model(ckpt: str | Path):
     return load_checkpoint(ckpt)
 
 
-def baselines(gpt: GPT, tok, files: Sequence[Path], train_shards: Path, seed: int) -> dict:
-    """Bits per note of the same pieces under a unigram model and under the network at step 0."""
+def baselines(gpt: GPT, tok, seqs: Sequence[Sequence[int]], train_shards: Path, seed: int) -> dict:
+    """Bits per note of the same pieces (their ids) under a unigram model and the network at step 0."""
     from remi.shards import load_split
 
-    pieces, _ = read_pieces(tok, files)
-    seqs = [ids for _, ids in pieces]
     notes = sum(tok.count_notes(s) for s in seqs)
     train = load_split(train_shards, "train", expect_hash=tok.hash)
     torch.manual_seed(seed)
@@ -358,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from remi.shards import ShardError
 
         try:
-            result["baselines"] = baselines(gpt, tok, files, args.baselines,
+            result["baselines"] = baselines(gpt, tok, result["_real"], args.baselines,
                                             int((extra.get("cfg") or {}).get("seed", 0)))
         except (ShardError, FileNotFoundError) as e:
             raise SystemExit(f"evaluate: --baselines {args.baselines}: {e}") from None

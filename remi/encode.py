@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .score import END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, sort_notes
+from .score import (END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, merge_unisons,
+                    next_onset_of_pitch, sort_notes)
 from .vocab import (BAR, DEFAULT_TIME_SIGNATURE, DURATION, PITCH as PITCH_T, POSITION, TEMPO,
                     TIMESIG, VELOCITY as VELOCITY_T, Vocab, closest_index)
 
@@ -136,11 +137,7 @@ def extend_by_pedal(notes: np.ndarray, pedals: list[tuple[int, int]]) -> np.ndar
     k = np.searchsorted(p[:, 0], ends, side="right") - 1
     inside = (k >= 0) & (ends < p[np.maximum(k, 0), 1])
     held = np.where(inside, p[np.maximum(k, 0), 1], ends)
-    # Next onset of the same pitch, via a (pitch, start) ordering.
-    order = np.lexsort((notes[:, START], notes[:, PITCH]))
-    nxt = np.full(len(notes), np.iinfo(np.int64).max)
-    same = notes[order[1:], PITCH] == notes[order[:-1], PITCH]
-    nxt[order[:-1][same]] = notes[order[1:][same], START]
+    nxt = next_onset_of_pitch(notes[:, START], notes[:, PITCH])
     out = notes.copy()
     out[:, END] = np.maximum(ends, np.minimum(held, nxt))
     return out
@@ -245,17 +242,10 @@ def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
       longest bin that fits before that onset. Positions and the shortest duration are both one
       grid step, so one always fits; the note is dropped only if none does (kept for safety).
     """
-    notes = grid.notes
-    if len(notes) < 2:
+    if len(grid.notes) < 2:
         return grid
-    # Sorted by (onset, pitch, duration, velocity): equal (onset, pitch) rows are adjacent.
-    same = (notes[1:, 0] == notes[:-1, 0]) & (notes[1:, 2] == notes[:-1, 2])
-    if same.any():
-        first = np.flatnonzero(np.concatenate([[True], ~same]))
-        merged = notes[first].copy()
-        merged[:, 1] = np.maximum.reduceat(notes[:, 1], first)
-        merged[:, 3] = np.maximum.reduceat(notes[:, 3], first)
-        notes = merged
+    # Sorted by (onset, pitch, duration, velocity): columns as merge_unisons expects.
+    notes = merge_unisons(grid.notes)
     # Duration bins in ticks depend on the meter at the onset (a beat is tpq*4/den ticks).
     ts_ticks = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64)
     dens = np.array([d for _, _, d in grid.time_sigs], dtype=np.int64)
@@ -265,14 +255,10 @@ def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
     for t, table in tables.items():
         m = tpb == t
         dur[m] = table[notes[m, 1]]
-    order = np.lexsort((notes[:, 0], notes[:, 2]))  # by pitch, then onset
-    p, s = notes[order, 2], notes[order, 0]
-    nxt = np.full(len(notes), np.iinfo(np.int64).max)
-    same_pitch = p[1:] == p[:-1]
-    nxt[order[:-1][same_pitch]] = s[1:][same_pitch]
+    nxt = next_onset_of_pitch(notes[:, 0], notes[:, 2])
     over = np.flatnonzero(notes[:, 0] + dur > nxt)
     if len(over) == 0:
-        return Grid(grid.tpq, notes, grid.tempos, grid.time_sigs) if same.any() else grid
+        return grid if notes is grid.notes else Grid(grid.tpq, notes, grid.tempos, grid.time_sigs)
     notes = notes.copy()
     keep = np.ones(len(notes), dtype=bool)
     for i in over.tolist():

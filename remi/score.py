@@ -99,6 +99,31 @@ def sort_notes(notes: np.ndarray) -> np.ndarray:
     return notes[order]
 
 
+def merge_unisons(notes: np.ndarray) -> np.ndarray:
+    """Rows sorted by onset then pitch (columns 0 and 2) -> one row per (onset, pitch), keeping the
+    largest column 1 (an end tick, or a duration bin) and column 3 (a velocity, or its bin).
+    Serves Score notes and the encoder's grid alike: both put those fields in those columns."""
+    if len(notes) < 2:
+        return notes
+    same = (notes[1:, 0] == notes[:-1, 0]) & (notes[1:, 2] == notes[:-1, 2])
+    if not same.any():
+        return notes
+    first = np.flatnonzero(np.concatenate([[True], ~same]))
+    merged = notes[first].copy()
+    merged[:, 1] = np.maximum.reduceat(notes[:, 1], first)
+    merged[:, 3] = np.maximum.reduceat(notes[:, 3], first)
+    return merged
+
+
+def next_onset_of_pitch(onsets: np.ndarray, pitches: np.ndarray) -> np.ndarray:
+    """For each note, the onset of the next note of its pitch (int64 max where none follows)."""
+    order = np.lexsort((onsets, pitches))  # by pitch, then onset
+    nxt = np.full(len(onsets), np.iinfo(np.int64).max)
+    same = pitches[order[1:]] == pitches[order[:-1]]
+    nxt[order[:-1][same]] = onsets[order[1:]][same]
+    return nxt
+
+
 def one_voice_per_pitch(notes: np.ndarray) -> np.ndarray:
     """Sorted (N, 4) note rows -> the same music with no two notes of one pitch sounding at once.
 
@@ -112,23 +137,13 @@ def one_voice_per_pitch(notes: np.ndarray) -> np.ndarray:
     """
     if len(notes) < 2:
         return notes
-    notes = sort_notes(notes)
-    key_same = (notes[1:, START] == notes[:-1, START]) & (notes[1:, PITCH] == notes[:-1, PITCH])
-    if key_same.any():
-        first = np.flatnonzero(np.concatenate([[True], ~key_same]))
-        merged = notes[first].copy()
-        merged[:, END] = np.maximum.reduceat(notes[:, END], first)
-        merged[:, VELOCITY] = np.maximum.reduceat(notes[:, VELOCITY], first)
-        notes = merged
-    order = np.lexsort((notes[:, START], notes[:, PITCH]))  # by pitch, then onset
-    by_pitch = notes[order]
-    same = by_pitch[1:, PITCH] == by_pitch[:-1, PITCH]
-    nxt = np.full(len(notes), np.iinfo(np.int64).max)
-    nxt[:-1][same] = by_pitch[1:, START][same]
-    if not np.any(by_pitch[:, END] > nxt):
+    notes = merge_unisons(sort_notes(notes))
+    nxt = next_onset_of_pitch(notes[:, START], notes[:, PITCH])
+    if not np.any(notes[:, END] > nxt):
         return notes
-    by_pitch[:, END] = np.minimum(by_pitch[:, END], nxt)
-    return sort_notes(by_pitch)
+    out = notes.copy()
+    out[:, END] = np.minimum(out[:, END], nxt)
+    return out  # ends changed, (start, pitch) did not: still in canonical order
 
 
 def bar_starts(score: Score, until: int, min_count: int = 0) -> np.ndarray:

@@ -77,3 +77,15 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     assert (out / "pianoroll_samples.png").is_file() and (out / "pianoroll_continuations.png").is_file()
     report = (out / "report.md").read_text()
     assert "pianoroll_continuations.png" in report and f"{r['bits_per_note']:.4f}" in report
+
+
+def test_grammar_errors_count_generated_tokens_the_way_token_errors_does():
+    from experiments.evaluate import grammar_errors
+    from tests.test_tokenizer import small_midi
+
+    ids = TOK.encode(small_midi())[:-1]                      # BOS ... (no EOS): grammatical
+    vel = next(i for i, t in enumerate(TOK.vocab.tokens) if t.startswith("Velocity_"))
+    bad_row = ids[:10] + [vel, TOK.pad_id, vel] + ids[10:]   # two stray Velocity tokens and a PAD
+    assert grammar_errors(TOK, [ids], [10]) == (0.0, len(ids) - 10)
+    errors, total = grammar_errors(TOK, [bad_row], [10])
+    assert errors == 2 and total == len(bad_row) - 10 - 1    # the PAD is special: not counted
