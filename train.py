@@ -218,6 +218,8 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("scale.val_songs", "scale.val_batch_size"):  # optional: null means all / batch_size
         if OmegaConf.select(cfg, key) is not None:
             _number(cfg, key, int, pos_int, "an integer >= 1, or null")
+    if OmegaConf.select(cfg, "scale.song_start_share") is not None:
+        _number(cfg, "scale.song_start_share", float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
     _number(cfg, "model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
     lr = _number(cfg, "optim.lr", float, lambda v: 0 < v < float("inf"), "a finite number > 0 (the peak learning rate)")
     _number(cfg, "optim.min_lr", float, lambda v: 0 <= v <= lr, f"a number in [0, optim.lr={lr}]")
@@ -328,7 +330,9 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
                  val_notes=val_notes, checkpoint_extra=extra)
     dm = WindowDataModule(train_split.tokens, val_tokens, val_offsets,
                           WindowConfig(block_size=gpt_config.block_size, batch_size=cfg.scale.batch_size,
-                                       seed=cfg.seed, val_batch_size=cfg.scale.get("val_batch_size")))
+                                       seed=cfg.seed, val_batch_size=cfg.scale.get("val_batch_size"),
+                                       song_start_share=float(cfg.scale.get("song_start_share") or 0.0)),
+                          train_offsets=train_split.offsets)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:

@@ -7,20 +7,25 @@ what a user runs):
 1. `train.py +experiment=roundN seed=S hydra.run.dir=OUT/runs/roundN-seedS` for every round
    and seed (a run folder that already holds metrics.json and checkpoints/last.ckpt is kept,
    so an interrupted ablation resumes);
-2. held-out real pieces: the test split of the runs' shards (remi.prepare's content-hash
-   split, the same for every round); `n_prompts` of them, spread over the split, become the
-   prompts (copied to OUT/prompts/);
-3. `sample.py` from each checkpoint: `n_samples` pieces from scratch (`free_bars` bars) into
-   RUN/eval/free, and a continuation of each prompt's first `prompt_bars` bars (`max_bars` new
-   bars) into RUN/eval/continue, all at one `temperature` and `sample_seed`, with the grammar
-   constraint off (`grammar=false`) so the grammar error rate measures the model;
-4. experiments/report.py: OUT/report.md, OUT/report.json, OUT/plots/.
+2. one folder of real pieces for every run: `real=FOLDER`, or the test split of the runs' shards
+   (remi.prepare's content-hash split, the same for every round), `eval_pieces` of them spread
+   evenly and copied to OUT/test-pieces/;
+3. `experiments/evaluate.py` on each run's last checkpoint into RUN/eval/ (bits per note of
+   those pieces, `eval_n` pieces from scratch, a continuation of every piece's first 4 bars by
+   12, grammar constraint off, one `temperature` and `sample_seed`); an evaluation newer than its
+   checkpoint, on the same folder, is kept;
+4. experiments/report.py `build_ablation_report`: OUT/report.md and OUT/report.json, per round the
+   mean and spread over seeds of every number, and the original findings judged claim by claim.
+
+Every step resumes: an interrupted ablation is run again with the same command.
+Round 4 trains `steps / round4_step_cost` steps (equal compute for its 1.5x layers).
 
 Keys of this script (everything else goes to train.py as a Hydra override, e.g. `scale=tiny`,
 `data=bundled`, `logger=none`, `data.limit=200`, `trainer.max_steps=300`):
 """
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -45,6 +50,7 @@ class AblationConfig:
     out: str = "outputs/ablation"  # report.md, report.json, plots/, runs/, prompts/
     # trainer.max_steps per run (None: the scale's own, 300 at tiny: ~75 s per run on 2 idle cores).
     steps: int | None = None
+    # Sampling keys of experiments/compare.py (which shares this parser), unused by the ablation:
     n_samples: int = 8  # pieces from scratch per run
     free_bars: int = 8  # bars of each piece from scratch
     n_prompts: int = 4  # held-out pieces whose first bars are continued
@@ -58,6 +64,16 @@ class AblationConfig:
     # tiny) every step recomputes the whole window, so long pieces dominate the sampling time.
     max_new_tokens: int = 512
     retrain: bool = False  # train again even where a finished run folder exists
+    # Equal compute for the deeper round 4: its steps are `steps` divided by its step cost relative
+    # to round 3 (1.5x the layers: about 1.5x; measured figures are in each run's metrics.json).
+    round4_step_cost: float = 1.5
+    # The evaluation (experiments/evaluate.py) of every run on one folder of real pieces. None: the
+    # test split of the runs' shards, `eval_pieces` of them spread evenly, copied to OUT/test-pieces.
+    real: str | None = None
+    eval_n: int = 16  # pieces sampled from scratch per run
+    eval_pieces: int = 48  # real pieces (each also continued: 4 bars of prompt, 12 generated)
+    eval_bars: int = 16
+    eval_max_new_tokens: int = 2048
     python: str = sys.executable
     overrides: list = field(default_factory=list)  # passed through to train.py
 
@@ -96,7 +112,8 @@ def train_commands(cfg: AblationConfig) -> list[TrainCommand]:
             argv = [cfg.python, str(ROOT / "train.py"), f"+experiment={label}", f"seed={seed}",
                     f"hydra.run.dir={run_dir}"]
             if cfg.steps is not None and not any(o.startswith("trainer.max_steps=") for o in cfg.overrides):
-                argv.append(f"trainer.max_steps={cfg.steps}")
+                steps = cfg.steps if r != 4 else max(1, round(cfg.steps / cfg.round4_step_cost))
+                argv.append(f"trainer.max_steps={steps}")
             argv += list(cfg.overrides)
             cmds.append(TrainCommand(label, int(seed), run_dir, argv))
     return cmds
@@ -233,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {f.name}={default}")
         return 0
     cfg = parse_args(argv)
-    from experiments.report import build_report, load_run, real_files_for
+    from experiments.report import build_ablation_report, load_run
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,43 +269,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_logged(c.argv, c.run_dir.parent / f"{c.run_dir.name}.train.log", f"training {c.run_dir.name}")
         timings[f"train {c.run_dir.name}"] = round(time.time() - t, 1)
 
-    runs = [load_run(c.run_dir) for c in commands]
-    test_files = real_files_for(runs)
-    if not test_files:
-        raise SystemExit("ablate: the runs' shard manifests list no test-split pieces; "
-                         "raise data.test_fraction or data.limit")
-    real = spread(test_files, cfg.n_real)
-    prompts_dir = out / "prompts"
-    shutil.rmtree(prompts_dir, ignore_errors=True)
-    prompts_dir.mkdir(parents=True)
-    prompts = []
-    chosen = pick_prompts(test_files, cfg.n_prompts, cfg.prompt_bars + cfg.max_bars,
-                          [c.run_dir for c in commands], cfg.prompt_bars)
-    for i, p in enumerate(chosen):
-        dst = prompts_dir / f"{i:02d}_{p.parent.name}_{p.name}"
-        shutil.copyfile(p, dst)
-        prompts.append(dst)
-
+    real = real_folder(cfg, [load_run(c.run_dir) for c in commands], out)
     for c in commands:
         t = time.time()
-        print(f"[ablate] sampling {c.run_dir.name} ...", file=sys.stderr, flush=True)
-        sample_run(cfg, c.run_dir, fitting(c.run_dir, prompts, cfg.prompt_bars))
-        timings[f"sample {c.run_dir.name}"] = round(time.time() - t, 1)
+        if evaluated(c.run_dir, real) and not cfg.retrain:
+            print(f"[ablate] {c.run_dir.name}: already evaluated on {real}, kept", file=sys.stderr)
+            continue
+        print(f"[ablate] evaluating {c.run_dir.name} ...", file=sys.stderr, flush=True)
+        run_logged(evaluate_argv(cfg, c.run_dir, real), c.run_dir / "eval.log", f"evaluating {c.run_dir.name}")
+        timings[f"evaluate {c.run_dir.name}"] = round(time.time() - t, 1)
 
     command = "python experiments/ablate.py " + shlex.join(argv)
-    settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "n_samples", "free_bars", "n_prompts",
-                                             "temperature", "sample_seed", "grammar", "max_new_tokens")}
+    settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "round4_step_cost", "eval_n",
+                                             "eval_pieces", "eval_bars", "temperature", "sample_seed")}
     settings["train_overrides"] = cfg.overrides
     t = time.time()
-    result = build_report([c.run_dir for c in commands], out, real_files=real, prompt_files=prompts,
-                          prompt_bars=cfg.prompt_bars, continuation_bars=cfg.max_bars, max_real=None,
-                          command=command, settings=settings)
+    result = build_ablation_report([c.run_dir for c in commands], out, command=command, settings=settings)
     timings["report"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - t0, 1)
-    (out / "timings.json").write_text(__import__("json").dumps(timings, indent=1) + "\n")
+    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     print(f"[ablate] report: {out / 'report.md'} ({len(result['runs'])} runs, {timings['total']:.0f} s)",
           file=sys.stderr)
     return 0
+
+
+def real_folder(cfg: AblationConfig, runs, out: Path) -> Path:
+    """The folder of real pieces every run is evaluated on: `real`, or the runs' test split
+    (the largest among their shard folders: splits are fixed by content, so it holds the others'),
+    `eval_pieces` of them spread evenly and copied flat into OUT/test-pieces (kept when present,
+    so a resumed ablation evaluates on the same pieces)."""
+    from experiments.report import real_files_for
+
+    if cfg.real is not None:
+        folder = Path(cfg.real)
+        if not folder.is_dir():
+            raise SystemExit(f"ablate: real={cfg.real} is not a folder of MIDI files")
+        return folder
+    folder = out / "test-pieces"
+    if folder.is_dir() and any(folder.glob("*.mid")):
+        return folder
+    test_files = real_files_for(runs)
+    if not test_files:
+        raise SystemExit("ablate: the runs' shard manifests list no test-split pieces; "
+                         "raise data.test_fraction or data.limit, or pass real=FOLDER")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(spread(test_files, cfg.eval_pieces)):
+        shutil.copyfile(p, folder / f"{i:03d}_{p.parent.name}_{p.stem}.mid")
+    return folder
+
+
+def evaluate_argv(cfg: AblationConfig, run_dir: Path, real: Path) -> list[str]:
+    return [cfg.python, str(ROOT / "experiments" / "evaluate.py"), str(run_dir / "checkpoints" / "last.ckpt"),
+            "--real", str(real), "--n", str(cfg.eval_n), "--seed", str(cfg.sample_seed),
+            "--max-pieces", str(cfg.eval_pieces), "--bars", str(cfg.eval_bars),
+            "--temperature", str(cfg.temperature), "--max-new-tokens", str(cfg.eval_max_new_tokens),
+            "--out", str(run_dir / "eval")]
+
+
+def evaluated(run_dir: Path, real: Path) -> bool:
+    """A run's evaluation is current: written after its last checkpoint, on the same real folder."""
+    result, ckpt = run_dir / "eval" / "evaluation.json", run_dir / "checkpoints" / "last.ckpt"
+    if not result.is_file() or not ckpt.is_file() or result.stat().st_mtime < ckpt.stat().st_mtime:
+        return False
+    try:
+        return json.loads(result.read_text()).get("real_folder") == str(real)
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

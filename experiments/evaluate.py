@@ -42,7 +42,7 @@ import remi  # noqa: E402
 from model.data import ValWindows  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from remi import metrics as M  # noqa: E402
-from remi.render import count_bars, cut_bars  # noqa: E402
+from remi.render import bar_ids, count_bars, cut_bars  # noqa: E402
 
 PROMPT_BARS = 4          # MIREX 2025 symbolic piano continuation: 4 bars of prompt ...
 CONTINUATION_BARS = 12   # ... continued by 12 bars
@@ -117,12 +117,13 @@ def unigram_bits(train_tokens: np.ndarray, vocab_size: int, sequences: Sequence[
 
 def stop_after_bars(tok, total_bars: int):
     """An `allowed` function for GPT.generate that permits everything until a row has started
-    `total_bars + 1` bars, then only EOS: generation stops once the wanted bars are complete."""
-    bar, eos = int(tok.bar_id), int(tok.eos_id)
+    `total_bars + 1` bars, then only EOS: generation stops once the wanted bars are complete.
+    With BPE a bar starts at every merged token that begins with Bar (`remi.render.bar_ids`)."""
+    starts, eos = torch.tensor(sorted(bar_ids(tok)), dtype=torch.long), int(tok.eos_id)
     vocab = tok.vocab_size
 
     def allowed(ids: torch.Tensor) -> torch.Tensor:  # (B, n) -> (B, V) bool
-        done = (ids == bar).sum(dim=1) > total_bars
+        done = torch.isin(ids, starts).sum(dim=1) > total_bars
         mask = torch.ones(ids.shape[0], vocab, dtype=torch.bool)
         mask[done] = False
         mask[done, eos] = True
@@ -132,13 +133,16 @@ def stop_after_bars(tok, total_bars: int):
 
 
 def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_new_tokens: int,
-             temperature: float, seed: int, top_k: int | None = None, top_p: float | None = None) -> list[list[int]]:
+             temperature: float, seed: int, top_k: int | None = None, top_p: float | None = None,
+             keep_prompt: bool = False) -> list[list[int]]:
     """`n` rows continuing `prompt` (BOS first) until `total_bars` bars are complete, EOS or
-    `max_new_tokens`; each row's ids cut to those bars (prompt included, EOS dropped)."""
+    `max_new_tokens`; each row's ids cut to those bars (prompt included, EOS dropped).
+    `keep_prompt` pins the prompt (at most half the context: its start) in every window."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.tensor([list(prompt)] * n, dtype=torch.long)
+    keep = min(len(prompt), gpt.config.block_size // 2) if keep_prompt else 0
     out = gpt.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       eos_id=tok.eos_id, allowed=stop_after_bars(tok, total_bars), generator=gen)
+                       eos_id=tok.eos_id, allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep)
     rows = []
     for row in out.tolist():
         if tok.eos_id in row[len(prompt):]:
@@ -170,7 +174,7 @@ def grammar_errors(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> t
 def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, bars: int = 16,
              temperature: float = 1.0, max_new_tokens: int = 2048, continuations: bool = True,
              top_k: int | None = None, top_p: float | None = None, progress: bool = False,
-             likelihood: bool = True) -> dict:
+             likelihood: bool = True, keep_prompt: bool = False) -> dict:
     """Every number of the evaluation, and the generated pieces (ids) for whoever renders them.
     `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep."""
     t0 = time.time()
@@ -202,7 +206,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                 continue  # too short to hold a prompt and a real continuation
             prompt = cut_bars(tok, ids, PROMPT_BARS)[0]
             row = generate(gpt, tok, prompt, 1, PROMPT_BARS + CONTINUATION_BARS, max_new_tokens,
-                           temperature, seed + 1 + i, top_k, top_p)[0]
+                           temperature, seed + 1 + i, top_k, top_p, keep_prompt)[0]
             row = cut_bars(tok, row, PROMPT_BARS + CONTINUATION_BARS)[0]
             cont_rows.append(row)
             prompts.append((f, prompt))
@@ -233,7 +237,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                    "tokens": int(sum(len(s) for s in seqs)), "sampled": n, "continued": len(cont_rows)},
         "settings": {"n": n, "seed": seed, "bars": bars, "temperature": temperature, "top_k": top_k,
                      "top_p": top_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
-                     "continuation_bars": CONTINUATION_BARS, "grammar": False},
+                     "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt},
         "seconds": {"bits_per_note": round(t_nll - t0, 1), "sampling": round(t_free - t_nll, 1),
                     "continuations": round(t_cont - t_free, 1), "total": round(t_cont - t0, 1)},
         "_generated": {"free": free, "continuations": cont_rows, "prompts": prompts},
@@ -345,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--no-continuations", action="store_true")
+    p.add_argument("--keep-prompt", action="store_true",
+                   help="pin each continuation's prompt (up to half the context) in every window")
     p.add_argument("--baselines", type=Path, default=None, metavar="TRAIN_SHARDS",
                    help="also score a unigram model of this shard folder's train split and the step-0 network")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -357,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = real_files(args.real, args.max_pieces)
     result = evaluate(gpt, tok, files, n=args.n, seed=args.seed, bars=args.bars, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, continuations=not args.no_continuations,
-                      top_k=args.top_k, top_p=args.top_p, progress=not args.json)
+                      top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt)
     if args.baselines is not None:
         from remi.shards import ShardError
 

@@ -21,6 +21,7 @@ mean ± spread (sample standard deviation over seeds).
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -527,3 +528,196 @@ def _plain(x):
     if isinstance(x, Path):
         return str(x)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablation report from experiments/evaluate.py's results (one RUN/eval/evaluation.json per run)
+
+EVAL_DIR = "eval"  # evaluate.py --out of each run folder
+EVALUATION_JSON = "evaluation.json"
+RUN_FIGURES = ("steps", "wall_time_s", "train_tokens", "non_embedding_params", "vocab_size", "val_bits_per_note")
+
+# The original work's findings, each as comparisons of two rounds on one number of evaluate.py.
+# (name of the number, "lower"/"higher"/"closer" = which way the finding says the first round
+# should differ from the second; "closer" means closer to the real pieces' mean).
+CLAIMS = (
+    ("Round 1 sounds like keys being slammed: big chords and rapid taps (round 1 vs round 2)",
+     "round1", "round2",
+     [("metrics.big_chord_share.mean", "higher"), ("metrics.notes_per_onset.mean", "higher"),
+      ("metrics.short_ioi_share.mean", "higher"), ("metrics.groove_consistency.overlap", "lower")]),
+    ("Round 1 has long pauses; trimming leading silence removes them (round 2 vs round 1)",
+     "round2", "round1",
+     [("metrics.longest_gap_bars.mean", "lower"), ("metrics.leading_silence_beats.mean", "lower"),
+      ("metrics.longest_gap_bars.overlap", "higher")]),
+    ("Dropping BPE helps (round 3 vs round 2)",
+     "round3", "round2",
+     [("bits_per_note", "lower"), ("mean_overlap", "higher"), ("grammar_error_rate", "lower")]),
+    ("A model 1.5x larger helps (round 4 vs round 3)",
+     "round4", "round3",
+     [("bits_per_note", "lower"), ("mean_overlap", "higher"), ("grammar_error_rate", "lower")]),
+)
+
+
+def evaluation_numbers(evaluation: dict) -> dict[str, float]:
+    """evaluate.py's JSON flattened to `name -> number` (metric means and overlaps as
+    `metrics.<name>.mean` / `.overlap`; `mean_overlap` over the issue's key metrics)."""
+    from experiments.evaluate import KEY_METRICS
+
+    out = {"bits_per_note": evaluation.get("bits_per_note"),
+           "grammar_error_rate": evaluation.get("grammar_error_rate"),
+           "empty_pieces": evaluation.get("empty_pieces")}
+    for name, m in (evaluation.get("metrics") or {}).items():
+        out[f"metrics.{name}.mean"] = m.get("mean")
+        out[f"metrics.{name}.real_mean"] = m.get("real_mean")
+        out[f"metrics.{name}.overlap"] = m.get("overlap")
+    overlaps = [out.get(f"metrics.{k}.overlap") for k in KEY_METRICS]
+    overlaps = [float(v) for v in overlaps if isinstance(v, (int, float)) and math.isfinite(v)]
+    out["mean_overlap"] = float(np.mean(overlaps)) if overlaps else M.NAN
+    for name, v in (evaluation.get("continuation") or {}).items():
+        out[f"continuation.{name}"] = v
+    for name, v in (evaluation.get("baselines") or {}).items():
+        out[f"baselines.{name}"] = v
+    return out
+
+
+def load_evaluated_run(run_dir: str | Path) -> dict:
+    """A run folder's training figures (metrics.json) and evaluation (eval/evaluation.json)."""
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    evaluation = read_json(run_dir / EVAL_DIR / EVALUATION_JSON)
+    if metrics is None or evaluation is None:
+        missing = "metrics.json" if metrics is None else f"{EVAL_DIR}/{EVALUATION_JSON}"
+        raise FileNotFoundError(f"{run_dir}: {missing} is missing (train it / run experiments/evaluate.py "
+                                f"CKPT --real FOLDER --out {run_dir / EVAL_DIR})")
+    return {"label": str(metrics.get("round") or run_dir.name), "seed": metrics.get("seed"), "dir": str(run_dir),
+            "run": {k: metrics.get(k) for k in RUN_FIGURES}, "numbers": evaluation_numbers(evaluation),
+            "media": evaluation.get("media") or {}, "settings": evaluation.get("settings") or {},
+            "real_folder": evaluation.get("real_folder")}
+
+
+def judge(a: dict | None, b: dict | None, direction: str) -> tuple[str, float | None]:
+    """Whether `a` differs from `b` in `direction` by more than their seed spreads together.
+    Returns (verdict, a - b): "holds", "reversed" or "within spread" (or "not measured")."""
+    if not a or not b or a.get("mean") is None or b.get("mean") is None:
+        return "not measured", None
+    diff = a["mean"] - b["mean"]
+    margin = (a.get("spread") or 0.0) + (b.get("spread") or 0.0)
+    if abs(diff) <= margin or diff == 0:
+        return "within spread", diff
+    wanted = diff > 0 if direction == "higher" else diff < 0
+    return ("holds" if wanted else "reversed"), diff
+
+
+def judge_claims(rounds: dict[str, dict]) -> list[dict]:
+    out = []
+    for text, first, second, tests in CLAIMS:
+        if first not in rounds or second not in rounds:
+            continue
+        rows = []
+        for name, direction in tests:
+            a, b = rounds[first]["numbers"].get(name), rounds[second]["numbers"].get(name)
+            verdict, diff = judge(a, b, direction)
+            rows.append({"number": name, "expect": direction, "first": a, "second": b, "diff": diff,
+                         "verdict": verdict})
+        verdicts = {r["verdict"] for r in rows}
+        overall = ("holds" if verdicts == {"holds"} else "reversed" if verdicts == {"reversed"}
+                   else "not shown" if "holds" not in verdicts else "partly")
+        out.append({"claim": text, "first": first, "second": second, "tests": rows, "overall": overall})
+    return out
+
+
+def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, command: str | None = None,
+                          settings: dict | None = None) -> dict:
+    """report.md and report.json from each run's metrics.json and evaluate.py result: per round
+    the mean ± spread over seeds of every number, and the original findings judged claim by claim."""
+    out_dir = Path(out_dir)
+    runs = [load_evaluated_run(d) for d in run_dirs]
+    if not runs:
+        raise ValueError("no run folders given")
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["label"], []).append(r)
+    rounds = {}
+    for label in sorted(groups, key=_natural_key):
+        g = groups[label]
+        rounds[label] = {"n_seeds": len(g), "seeds": [r["seed"] for r in g],
+                         "run": {k: _mean_spread([r["run"].get(k) for r in g]) for k in RUN_FIGURES},
+                         "numbers": {k: _mean_spread([r["numbers"].get(k) for r in g])
+                                     for k in sorted({k for r in g for k in r["numbers"]})}}
+    result = {"command": command, "settings": settings or {}, "rounds": rounds, "claims": judge_claims(rounds),
+              "runs": runs, "real_folder": runs[0]["real_folder"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_JSON).write_text(json.dumps(_plain(result), indent=1) + "\n")
+    (out_dir / REPORT_MD).write_text(render_ablation_markdown(result, out_dir))
+    return result
+
+
+def render_ablation_markdown(result: dict, out_dir: Path) -> str:
+    from experiments.evaluate import KEY_METRICS
+
+    rounds, s = result["rounds"], result["settings"]
+
+    def cell(label: str, name: str, digits: int = 3, fixed: bool = False, section: str = "numbers") -> str:
+        return fmt_ms(rounds[label][section].get(name), rounds[label]["n_seeds"], digits, fixed)
+
+    lines = ["# Ablation report: the four rounds", ""]
+    if result.get("command"):
+        lines += ["Produced by:", "", "```", result["command"], "```", ""]
+    lines += [f"Every run is evaluated by `experiments/evaluate.py` on the same real pieces "
+              f"(`{result.get('real_folder')}`): bits per note of those pieces, "
+              f"{s.get('eval_n', '?')} pieces sampled from scratch and a continuation of each piece's first 4 bars "
+              "by 12, with the grammar constraint off. Cells: mean ± standard deviation over seeds.", "",
+              "## Training", ""]
+    header = ["round", "seeds", "steps", "wall s", "train tokens", "non-emb params", "vocab", "val bits/note"]
+    rows = [[label, ",".join(map(str, agg["seeds"]))] +
+            [cell(label, k, 4, section="run") for k in RUN_FIGURES] for label, agg in rounds.items()]
+    lines += [markdown_table(header, rows), "", "## Test pieces", ""]
+    header = ["round", "bits/note", "grammar errors", "empty", "mean OA (9 metrics)"] + \
+             [f"{M.PIECE_METRICS[k][1]} (OA)" for k in KEY_METRICS]
+    rows = []
+    for label in rounds:
+        row = [label, cell(label, "bits_per_note", 4), cell(label, "grammar_error_rate", 2),
+               cell(label, "empty_pieces"), cell(label, "mean_overlap", 2, True)]
+        row += [f"{cell(label, f'metrics.{k}.mean')} ({cell(label, f'metrics.{k}.overlap', 2, True)})"
+                for k in KEY_METRICS]
+        rows.append(row)
+    first = next(iter(rounds))
+    rows.append(["real pieces", "–", "–", "–", "–"] +
+                [cell(first, f"metrics.{k}.real_mean") for k in KEY_METRICS])
+    lines += [markdown_table(header, rows), "", "Other measures of the same pieces:", ""]
+    extra = ("big_chord_share", "short_ioi_share", "leading_silence_beats", "velocity_spread")
+    header = ["round"] + [f"{M.PIECE_METRICS[k][1]} (OA)" for k in extra]
+    rows = [[label] + [f"{cell(label, f'metrics.{k}.mean')} ({cell(label, f'metrics.{k}.overlap', 2, True)})"
+                       for k in extra] for label in rounds]
+    rows.append(["real pieces"] + [cell(first, f"metrics.{k}.real_mean") for k in extra])
+    lines += [markdown_table(header, rows), "", "## Continuations (4 bars of a real piece, continued by 12)", ""]
+    ckeys = ("key_agree", "tempo_ratio", "density_ratio", "pitch_range_overlap")
+    header = ["round"] + list(ckeys)
+    rows = [[label] + [cell(label, f"continuation.{k}") for k in ckeys] for label in rounds]
+    rows.append(["real continuations"] + [cell(first, f"continuation.{k}_real") for k in ckeys])
+    lines += [markdown_table(header, rows), "", "## The original findings, claim by claim", "",
+              "A comparison *holds* when the difference goes the claimed way by more than the two rounds' "
+              "seed spreads added; *within spread* means this budget cannot tell.", ""]
+    for c in result["claims"]:
+        lines += [f"**{c['claim']}: {c['overall']}.**", ""]
+        header = ["number", "claim", c["first"], c["second"], "difference", "verdict"]
+        rows = [[t["number"], t["expect"], fmt_ms(t["first"], rounds[c["first"]]["n_seeds"]),
+                 fmt_ms(t["second"], rounds[c["second"]]["n_seeds"]), fmt(t["diff"]), t["verdict"]]
+                for t in c["tests"]]
+        lines += [markdown_table(header, rows), ""]
+    lines += ["## Look and listen (first seed of each round)", ""]
+    shown = set()
+    for r in result["runs"]:
+        if r["label"] in shown:
+            continue
+        shown.add(r["label"])
+        base = Path(r["dir"]) / EVAL_DIR
+        rel = Path(os.path.relpath(base, out_dir))
+        for png in r["media"].get("png", []):
+            lines.append(f"![{r['label']}: {png}]({(rel / png).as_posix()})")
+        audio = [(rel / a).as_posix() for a in r["media"].get("audio", []) if (base / a).is_file()]
+        if audio:
+            lines.append(f"{r['label']} audio: " + ", ".join(f"[{Path(a).name}]({a})" for a in audio[:4]))
+        lines.append("")
+    lines += ["All numbers, per run: `report.json`; each run's own evaluation: `RUN/eval/report.md`.", ""]
+    return "\n".join(lines)

@@ -31,6 +31,10 @@ class WindowConfig:
     batch_size: int          # windows per batch, per process
     seed: int = 1337
     val_batch_size: int | None = None  # default: batch_size
+    # Share of training windows that begin at a song's first token (BOS) instead of anywhere.
+    # Random crops almost never put BOS at position 0, so without these a model has not learned
+    # how a piece begins from BOS alone, which is how generation from scratch starts.
+    song_start_share: float = 0.0
 
 
 def _as_int64(a: np.ndarray) -> torch.Tensor:
@@ -45,18 +49,31 @@ class TrainWindows(IterableDataset):
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 rank: int = 0, position: Callable[[], int] = lambda: 0):
+                 rank: int = 0, position: Callable[[], int] = lambda: 0,
+                 song_starts: np.ndarray | None = None, song_start_share: float = 0.0):
         if len(tokens) < block_size + 1:
             raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                              f"block_size + 1 = {block_size + 1}; use more data or a smaller scale.block_size")
+        if not 0.0 <= song_start_share <= 1.0:
+            raise ValueError(f"scale.song_start_share must be in [0, 1], got {song_start_share}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.position = seed, rank, position
+        self.song_start_share = song_start_share
+        # song starts whose whole window fits (windows may run on into the next song, as any window)
+        starts = np.asarray(song_starts if song_starts is not None else [], dtype=np.int64)
+        self.song_starts = starts[starts <= len(tokens) - block_size - 1]
+        if song_start_share > 0 and len(self.song_starts) == 0:
+            raise ValueError("scale.song_start_share > 0 needs the training split's song starts; none was given "
+                             "or none leaves room for a window")
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch number k of this rank (a pure function of seed, rank and k)."""
         rng = np.random.default_rng((self.seed, self.rank, k))
         # any start whose window of block_size + 1 fits: the last token is a target too
         starts = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        if self.song_start_share > 0:  # drawn only then, so a share of 0 keeps the old stream
+            at_start = rng.random(self.batch_size) < self.song_start_share
+            starts[at_start] = self.song_starts[rng.integers(0, len(self.song_starts), size=int(at_start.sum()))]
         idx = starts[:, None] + np.arange(self.block_size + 1)     # (B, T+1)
         w = _as_int64(self.tokens[idx])
         return w[:, :-1], w[:, 1:]
@@ -129,9 +146,10 @@ class WindowDataModule(L.LightningDataModule):
     """
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, val_offsets: np.ndarray,
-                 config: WindowConfig):
+                 config: WindowConfig, train_offsets: np.ndarray | None = None):
         super().__init__()
         self.train_tokens, self.val_tokens, self.val_offsets = train_tokens, val_tokens, val_offsets
+        self.train_offsets = train_offsets  # song boundaries of the training split (for song_start_share)
         self.config = config
 
     def _rank_world(self) -> tuple[int, int]:
@@ -146,7 +164,9 @@ class WindowDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, _ = self._rank_world()
         ds = TrainWindows(self.train_tokens, self.config.block_size, self.config.batch_size,
-                          self.config.seed, rank=rank, position=self.position)
+                          self.config.seed, rank=rank, position=self.position,
+                          song_starts=None if self.train_offsets is None else np.asarray(self.train_offsets)[:-1],
+                          song_start_share=self.config.song_start_share)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

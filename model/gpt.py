@@ -264,6 +264,7 @@ class GPT(nn.Module):
         allowed: Callable[[Tensor], Tensor] | None = None,
         generator: torch.Generator | None = None,
         stride: int | None = None,
+        keep: int = 0,
     ) -> Tensor:
         """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
@@ -277,6 +278,10 @@ class GPT(nn.Module):
         Stops early when every row has produced `eos_id`; finished rows are padded with it.
         `allowed(ids (B, n)) -> bool (B, V)` restricts each step to the tokens it permits; it is
         always handed the whole sequence so far, never just the window.
+        `keep` (at most half the context) pins the sequence's first `keep` tokens (say, BOS and a
+        prompt) at the front of every window: past the context the model sees them followed by
+        the most recent tokens, so a continuation stays conditioned on its prompt. The rest of
+        the window slides as above over `block_size - keep` tokens (stride capped to fit).
         """
         if idx.dim() != 2:
             raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
@@ -285,6 +290,11 @@ class GPT(nn.Module):
             raise ValueError("generate needs a prompt of at least one token (e.g. BOS)")
         block = self.config.block_size
         stride = check_stride(stride, block)
+        if isinstance(keep, bool) or int(keep) != keep or not 0 <= keep <= min(T0, block // 2):
+            raise ValueError(f"keep must be an integer from 0 to min(prompt length {T0}, block_size // 2 = "
+                             f"{block // 2}), got {keep!r}")
+        keep = int(keep)
+        tail, stride = block - keep, min(stride, block - keep)  # the sliding part of the window
         was_training = self.training
         self.eval()
         out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -292,8 +302,12 @@ class GPT(nn.Module):
         n = T0
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         caches = [LayerCache(block) for _ in range(self.config.n_layer)]
-        lo = window_start(0, n, block, stride)
-        logits = self._head(self._hidden(out[:, lo:n], caches, 0)[:, -1:])[:, -1]  # (B, V)
+
+        def window(lo: int) -> Tensor:  # the ids the model sees: out[:, lo:n], after the kept head
+            return out[:, lo:n] if keep == 0 else torch.cat([out[:, :keep], out[:, lo:n]], dim=1)
+
+        lo = keep + window_start(0, n - keep, tail, stride)
+        logits = self._head(self._hidden(window(lo), caches, 0)[:, -1:])[:, -1]  # (B, V)
         try:
             for step in range(max_new_tokens):
                 mask = None
@@ -309,12 +323,12 @@ class GPT(nn.Module):
                 n += 1
                 if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
                     break
-                new_lo = window_start(lo, n, block, stride)
-                if new_lo == lo:  # the new token fits: one cached step at position n - 1 - lo
-                    logits = self._head(self._hidden(out[:, n - 1 : n], caches, n - 1 - lo))[:, -1]
+                new_lo = keep + window_start(lo - keep, n - keep, tail, stride)
+                if new_lo == lo:  # the new token fits: one cached step at position keep + n - 1 - lo
+                    logits = self._head(self._hidden(out[:, n - 1 : n], caches, keep + n - 1 - lo))[:, -1]
                 else:  # the window moved: rebuild the cache for the tokens it keeps
                     lo = new_lo
-                    logits = self._head(self._hidden(out[:, lo:n], caches, 0)[:, -1:])[:, -1]
+                    logits = self._head(self._hidden(window(lo), caches, 0)[:, -1:])[:, -1]
         finally:
             self.train(was_training)
         return out[:, :n]

@@ -55,6 +55,24 @@ def test_every_window_start_is_drawn_so_the_last_token_is_a_target_too():
     assert x[0].tolist() == list(range(16)) and y[0].tolist() == list(range(1, 17))
 
 
+def test_a_share_of_windows_begins_at_a_song_start():
+    tokens, offsets = songs_array([300, 500, 200, 400])
+    plain = TrainWindows(tokens, 32, 64, seed=3)
+    ds = TrainWindows(tokens, 32, 64, seed=3, song_starts=offsets[:-1], song_start_share=0.25)
+    firsts = torch.cat([ds.batch(k)[0][:, 0] for k in range(20)])
+    share = float((firsts == 1).float().mean())  # BOS is id 1, and only song starts hold it
+    assert 0.18 < share < 0.32                   # 25% asked, 1,280 windows drawn
+    plain_firsts = torch.cat([plain.batch(k)[0][:, 0] for k in range(20)])
+    assert float((plain_firsts == 1).float().mean()) < 0.02  # random crops: 4 starts in 1,368
+    # A share of 0 is the old stream, bit for bit; song starts too late for a window are never used.
+    zero = TrainWindows(tokens, 32, 64, seed=3, song_starts=offsets[:-1], song_start_share=0.0)
+    assert torch.equal(zero.batch(4)[0], plain.batch(4)[0])
+    with pytest.raises(ValueError, match="needs the training split's song starts"):
+        TrainWindows(tokens, 32, 8, seed=3, song_starts=np.array([len(tokens) - 10]), song_start_share=0.5)
+    with pytest.raises(ValueError, match="song_start_share"):
+        TrainWindows(tokens, 32, 8, seed=3, song_start_share=1.5, song_starts=offsets[:-1])
+
+
 def test_too_short_training_split_is_a_clear_error():
     with pytest.raises(ValueError, match="block_size"):
         TrainWindows(np.arange(10, dtype=np.uint16), block_size=16, batch_size=2, seed=0)

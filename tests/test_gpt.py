@@ -223,6 +223,39 @@ def test_strided_window_rebuilds_the_cache_exactly(stride):
                            gpt.generate(prompt, 100, temperature=0.0, stride=1))
 
 
+def reference_kept_greedy(gpt: GPT, idx: torch.Tensor, n: int, stride: int, keep: int) -> torch.Tensor:
+    """Greedy decoding without a cache: the first `keep` ids, then a tail window that jumps
+    `stride` tokens when head + tail overflow the context."""
+    lo = keep
+    for _ in range(n):
+        while keep + idx.size(1) - lo > gpt.config.block_size:
+            lo += stride
+        logits = gpt(torch.cat([idx[:, :keep], idx[:, lo:]], dim=1))[:, -1]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("stride", [1, 5, 12])
+def test_kept_prompt_stays_at_the_front_of_every_window(stride):
+    gpt = sharpened(tiny(block_size=24, seed=2))
+    with torch.no_grad():
+        gpt.transformer.wpe.weight.mul_(3)
+    prompt = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(5))
+    kept = gpt.generate(prompt, 80, temperature=0.0, stride=stride, keep=9)
+    assert torch.equal(kept, reference_kept_greedy(gpt, prompt, 80, stride, 9))
+    # It differs from plain sliding (the prompt is still seen), and keep=0 is plain sliding.
+    assert not torch.equal(kept, gpt.generate(prompt, 80, temperature=0.0, stride=stride))
+    assert torch.equal(gpt.generate(prompt, 80, temperature=0.0, stride=stride, keep=0),
+                       reference_strided_greedy(gpt, prompt, 80, stride))
+
+
+def test_keep_beyond_the_prompt_or_half_the_context_is_refused():
+    gpt = tiny(block_size=16)
+    for bad in (-1, 4, 9, 2.5, True):  # the prompt has 3 ids; half the context is 8
+        with pytest.raises(ValueError, match="keep must be an integer from 0"):
+            gpt.generate(torch.zeros(1, 3, dtype=torch.long), 3, keep=bad)
+
+
 def test_allowed_sees_the_whole_sequence_across_window_shifts():
     gpt = tiny(block_size=16)
     lengths = []
