@@ -169,6 +169,16 @@ def grammar_errors(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> t
     return float(bad), total
 
 
+def grammar_error_kinds(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> dict[str, int]:
+    """The generated parts' grammar errors by the rule they break (remi.grammar.ERROR_KINDS)."""
+    total: dict[str, int] = {}
+    for row, k in zip(rows, skip):
+        whole, prompt = tok.error_kinds(list(row)), tok.error_kinds(list(row[:k]))
+        for name, count in whole.items():
+            total[name] = total.get(name, 0) + count - prompt.get(name, 0)
+    return total
+
+
 # ------------------------------------------------------------------------------ evaluation
 
 def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, bars: int = 16,
@@ -196,6 +206,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
     free_scores = [tok.decode_score(cut_bars(tok, r, bars)[0]) for r in free]
     free_metrics = [M.piece_metrics(s) for s in free_scores]
     bad, total = grammar_errors(tok, free, [1] * len(free))
+    kinds = grammar_error_kinds(tok, free, [1] * len(free))
     t_free = time.time()
     say(f"[evaluate] {n} pieces from scratch ({t_free - t_nll:.0f} s)")
 
@@ -215,6 +226,8 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
             cont_real.append(M.continuation_consistency(real16, PROMPT_BARS))
         cb, ct = grammar_errors(tok, cont_rows, [len(p) for _, p in prompts])
         bad, total = bad + cb, total + ct
+        for name, count in grammar_error_kinds(tok, cont_rows, [len(p) for _, p in prompts]).items():
+            kinds[name] = kinds.get(name, 0) + count
     t_cont = time.time()
     say(f"[evaluate] {len(cont_rows)} continuations ({t_cont - t_free:.0f} s)")
 
@@ -231,6 +244,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
         "metrics": {name: {"mean": free_summary.get(name, M.NAN), "real_mean": real_summary.get(name, M.NAN),
                            "overlap": overlap[name]} for name in M.PIECE_METRICS},
         "grammar_error_rate": bad / total if total else 0.0,
+        "grammar_errors": {"tokens": int(total), "errors": int(bad), "by_rule": kinds},
         "empty_pieces": int(sum(len(s) == 0 for s in free_scores)),
         "continuation": continuation,
         "pieces": {"real": len(pieces), "skipped": skipped, "notes": int(notes),
@@ -411,6 +425,9 @@ def render_text(r: dict) -> str:
         b = r["baselines"]
         lines.append(f"  unigram: {b['unigram_bits_per_note']:.4f}   step 0: {b['step0_bits_per_note']:.4f}")
     lines.append(f"grammar error rate: {r['grammar_error_rate']:.4%}   empty pieces: {r['empty_pieces']}")
+    by_rule = (r.get("grammar_errors") or {}).get("by_rule") or {}
+    if any(by_rule.values()):
+        lines.append("  errors by rule: " + ", ".join(f"{k} {v}" for k, v in by_rule.items() if v))
     lines.append(f"{'metric':<24}{'sampled':>10}{'real':>10}{'overlap':>9}")
     for k, v in r["metrics"].items():
         lines.append(f"{k:<24}{v['mean']:>10.3f}{v['real_mean']:>10.3f}{v['overlap']:>9.3f}")

@@ -40,7 +40,7 @@ class GrammarState:
     """Incremental grammar automaton over base ids; `step` returns False on a rule break
     (the offending token is then ignored, as the decoder skips it)."""
 
-    __slots__ = ("vocab", "table", "last", "pos", "bar_positions", "pitch", "eos", "bos", "pad")
+    __slots__ = ("vocab", "table", "last", "pos", "bar_positions", "pitch", "eos", "bos", "pad", "why")
 
     def __init__(self, vocab: Vocab, table: dict[int, tuple[int, ...]] | None = None):
         self.vocab = vocab
@@ -52,6 +52,7 @@ class GrammarState:
         self.eos = vocab.special_id("EOS")
         self.bos = vocab.special_id("BOS")
         self.pad = vocab.special_id("PAD")
+        self.why = ""  # after a False from `step`: which rule broke (see ERROR_KINDS)
 
     def copy(self) -> "GrammarState":
         s = GrammarState.__new__(GrammarState)
@@ -68,23 +69,29 @@ class GrammarState:
         if t == SPECIAL:
             if token == self.eos:
                 ok = SPECIAL in self.table[self.last]
-                self.last = END
+                self.last, self.why = END, "" if ok else "type"
                 return ok
             if token == self.bos:
                 if self.last != START:
+                    self.why = "special"
                     return False
                 self.last = AFTER_BOS
                 return True
-            return token == self.pad or self.last != END  # MASK/PAD: neutral
+            ok = token == self.pad or self.last != END  # MASK/PAD: neutral
+            self.why = "" if ok else "special"
+            return ok
         if t not in self.table[self.last]:
+            self.why = "no bar yet" if self.last in (START, AFTER_BOS) else "after end" if self.last == END else "type"
             return False
         val = int(v.values[token])
         if t == POSITION:
             if val <= self.pos or val >= self.bar_positions:
+                self.why = "position"
                 return False
             self.pos, self.pitch = val, -1
         elif t == PITCH:
             if val < self.pitch:
+                self.why = "pitch order"
                 return False
             self.pitch = val
         elif t == BAR:
@@ -129,6 +136,30 @@ def token_errors(ids: np.ndarray, vocab: Vocab) -> float:
         if not state.step(tok):
             errors += 1
     return errors / total if total else 0.0
+
+
+# The rules a token can break, as `GrammarState.why` names them.
+ERROR_KINDS = (
+    "no bar yet",   # a musical token before the first Bar (the state waits for one)
+    "type",         # a token type that may not follow the previous one (e.g. Velocity after Velocity)
+    "position",     # a Position not after the previous one in its bar, or beyond the bar's meter
+    "pitch order",  # a Pitch below the previous Pitch at the same position
+    "special",      # a second BOS, or anything but PAD after EOS
+    "after end",    # a musical token after EOS
+)
+
+
+def error_kinds(ids, vocab: Vocab) -> dict[str, int]:
+    """How many non-special tokens break each rule (keys: ERROR_KINDS), counted as `token_errors`
+    counts them (a broken token is skipped and the state goes on from the one before it)."""
+    state = GrammarState(vocab)
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    types = vocab.types
+    for tok in np.asarray(ids, dtype=np.int64).tolist():
+        ok = state.step(tok)
+        if types[tok] != SPECIAL and not ok:
+            counts[state.why] += 1
+    return counts
 
 
 def state_after(ids, vocab: Vocab) -> GrammarState:

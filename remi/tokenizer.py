@@ -166,6 +166,10 @@ class Tokenizer:
     def token_errors(self, ids) -> float:
         return _grammar.token_errors(self.base_ids(ids), self.vocab)
 
+    def error_kinds(self, ids) -> dict[str, int]:
+        """Grammar errors of `ids` by the rule they break (`remi.grammar.ERROR_KINDS`)."""
+        return _grammar.error_kinds(self.base_ids(ids), self.vocab)
+
     def allowed_next(self, ids) -> np.ndarray:
         """(vocab_size,) bool mask of ids the grammar allows after `ids`."""
         return self.allowed_after_state(_grammar.state_after(self.base_ids(ids), self.vocab))

@@ -89,3 +89,7 @@ def test_grammar_errors_count_generated_tokens_the_way_token_errors_does():
     assert grammar_errors(TOK, [ids], [10]) == (0.0, len(ids) - 10)
     errors, total = grammar_errors(TOK, [bad_row], [10])
     assert errors == 2 and total == len(bad_row) - 10 - 1    # the PAD is special: not counted
+    from experiments.evaluate import grammar_error_kinds
+
+    kinds = grammar_error_kinds(TOK, [bad_row, ids], [10, 10])
+    assert sum(kinds.values()) == errors and kinds["type"] == 2  # Velocity where it may not follow

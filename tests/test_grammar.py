@@ -42,6 +42,29 @@ def test_token_errors_counts_each_rule():
     assert TOK.token_errors(descending) > 0
 
 
+def test_error_kinds_name_the_rule_each_error_breaks():
+    from remi.grammar import ERROR_KINDS
+
+    def kinds(*tokens):
+        counts = TOK.error_kinds(ids(*tokens))
+        assert set(counts) == set(ERROR_KINDS)
+        assert sum(counts.values()) == round(TOK.token_errors(ids(*tokens)) * sum(
+            not t.startswith(("BOS", "EOS", "PAD")) for t in tokens))
+        return {k: v for k, v in counts.items() if v}
+
+    # A piece that starts without a Bar: every musical token waits for one.
+    assert kinds("BOS_None", "Pitch_60", "Velocity_63", "Duration_0.1.4", "Bar_None", "TimeSig_4/4") == \
+        {"no bar yet": 3}
+    assert kinds("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Velocity_63",
+                 "Duration_0.1.4") == {"type": 1}
+    assert kinds("Bar_None", "TimeSig_4/4", "Position_3", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+                 "Position_2") == {"position": 1}
+    descending = kinds("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_62", "Velocity_63", "Duration_0.1.4",
+                       "Pitch_60", "Velocity_63", "Duration_0.1.4")
+    assert descending["pitch order"] == 1  # then its Velocity and Duration follow a Duration: type errors
+    assert kinds("Bar_None", "TimeSig_4/4", "EOS_None", "Bar_None") == {"after end": 1}
+
+
 def test_mask_after_prefixes():
     m = TOK.allowed_next([TOK.bos_id])
     assert set(np.nonzero(m)[0]) == {TOK.bar_id, TOK.eos_id}
