@@ -145,6 +145,10 @@ SOURCES: dict[str, Source] = {
             "MAESTRO v3.0.0 (MIDI only)",
             "maestro",
             url="https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip",
+            # The publisher's figure, from the dataset's page (magenta.tensorflow.org/datasets/maestro,
+            # "maestro-v3.0.0-midi.zip  Size: 56MB (81MB uncompressed)  SHA256: 70470ee2…"). The
+            # size is given only in rounded MB, so it is not pinned: the hash decides.
+            sha256="70470ee253295c8d2c71e6d9d4a815189e35c89624b76d22fce5a019d5dde12c",
             split="maestro",
             licence="CC BY-NC-SA 4.0",
         ),
