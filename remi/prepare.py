@@ -300,6 +300,10 @@ def timed_out_reason(seconds: float) -> str:
 
 
 _TIMED_OUT = re.compile(r"timed out: took longer than ([0-9.e+-]+) s")
+_DIED = "worker process died"  # a skip that a later run tries again (a crash may be transient)
+# This many worker deaths in a row, with no file finished between them, is a broken worker
+# (it cannot start), not hostile files: the run stops instead of skipping the whole corpus.
+MAX_DEATHS_IN_A_ROW = 4
 
 # A worker still busy this long past the bound (the interrupt did not land: a long call inside
 # C code) is killed by the main process and replaced.
@@ -392,8 +396,13 @@ def _encode_in_workers(items: list[tuple[str, str]], tok: Any, log: "ResultLog",
             started[slot] = time.monotonic()
         while pending and len(q) < _QUEUED:
             item = pending.popleft()
-            procs[slot][1].send(item)
             q.append(item)
+            try:
+                procs[slot][1].send(item)
+            except OSError:  # the worker is already dead: its connection reads EOF, handled below
+                break
+
+    deaths_in_a_row = 0
 
     def replace(slot: int, reason: str) -> None:
         p, conn = procs.pop(slot)
@@ -424,8 +433,14 @@ def _encode_in_workers(items: list[tuple[str, str]], tok: Any, log: "ResultLog",
                 except (EOFError, OSError):
                     p = procs[slot][0]
                     p.join(5)
-                    replace(slot, f"worker process died (exit code {p.exitcode}) while encoding this file")
+                    deaths_in_a_row += 1
+                    if deaths_in_a_row >= MAX_DEATHS_IN_A_ROW:
+                        raise RuntimeError(f"{deaths_in_a_row} worker processes died in a row (the last with exit code "
+                                           f"{p.exitcode}) before finishing a file: they cannot start or run here; "
+                                           "see their error output above, or rerun with --workers 1")
+                    replace(slot, f"{_DIED} (exit code {p.exitcode}) while encoding this file")
                     continue
+                deaths_in_a_row = 0
                 queued[slot].popleft()
                 started[slot] = time.monotonic()  # the next queued file starts now
                 on_done(1)
@@ -490,7 +505,7 @@ def _usable(r: FileResult | None, tok: Any, timeout: float | None = None) -> Fil
     a resumed run does not try a hostile file forever)."""
     if r is not None and r.ids is None:
         m = _TIMED_OUT.match(r.error or "")
-        if m and (timeout is None or timeout > float(m.group(1))):
+        if m and (timeout is None or timeout > float(m.group(1))) or (r.error or "").startswith(_DIED):
             return None
         return r
     if r is None or not len(r.ids):
@@ -549,7 +564,10 @@ def prepare(
     key = shard_key(tok, cfg, col.entries)
     final = out_dir / f"{cfg.name}-{key}"
     if shards.is_complete(final, tok.hash, key):
-        return Prepared(final, shards.read_manifest(final), reused=True)
+        manifest = shards.read_manifest(final)
+        # reused, unless a worker died on some file: that file is tried again (below)
+        if not any(str(s.get("reason", "")).startswith(_DIED) for s in manifest["skipped"]):
+            return Prepared(final, manifest, reused=True)
     results = tokenize(col.entries, tok, cache_dir, workers, progress, timeout=cfg.file_timeout)
     return _write(final, key, cfg, tok, col, results)
 

@@ -22,7 +22,7 @@ from tests.hostile import note_pairs
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = textwrap.dedent("""
-    import json, signal, sys, time
+    import json, os, signal, sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
     import remi
@@ -35,7 +35,9 @@ _CHILD = textwrap.dedent("""
     def encode_file(path, tok):
         with open(calls, "a") as f:
             f.write(Path(path).name + "\\n")
-        if Path(path).name == "hostile.mid" and mode != "fast":
+        if Path(path).name == "hostile.mid" and mode == "crash":
+            os._exit(9)  # as a segfault or the OOM killer would end the worker
+        if Path(path).name == "hostile.mid" and mode in ("slow", "hang"):
             if mode == "hang":
                 # SIGALRM blocked: the interrupt cannot land, as in a long call inside C code
                 signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}})
@@ -43,6 +45,8 @@ _CHILD = textwrap.dedent("""
         return real(path, tok)
 
     prepare.encode_file = encode_file
+    if mode == "broken":  # every worker dies before its first file
+        prepare._init_worker = lambda *a: os._exit(3)
     prepare.KILL_GRACE_S = 0.5
     tok = remi.Tokenizer.from_file({root!r} + "/conf/tokenizer/coarse.yaml")
     cfg = DataConfig(name="t", sources=(folder,), file_timeout=float(timeout))
@@ -61,13 +65,17 @@ def _corpus(tmp_path: Path) -> Path:
     return d
 
 
-def _prepare(tmp_path: Path, mode: str, timeout: float) -> tuple[dict, list[str]]:
-    """Run prepare in a child process; return its summary and the files the encoder was called on."""
+def _prepare(tmp_path: Path, mode: str, timeout: float, ok: bool = True) -> tuple[dict, list[str]]:
+    """Run prepare in a child process; return its summary (its stderr if `ok` is False) and the
+    files the encoder was called on."""
     calls = tmp_path / "calls.txt"
     calls.write_text("")
     code = _CHILD.format(root=str(ROOT))
     out = subprocess.run([sys.executable, "-c", code, mode, str(tmp_path / "corpus"), str(tmp_path / "cache"),
                           str(timeout), str(calls)], capture_output=True, text=True, timeout=300)
+    if not ok:
+        assert out.returncode != 0
+        return out.stderr, calls.read_text().split()
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1]), calls.read_text().split()
 
@@ -116,3 +124,22 @@ def test_in_process_bound_interrupts_python_code(tmp_path, monkeypatch):
 def test_file_timeout_is_checked(bad):
     with pytest.raises(ValueError, match="data.file_timeout"):
         DataConfig(file_timeout=bad)
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_that_dies_skips_its_file_for_this_run_only(tmp_path):
+    _corpus(tmp_path)
+    first, _ = _prepare(tmp_path, "crash", 30.0)
+    assert sorted(first["files"]) == [f"song{k}.mid" for k in range(6)]
+    (skip,) = first["skipped"]
+    assert skip["file"] == "hostile.mid" and skip["reason"].startswith("worker process died (exit code")
+    # A crash may be transient (the OOM killer): the next run tries that file, and only that file.
+    again, calls = _prepare(tmp_path, "fast", 30.0)
+    assert calls == ["hostile.mid"] and again["skipped"] == []
+
+
+@pytest.mark.timeout(600)
+def test_workers_that_cannot_start_stop_the_run_instead_of_skipping_every_file(tmp_path):
+    _corpus(tmp_path)
+    err, calls = _prepare(tmp_path, "broken", 30.0, ok=False)
+    assert "worker processes died in a row" in err and calls == []
