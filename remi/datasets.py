@@ -55,6 +55,9 @@ class DataConfig:
     limit: at most this many files per source (sorted order; for tests), null = all.
     val_fraction / test_fraction: share of songs per split for hash-split sources (MAESTRO keeps
         its official split).
+    file_timeout: seconds one file may take to read and encode in `remi.prepare`; a file over
+        it is skipped, named with the bound, and not tried again at the same or a lower bound
+        (a higher bound tries it again). null: no bound. The slowest real file takes ~2 s.
     """
 
     name: str = "bundled"
@@ -64,6 +67,7 @@ class DataConfig:
     limit: int | None = None
     val_fraction: float = 0.05
     test_fraction: float = 0.05
+    file_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -77,6 +81,11 @@ class DataConfig:
             raise ValueError(f"data.val_fraction + test_fraction must be in [0, 1), got {self.val_fraction} + {self.test_fraction}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be >= 1 or null, got {self.limit}")
+        t = self.file_timeout
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
+            raise ValueError(f"data.file_timeout must be a number of seconds > 0 or null (no bound), got {t!r}")
+        if t is not None:
+            object.__setattr__(self, "file_timeout", float(t))  # 300 and 300.0: one shard key
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | "DataConfig") -> "DataConfig":
@@ -145,6 +154,10 @@ SOURCES: dict[str, Source] = {
             "MAESTRO v3.0.0 (MIDI only)",
             "maestro",
             url="https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip",
+            # The publisher's figure, from the dataset's page (magenta.tensorflow.org/datasets/maestro,
+            # "maestro-v3.0.0-midi.zip  Size: 56MB (81MB uncompressed)  SHA256: 70470ee2…"). The
+            # size is given only in rounded MB, so it is not pinned: the hash decides.
+            sha256="70470ee253295c8d2c71e6d9d4a815189e35c89624b76d22fce5a019d5dde12c",
             split="maestro",
             licence="CC BY-NC-SA 4.0",
         ),

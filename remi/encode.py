@@ -27,26 +27,27 @@ class Grid:
     notes: (N, 4) int64 columns onset tick, duration-bin index, pitch, velocity-bin index;
         sorted by (onset, pitch, duration, velocity).
     tempos: (T, 2) int64 tick, tempo-bin index; one per tick, first at tick 0 (when tempos used).
-    time_sigs: [(tick, numerator, denominator)], first at tick 0, each on a bar line.
+    time_sigs: (K, 3) int64 tick, numerator, denominator; first at tick 0, each on a bar line.
+        An array, not a list of tuples: a hostile file may change meter in every bar, and every
+        step below handles the meters in one vectorised pass.
     """
 
     tpq: int
     notes: np.ndarray
     tempos: np.ndarray
-    time_sigs: list[tuple[int, int, int]]
+    time_sigs: np.ndarray
 
 
 class Bars:
     """The bar grid implied by a time-signature list: bar index <-> bar start tick, in O(#TS)."""
 
-    def __init__(self, time_sigs: list[tuple[int, int, int]], tpq: int, res: int):
-        self.starts = np.array([t for t, _, _ in time_sigs], dtype=np.int64)
-        self.lengths = np.array([tpq * 4 * n // d for _, n, d in time_sigs], dtype=np.int64)
-        self.ticks_per_pos = np.array([tpq * 4 // d // res for _, _, d in time_sigs], dtype=np.int64)
-        first = [0]
-        for i in range(1, len(time_sigs)):
-            first.append(first[-1] + int((self.starts[i] - self.starts[i - 1]) // self.lengths[i - 1]))
-        self.first_bar = np.array(first, dtype=np.int64)
+    def __init__(self, time_sigs: np.ndarray, tpq: int, res: int):
+        t = np.array(time_sigs, dtype=np.int64).reshape(-1, 3)
+        self.starts = t[:, 0]
+        self.lengths = tpq * 4 * t[:, 1] // t[:, 2]
+        self.ticks_per_pos = tpq * 4 // t[:, 2] // res
+        bars_in = (self.starts[1:] - self.starts[:-1]) // self.lengths[:-1]
+        self.first_bar = np.concatenate([[0], np.cumsum(bars_in)]).astype(np.int64)
 
     def section_of_tick(self, ticks: np.ndarray) -> np.ndarray:
         return np.maximum(np.searchsorted(self.starts, ticks, side="right") - 1, 0)
@@ -102,29 +103,42 @@ def _preprocess_time_signatures(ts: list[list[int]], tpq: int) -> list[list[int]
     return out
 
 
-def _sections(ts: list[list[int]], end: int, value) -> np.ndarray:
-    """(K, 2) [section end tick, value(denominator)] with equal successive values merged."""
-    rows = [[ts[i + 1][0], value(ts[i][2])] for i in range(len(ts) - 1)]
-    rows.append([end + 1, value(ts[-1][2])])
-    for i in range(len(rows) - 1, 0, -1):
-        if rows[i][1] == rows[i - 1][1]:
-            rows[i - 1][0] = rows[i][0]
-            del rows[i]
-    return np.array(rows, dtype=np.int64)
+def _preprocess_time_signature_array(ts: np.ndarray, tpq: int) -> np.ndarray:
+    """`_preprocess_time_signatures` on a (K, 3) int64 array. Signatures that its rules would
+    keep as they are (the first at tick 0, each later one a different meter on a bar line of the
+    one before it: what real files and a meter change in every bar hold) are checked in one
+    vectorised pass and returned unchanged; anything else goes through the loop."""
+    if len(ts) > 1:
+        gaps = ts[1:, 0] - ts[:-1, 0]
+        bar = tpq * 4 * ts[:-1, 1] // ts[:-1, 2]
+        changed = (ts[1:, 1] != ts[:-1, 1]) | (ts[1:, 2] != ts[:-1, 2])
+        if ts[0, 0] == 0 and np.all((gaps > 0) & (gaps % bar == 0) & changed):
+            return ts
+    return np.array(_preprocess_time_signatures(ts.tolist(), tpq), dtype=np.int64).reshape(-1, 3)
+
+
+def _sections(ts: np.ndarray, end: int, value) -> np.ndarray:
+    """(K, 2) [section end tick, value(denominator)] with equal successive values merged (a run
+    of equal values keeps the end of its last section). `ts` is (K, 3) tick, numerator,
+    denominator; `value` maps the int64 array of denominators to an array."""
+    values = np.asarray(value(ts[:, 2]), dtype=np.int64)
+    ends = np.append(ts[1:, 0], end + 1)
+    last_of_run = np.append(values[1:] != values[:-1], True)
+    return np.stack([ends[last_of_run], values[last_of_run]], axis=1)
 
 
 def _snap_sorted(times: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Snap ascending ticks to the grid of their meter section (MidiTok `_adjust_time_to_tpb`)."""
-    times = times.copy()
-    ends = np.searchsorted(times, factors[:, 0])
-    ends[-1] = len(times)
-    first, grid_start = 0, 0
-    for (end_tick, step), last in zip(factors, ends):
-        if step != 1 and first < last:
-            seg = times[first:last]
-            times[first:last] = np.round((seg - grid_start) / step).astype(np.int64) * step + grid_start
-        first, grid_start = last, int(end_tick)
-    return times
+    """Snap ascending ticks to the grid of their meter section (MidiTok `_adjust_time_to_tpb`):
+    section k holds the ticks in [end of section k-1, end of section k) (the last section also
+    everything after it) and its grid starts at the end of section k-1. One vectorised pass, so
+    a meter change in every bar costs no more than one meter. (Only the ends before the last are
+    searched: they are meter changes, ascending; the last end is the piece's end tick + 1, which
+    a meter change after the last note can exceed.)"""
+    k = np.searchsorted(factors[:-1, 0], times, side="right")
+    step = factors[k, 1]
+    grid_start = np.concatenate([[0], factors[:-1, 0]])[k]
+    snapped = np.round((times - grid_start) / step).astype(np.int64) * step + grid_start
+    return np.where(step != 1, snapped, times)
 
 
 def extend_by_pedal(notes: np.ndarray, pedals: list[tuple[int, int]]) -> np.ndarray:
@@ -164,23 +178,24 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
             ts.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
     else:
         ts = [[0, *DEFAULT_TIME_SIGNATURE]]
-    max_den = max(d for _, _, d in ts)
+    ts = np.array(ts, dtype=np.int64)
+    max_den = int(ts[:, 2].max())
     tpq = vocab.res * max_den // 4
     factor = tpq / tpq_in
 
     # 2. Resample (onset and duration rounded separately, as symusic's resample(min_dur=1)).
     starts = _round_half_up(notes[:, START] * factor)
     durs = np.maximum(_round_half_up((notes[:, END] - notes[:, START]) * factor), 1)
-    for row in ts:  # time signature ticks are truncated, not rounded (MidiTok)
-        row[0] = int(row[0] * factor)
+    ts[:, 0] = (ts[:, 0] * factor).astype(np.int64)  # truncated, not rounded (MidiTok)
     if cfg.use_tempos:
         t_ticks = _round_half_up(np.array([t.tick for t in score.tempos], dtype=np.float64) * factor)
         mspq = np.array([round(60_000_000 / t.bpm) for t in score.tempos], dtype=np.float64)
-    ts = _preprocess_time_signatures(ts, tpq) if cfg.use_time_signatures else ts
+    if cfg.use_time_signatures:
+        ts = _preprocess_time_signature_array(ts, tpq)
 
     # 3. Snap onsets to their meter's grid when meters of different denominators mix.
     end_tick = int((starts + durs).max()) if len(starts) else 0
-    if len({d for _, _, d in ts}) > 1:
+    if np.any(ts[:, 2] != ts[0, 2]):
         factors = _sections(ts, end_tick, lambda d: tpq // (vocab.res * d // 4))
         starts = _snap_sorted(starts, factors)
         if cfg.use_tempos and len(t_ticks):
@@ -189,26 +204,22 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
     # A Position token can only say which grid step of its bar an event is on; onsets between steps
     # (possible when the widest denominator's meter was dropped above) go down to their step, as
     # MidiTok's tokens put them. Then tempos that land on one tick collapse (below).
-    bars = Bars([tuple(r) for r in ts], tpq, vocab.res)
+    bars = Bars(ts, tpq, vocab.res)
     starts = _floor_to_position(starts, bars)
     if cfg.use_tempos and len(t_ticks):
         t_ticks = _floor_to_position(t_ticks, bars)
 
     # 4. Bins: velocity, duration (per meter: a beat is tpq*4/den ticks), tempo.
     vel_idx = closest_index(vocab.velocities, notes[:, VELOCITY])
+    # Onsets are ascending here; each note takes the beat length of its section (the last
+    # section also takes any onset past its end), one closest_index per distinct beat length.
     dur_idx = np.zeros(len(starts), dtype=np.int64)
     tpb_sections = _sections(ts, end_tick, lambda d: tpq * 4 // d)
-    first = 0
-    last_onset = starts[-1] if len(starts) else 0
-    for k, (sec_end, tpb) in enumerate(tpb_sections):
-        if k + 1 == len(tpb_sections) or sec_end > last_onset:
-            last = len(starts)
-        else:
-            last = first + int(np.argmax(starts[first:] >= sec_end))
-        dur_idx[first:last] = closest_index(vocab.duration_ticks(int(tpb)), durs[first:last])
-        first = last
-        if last == len(starts):
-            break
+    sec = np.searchsorted(tpb_sections[:-1, 0], starts, side="right")  # as in _snap_sorted
+    tpb_of_note = tpb_sections[sec, 1]
+    for tpb in np.unique(tpb_of_note).tolist():
+        m = tpb_of_note == tpb
+        dur_idx[m] = closest_index(vocab.duration_ticks(tpb), durs[m])
 
     if cfg.use_tempos:
         if len(t_ticks):
@@ -227,7 +238,7 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
     # pre-quantization onset order instead; ours is what makes encode(decode(ids)) == ids hold.
     grid_notes = grid_notes[np.lexsort((grid_notes[:, 3], grid_notes[:, 1], grid_notes[:, 2], grid_notes[:, 0]))]
     grid = Grid(tpq=tpq, notes=grid_notes.reshape(-1, 4), tempos=tempos.astype(np.int64).reshape(-1, 2),
-                time_sigs=[tuple(r) for r in ts])
+                time_sigs=ts)
     if cfg.leading_silence == "trim":
         grid = _trim_leading(grid, vocab)
     # Last, once every onset is final: the empty-bar cap moves onsets closer together.
@@ -247,8 +258,7 @@ def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
     # Sorted by (onset, pitch, duration, velocity): columns as merge_unisons expects.
     notes = merge_unisons(grid.notes)
     # Duration bins in ticks depend on the meter at the onset (a beat is tpq*4/den ticks).
-    ts_ticks = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64)
-    dens = np.array([d for _, _, d in grid.time_sigs], dtype=np.int64)
+    ts_ticks, dens = grid.time_sigs[:, 0], grid.time_sigs[:, 2]
     tpb = grid.tpq * 4 // dens[np.maximum(np.searchsorted(ts_ticks, notes[:, 0], side="right") - 1, 0)]
     dur = np.empty(len(notes), dtype=np.int64)
     tables = {int(t): vocab.duration_ticks(int(t)) for t in np.unique(tpb)}
@@ -286,8 +296,10 @@ def _trim_leading(grid: Grid, vocab: Vocab) -> Grid:
         return grid
     cut = int(bars.bar_start(np.array([b0 - 1]))[0])
     # Meter and tempo in force at the cut move to tick 0; earlier changes vanish.
-    ts = [t for t in grid.time_sigs if t[0] <= cut]
-    ts = [(0, ts[-1][1], ts[-1][2])] + [(t - cut, n, d) for t, n, d in grid.time_sigs if t > cut]
+    ts = grid.time_sigs
+    in_force = ts[ts[:, 0] <= cut][-1]
+    later = ts[ts[:, 0] > cut] - [cut, 0, 0]
+    ts = np.concatenate([[[0, in_force[1], in_force[2]]], later]).astype(np.int64)
     tempos = grid.tempos
     if len(tempos):
         k = int(np.searchsorted(tempos[:, 0], cut, side="right")) - 1
@@ -302,8 +314,7 @@ def _cap_empty_bars(grid: Grid, vocab: Vocab) -> Grid:
     """Remove the bars beyond `max_empty_bars` from every run of bars holding no event at all."""
     cap = vocab.config.max_empty_bars
     bars = Bars(grid.time_sigs, grid.tpq, vocab.res)
-    ticks = np.concatenate([grid.notes[:, 0], grid.tempos[:, 0],
-                            np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64)])
+    ticks = np.concatenate([grid.notes[:, 0], grid.tempos[:, 0], grid.time_sigs[:, 0]])
     occupied = np.unique(bars.bar_of_tick(ticks))
     gaps = np.diff(occupied) - 1
     big = np.nonzero(gaps > cap)[0]
@@ -320,8 +331,8 @@ def _cap_empty_bars(grid: Grid, vocab: Vocab) -> Grid:
     notes[:, 0] = shift(notes[:, 0])
     tempos = grid.tempos.copy()
     tempos[:, 0] = shift(tempos[:, 0])
-    ts_ticks = shift(np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64))
-    ts = [(int(t), n, d) for t, (_, n, d) in zip(ts_ticks, grid.time_sigs)]
+    ts = grid.time_sigs.copy()
+    ts[:, 0] = shift(ts[:, 0])
     return Grid(grid.tpq, notes, tempos, ts)
 
 
@@ -335,7 +346,7 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     """
     use_ts = vocab.config.use_time_signatures
     first = vocab.first
-    ts_ticks = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64) if use_ts else np.zeros(0, np.int64)
+    ts_ticks = grid.time_sigs[:, 0] if use_ts else np.zeros(0, np.int64)
     times = np.concatenate([ts_ticks, grid.tempos[:, 0], grid.notes[:, 0]])
     kinds = np.concatenate([np.zeros(len(ts_ticks), np.int8), np.ones(len(grid.tempos), np.int8),
                             np.full(len(grid.notes), 2, np.int8)])
@@ -365,7 +376,8 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     bar_pos = offs[bar_ev] + k * w
     out[bar_pos] = first[BAR]
     if use_ts:
-        ts_ids = np.array([vocab.timesig_id(nn, d) for _, nn, d in grid.time_sigs], dtype=np.int64)
+        meters, which = np.unique(grid.time_sigs[:, 1:], axis=0, return_inverse=True)
+        ts_ids = np.array([vocab.timesig_id(nn, d) for nn, d in meters.tolist()], dtype=np.int64)[which.reshape(-1)]
         out[bar_pos + 1] = ts_ids[bars.section_of_bar(np.arange(n_bars))]
 
     pos_at = offs + nb * w
@@ -395,8 +407,8 @@ def grid_to_score(grid: Grid, vocab: Vocab) -> Score:
     out[:, START] = notes[:, 0] * scale
     if n:
         # Duration in ticks depends on the meter in force at the onset (beat = tpq*4/den).
-        dens = np.array([d for _, _, d in grid.time_sigs], dtype=np.int64)
-        starts_ts = np.array([t for t, _, _ in grid.time_sigs], dtype=np.int64) * scale
+        dens = grid.time_sigs[:, 2]
+        starts_ts = grid.time_sigs[:, 0] * scale
         sec = np.maximum(np.searchsorted(starts_ts, out[:, START], side="right") - 1, 0)
         table = {int(d): vocab.duration_ticks(tpq * 4 // int(d)) for d in set(dens.tolist())}
         dur = np.empty(n, dtype=np.int64)
@@ -407,5 +419,5 @@ def grid_to_score(grid: Grid, vocab: Vocab) -> Score:
     out[:, PITCH] = notes[:, 2]
     out[:, VELOCITY] = vocab.velocities[notes[:, 3]] if n else 0
     tempos = [Tempo(int(t) * scale, float(vocab.tempos[i])) for t, i in grid.tempos]
-    ts = [TimeSignature(int(t) * scale, nn, d) for t, nn, d in grid.time_sigs]
+    ts = [TimeSignature(t * scale, nn, d) for t, nn, d in grid.time_sigs.tolist()]
     return Score(ticks_per_beat=tpq, notes=sort_notes(out), tempos=tempos, time_signatures=ts)

@@ -6,7 +6,9 @@ The steps, each a plain function:
 1. `collect`   — list every source's MIDI files (sorted), hash their content, give each a split
                  (MAESTRO's official one, else a stable content hash) and drop repeats of a
                  content hash seen earlier (counted per source).
-2. `tokenize`  — encode every file in worker processes. Each file's result (ids, notes,
+2. `tokenize`  — encode every file in worker processes, each file within `data.file_timeout`
+                 seconds (a worker over it is interrupted, or killed and replaced; the file is
+                 skipped with the bound as its reason). Each file's result (ids, notes,
                  seconds, or the reason it was skipped) is cached under
                  `<cache>/files/<tokenizer+code key>/`, keyed by content hash, so a killed run
                  resumes where it stopped and a second corpus sharing files reuses them.
@@ -20,16 +22,22 @@ BPE shards re-encoded from the base shards' ids (no MIDI read twice).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import re
+import signal
 import struct
 import sys
+import threading
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -282,14 +290,175 @@ def encode_file(path: str, tok: Any) -> FileResult:
         return FileResult(None, error=f"{type(e).__name__}: {e}")
 
 
-def _work(chunk: list[tuple[str, str]]) -> int:
-    """Encode a chunk of (path, sha) in a worker, appending each result to the worker's own log
-    (flushed before returning, so a finished chunk is on disk). Only the count goes back: the
-    main process has nothing to unpickle or write, so the workers keep the cores to themselves."""
-    for path, sha in chunk:
-        _LOG.put(sha, encode_file(path, _TOK))
-    _LOG.flush()
-    return len(chunk)
+class FileTimedOut(BaseException):
+    """Raised by the SIGALRM handler in `_time_bound`. A BaseException, so that `encode_file`'s
+    catch-all (which turns any failure into a skip) lets it through to the bound's owner."""
+
+
+def timed_out_reason(seconds: float) -> str:
+    return f"timed out: took longer than {seconds:g} s to read and encode (data.file_timeout)"
+
+
+_TIMED_OUT = re.compile(r"timed out: took longer than ([0-9.e+-]+) s")
+_DIED = "worker process died"  # a skip that a later run tries again (a crash may be transient)
+# This many worker deaths in a row, with no file finished between them, is a broken worker
+# (it cannot start), not hostile files: the run stops instead of skipping the whole corpus.
+MAX_DEATHS_IN_A_ROW = 4
+
+# A worker still busy this long past the bound (the interrupt did not land: a long call inside
+# C code) is killed by the main process and replaced.
+KILL_GRACE_S = 10.0
+_QUEUED = 2  # files sent ahead to each worker
+
+
+def _kill_after(timeout: float) -> float:
+    return timeout * 1.25 + KILL_GRACE_S
+
+
+@contextlib.contextmanager
+def _time_bound(seconds: float | None):
+    """Raise FileTimedOut in this thread after `seconds` (SIGALRM). A no-op without a bound,
+    off the main thread, without SIGALRM (Windows), or while someone else's SIGALRM handler or
+    timer is in place (e.g. pytest-timeout): the bound is never allowed to cancel another's."""
+    if (not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None) or signal.getitimer(signal.ITIMER_REAL)[0]):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise FileTimedOut
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def encode_bounded(path: str, tok: Any, timeout: float | None) -> FileResult:
+    """`encode_file` within `timeout` seconds; over it, a skip naming the bound."""
+    try:
+        with _time_bound(timeout):
+            return encode_file(path, tok)
+    except FileTimedOut:
+        return FileResult(None, error=timed_out_reason(timeout))  # type: ignore[arg-type]
+
+
+def _worker_main(conn, tok_dict: dict, log_folder: str, timeout: float | None) -> None:
+    """A worker process: receive (path, sha), append the file's result to the worker's own log
+    (flushed, so a killed worker loses nothing finished), answer 1; None ends it. Only the
+    count goes back: the main process has nothing to unpickle or write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _init_worker(tok_dict, log_folder)
+    try:
+        while True:
+            try:
+                item = conn.recv()
+            except EOFError:  # the main process is gone
+                return
+            if item is None:
+                return
+            path, sha = item
+            _LOG.put(sha, encode_bounded(path, _TOK, timeout))
+            _LOG.flush()
+            conn.send(1)
+    finally:
+        _LOG.close()
+
+
+def _encode_in_workers(items: list[tuple[str, str]], tok: Any, log: "ResultLog", workers: int,
+                       timeout: float | None, on_done) -> None:
+    """Encode (path, sha) items in `workers` processes, file by file (files differ 100x in
+    length, so no worker is left alone with a long chunk at the end); each worker holds
+    `_QUEUED` files, so it never waits for the main process between two. A worker past
+    `_kill_after(timeout)` on one file, or one that dies (a crash, the OOM killer), is replaced;
+    its file is recorded in `log` as skipped, with the reason, and the files queued behind it go
+    back to the others. Results go to the workers' logs."""
+    ctx = pool_context()
+    tok_dict, folder = tok.to_dict(), str(log.folder)
+    pending = deque(items)
+    procs: dict[int, tuple[Any, Any]] = {}  # slot -> (process, connection)
+    queued: dict[int, deque] = {}  # slot -> the items sent to it and not answered, oldest first
+    started: dict[int, float] = {}  # slot -> when its oldest queued item started (monotonic)
+
+    def start(slot: int) -> None:
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=_worker_main, args=(there, tok_dict, folder, timeout), daemon=True)
+        p.start()
+        there.close()
+        procs[slot] = (p, here)
+
+    def give(slot: int) -> None:
+        q = queued.setdefault(slot, deque())
+        if not q:
+            started[slot] = time.monotonic()
+        while pending and len(q) < _QUEUED:
+            item = pending.popleft()
+            q.append(item)
+            try:
+                procs[slot][1].send(item)
+            except OSError:  # the worker is already dead: its connection reads EOF, handled below
+                break
+
+    deaths_in_a_row = 0
+
+    def replace(slot: int, reason: str) -> None:
+        p, conn = procs.pop(slot)
+        p.kill()
+        p.join()
+        conn.close()
+        q = queued.pop(slot)
+        _, sha = q.popleft()
+        log.put(sha, FileResult(None, error=reason))
+        on_done(1)
+        pending.extendleft(reversed(q))
+        start(slot)
+        give(slot)
+
+    try:
+        for slot in range(workers):
+            start(slot)
+            give(slot)
+        while any(queued.values()):
+            busy = [s for s, q in queued.items() if q]
+            wait = None
+            if timeout:
+                wait = max(0.0, min(started[s] for s in busy) + _kill_after(timeout) - time.monotonic())
+            ready = mp.connection.wait([procs[s][1] for s in busy], timeout=wait)
+            for slot in [s for s in busy if procs[s][1] in ready]:
+                try:
+                    procs[slot][1].recv()
+                except (EOFError, OSError):
+                    p = procs[slot][0]
+                    p.join(5)
+                    deaths_in_a_row += 1
+                    if deaths_in_a_row >= MAX_DEATHS_IN_A_ROW:
+                        raise RuntimeError(f"{deaths_in_a_row} worker processes died in a row (the last with exit code "
+                                           f"{p.exitcode}) before finishing a file: they cannot start or run here; "
+                                           "see their error output above, or rerun with --workers 1")
+                    replace(slot, f"{_DIED} (exit code {p.exitcode}) while encoding this file")
+                    continue
+                deaths_in_a_row = 0
+                queued[slot].popleft()
+                started[slot] = time.monotonic()  # the next queued file starts now
+                on_done(1)
+                give(slot)
+            if timeout:
+                now = time.monotonic()
+                for slot in [s for s in busy if queued.get(s) and now - started[s] > _kill_after(timeout)]:
+                    replace(slot, timed_out_reason(timeout) + f"; the worker was killed after {_kill_after(timeout):g} s")
+    finally:
+        for p, conn in procs.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for p, conn in procs.values():
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            conn.close()
 
 
 def tokenize(
@@ -298,36 +467,27 @@ def tokenize(
     cache_dir: str | Path,
     workers: int | None = None,
     progress: bool = True,
+    timeout: float | None = None,
 ) -> list[FileResult]:
-    """Encode every entry not in the result log (keyed by content hash), in worker processes;
-    results in entry order."""
+    """Encode every entry not in the result log (keyed by content hash), in worker processes,
+    each file within `timeout` seconds (None: no bound); results in entry order."""
     from tqdm import tqdm
 
     log = ResultLog(results_dir(cache_dir, tok))
-    results: list[FileResult | None] = [_usable(log.get(e.sha256), tok) for e in entries]
+    results: list[FileResult | None] = [_usable(log.get(e.sha256), tok, timeout) for e in entries]
     todo = [i for i, r in enumerate(results) if r is None]
     workers = max(1, min(workers or default_workers(), len(todo) or 1))
     bar = tqdm(total=len(todo), desc=f"tokenize ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
     try:
         if workers == 1:
-            for i in todo:
-                results[i] = r = encode_file(entries[i].path, tok)
+            for i in todo:  # in this process: the bound interrupts Python code only
+                results[i] = r = encode_bounded(entries[i].path, tok, timeout)
                 log.put(entries[i].sha256, r)
                 bar.update()
         else:
             items = [(entries[i].path, entries[i].sha256) for i in todo]
-            ctx = pool_context()
-            # Chunks shrink toward the end (guided scheduling): few round trips while there is
-            # much left, and no worker left alone with a long chunk at the end (files differ
-            # 100x in length).
-            chunks, k = [], 0
-            while k < len(items):
-                size = max(1, min(64, (len(items) - k) // (workers * 4)))
-                chunks.append(items[k : k + size])
-                k += size
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_dict(), str(log.folder))) as pool:
-                for done in pool.imap_unordered(_work, chunks):
-                    bar.update(done)
+            _encode_in_workers(items, tok, log, workers, timeout, bar.update)
+            log.flush()  # the skips this process recorded for killed workers
             log.rescan()
             for i in todo:
                 results[i] = log.get(entries[i].sha256)
@@ -339,9 +499,16 @@ def tokenize(
     return results  # type: ignore[return-value]
 
 
-def _usable(r: FileResult | None, tok: Any) -> FileResult | None:
-    """A cached result, or None (encode again) when its ids could not come from `tok`."""
-    if r is None or r.ids is None or not len(r.ids):
+def _usable(r: FileResult | None, tok: Any, timeout: float | None = None) -> FileResult | None:
+    """A cached result, or None (encode again) when its ids could not come from `tok`, or when it
+    timed out under a lower bound than `timeout` (at the same or a lower bound it stays skipped:
+    a resumed run does not try a hostile file forever)."""
+    if r is not None and r.ids is None:
+        m = _TIMED_OUT.match(r.error or "")
+        if m and (timeout is None or timeout > float(m.group(1))) or (r.error or "").startswith(_DIED):
+            return None
+        return r
+    if r is None or not len(r.ids):
         return r
     return r if int(r.ids.max()) < tok.vocab_size else None
 
@@ -397,8 +564,11 @@ def prepare(
     key = shard_key(tok, cfg, col.entries)
     final = out_dir / f"{cfg.name}-{key}"
     if shards.is_complete(final, tok.hash, key):
-        return Prepared(final, shards.read_manifest(final), reused=True)
-    results = tokenize(col.entries, tok, cache_dir, workers, progress)
+        manifest = shards.read_manifest(final)
+        # reused, unless a worker died on some file: that file is tried again (below)
+        if not any(str(s.get("reason", "")).startswith(_DIED) for s in manifest["skipped"]):
+            return Prepared(final, manifest, reused=True)
+    results = tokenize(col.entries, tok, cache_dir, workers, progress, timeout=cfg.file_timeout)
     return _write(final, key, cfg, tok, col, results)
 
 
@@ -607,10 +777,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help=f"corpus root (default {default_data_dir()}; $PIANOLM_DATA)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--limit", type=int, default=None, help="at most N files per source")
+    p.add_argument("--file-timeout", type=float, default=None, metavar="SECONDS",
+                   help="skip a file that takes longer to read and encode (default: the data config's "
+                        f"file_timeout, {DataConfig.file_timeout:g} s; 0: no bound)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
     tok = load_tokenizer(args.tokenizer)
     cfg = data_config_for(args.sources, args.limit)
+    if args.file_timeout is not None:
+        if not args.file_timeout >= 0:
+            p.error(f"--file-timeout must be >= 0 (0: no bound), got {args.file_timeout}")
+        cfg = dataclasses.replace(cfg, file_timeout=args.file_timeout or None)
     t0 = time.perf_counter()
     try:
         r = prepare(cfg, tok, args.data_dir, args.cache, args.out, args.workers, progress=not args.json)

@@ -40,3 +40,30 @@ def note_pairs(n: int) -> bytes:
     reps, rest = divmod(n - 1, 88)
     body += pattern * reps + pattern[: 6 * rest]
     return _file(bytes(body))
+
+
+def alternating_meters(n: int, tpq: int = 480) -> bytes:
+    """n time signatures, one per bar, each on the bar line the one before it ends (so every
+    one of them survives preprocessing): 3/4, 6/8, 4/4, 3/8, 2/4, 12/8 in turn (all in the
+    coarse and fine vocabularies), so the
+    denominator changes at every bar (every bar is its own meter section for onset snapping and
+    duration bins), with one note at the start of every bar."""
+    sigs = [(3, 2), (6, 3), (4, 2), (3, 3), (2, 2), (12, 3)]  # (numerator, log2 denominator)
+    events = bytearray()
+    delta = 0
+    for i in range(n):
+        num, den = sigs[i % len(sigs)]
+        events += _vlq(delta) + bytes([0xFF, 0x58, 4, num, den, 24, 8])
+        events += b"\x00\x90\x3c\x40" + _vlq(tpq // 2) + b"\x80\x3c\x00"
+        delta = tpq * 4 * num // (1 << den) - tpq // 2
+    return _file(bytes(events), tpq)
+
+
+def _vlq(value: int) -> bytes:
+    """A MIDI variable-length quantity."""
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))

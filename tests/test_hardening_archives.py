@@ -2,6 +2,7 @@
 the target or without bound, and `download` leaves no `.extract-*` folder behind."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -124,3 +125,34 @@ def test_download_removes_the_extraction_folder_of_a_killed_run(server, tmp_path
     (stale / "corpus").mkdir(parents=True)
     folder = datasets.download("toy", root, _registry(base + "/toy.zip", archive), progress=False)
     assert not stale.exists() and (folder / "corpus" / "a.mid").is_file()
+
+
+# --------------------------------------------------------------------------- pinned checksums
+
+
+def test_maestro_archive_is_pinned_to_the_publishers_sha256(server, tmp_path, capsys):
+    # MAESTRO's page states the SHA-256 of maestro-v3.0.0-midi.zip; SOURCES pins it, so an archive
+    # that differs (here: a toy zip served under that name by the loopback mirror) fails on the
+    # first download already, instead of being recorded and trusted.
+    handler, base = server
+    archive = _zip({"maestro-v3.0.0/2018/piece.midi": b"x" * 5000})
+    handler.files["/maestro-v3.0.0-midi.zip"] = archive
+    pinned = datasets.SOURCES["maestro"].sha256
+    found = hashlib.sha256(archive).hexdigest()
+    rc = datasets.main(["download", "maestro", "--root", str(tmp_path), "--base-url", base])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "maestro-v3.0.0-midi.zip" in err and f"SHA-256 {found}, expected {pinned}" in err
+    assert "no official SHA-256" not in err and not list((tmp_path / ".downloads").glob("*.sha256"))
+    assert not (tmp_path / "maestro").exists()
+    assert not list((tmp_path / ".downloads").iterdir())  # the partial file is deleted
+
+
+def test_a_pinned_size_that_differs_names_both_sizes(server, tmp_path):
+    handler, base = server
+    archive = _zip({"corpus/a.mid": b"y" * 4000})
+    handler.files["/toy.zip"] = archive
+    reg = _registry(base + "/toy.zip", archive, size=len(archive) + 7)
+    with pytest.raises(DownloadError, match=rf"toy.zip: size {len(archive)} bytes, expected {len(archive) + 7}"):
+        datasets.download("toy", tmp_path, reg, progress=False)
+    assert not (tmp_path / "toy").exists()

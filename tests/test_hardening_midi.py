@@ -16,7 +16,7 @@ import pytest
 
 import remi
 from remi import MidiReadError, read_midi
-from tests.hostile import many_time_signatures, note_pairs, overlapping_notes
+from tests.hostile import alternating_meters, many_time_signatures, note_pairs, overlapping_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 COARSE = ROOT / "conf" / "tokenizer" / "coarse.yaml"
@@ -59,6 +59,54 @@ def test_time_signature_rules_unchanged_on_a_small_case():
     tpq = 4
     ts = [[0, 4, 4], [3, 3, 4], [20, 3, 4], [17, 6, 8], [18, 4, 4]]
     assert _preprocess_time_signatures(ts, tpq) == [[0, 4, 4], [16, 3, 4], [28, 4, 4]]
+
+
+def _python_lines_in_remi(fn) -> int:
+    """How many lines of remi's own Python code run during fn() (sys.settrace line events): a
+    count of work that does not depend on the machine's speed or load."""
+    remi_dir = str(ROOT / "remi")
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if frame.f_code.co_filename.startswith(remi_dir) else None)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_a_meter_change_in_every_bar_costs_no_python_loop_per_meter():
+    # A meter change in every bar, its denominator alternating 4 and 8, makes every bar its own
+    # section for onset snapping and duration bins. Those steps used to loop over sections in
+    # Python (closest_index, duration_ticks and an argmax over the remaining onsets, per section:
+    # ~93 lines of remi code per meter, and quadratic): 4e4 such meters took 9-15 s. Now the
+    # only per-meter Python is reading the Score's TimeSignature objects into an array (a
+    # two-line comprehension). Counting lines, not seconds, keeps this exact on a busy machine.
+    tok = remi.Tokenizer.from_file(COARSE)
+    small, large = read_midi(alternating_meters(300)), read_midi(alternating_meters(3000))
+    per_meter = (_python_lines_in_remi(lambda: tok.encode(large)) - _python_lines_in_remi(lambda: tok.encode(small))) / 2700
+    assert per_meter <= 5, f"{per_meter:.1f} lines of remi Python per meter change: a per-meter loop is back"
+
+
+def test_a_meter_change_in_every_bar_encodes_every_meter_and_note():
+    n = 2000
+    tok = remi.Tokenizer.from_file(COARSE)
+    score = read_midi(alternating_meters(n))
+    ids = tok.encode(score)
+    assert tok.count_notes(ids) == n
+    names = tok.tokens(ids)
+    # every Bar is followed by the meter the file sets for it, in the file's order
+    meters = [names[i + 1] for i, t in enumerate(names) if t == "Bar_None"]
+    cycle = ["TimeSig_3/4", "TimeSig_6/8", "TimeSig_4/4", "TimeSig_3/8", "TimeSig_2/4", "TimeSig_12/8"]
+    assert meters == [cycle[i % 6] for i in range(n)]
+    back = tok.decode_score(ids)
+    assert [(t.numerator, t.denominator) for t in back.time_signatures] == \
+        [(t.numerator, t.denominator) for t in score.time_signatures]
 
 
 _CAPPED = textwrap.dedent("""
