@@ -264,6 +264,10 @@ class GPT(nn.Module):
         allowed: Callable[[Tensor], Tensor] | None = None,
         generator: torch.Generator | None = None,
         stride: int | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        repetition_window: int | None = 64,
+        repetition_ids: Tensor | None = None,
     ) -> Tensor:
         """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
@@ -277,6 +281,11 @@ class GPT(nn.Module):
         Stops early when every row has produced `eos_id`; finished rows are padded with it.
         `allowed(ids (B, n)) -> bool (B, V)` restricts each step to the tokens it permits; it is
         always handed the whole sequence so far, never just the window.
+        `min_p` and `repetition_penalty` are `model.sampling.min_p_filter` and
+        `model.sampling.repetition_penalty` (CTRL's); the penalty looks at the last
+        `repetition_window` ids of the sequence, prompt included (None: the whole sequence, which
+        is what `transformers` does), and touches only `repetition_ids` (1-D ids) when given.
+        Left at None, neither changes anything: the same seed gives the same ids as without them.
         """
         if idx.dim() != 2:
             raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
@@ -285,6 +294,17 @@ class GPT(nn.Module):
             raise ValueError("generate needs a prompt of at least one token (e.g. BOS)")
         block = self.config.block_size
         stride = check_stride(stride, block)
+        penalized = None
+        if repetition_penalty is not None:
+            if repetition_window is not None and int(repetition_window) < 1:
+                raise ValueError(f"repetition_window must be a positive number of tokens or None, got {repetition_window}")
+            if repetition_ids is not None:
+                ids = torch.as_tensor(repetition_ids, dtype=torch.long, device=idx.device).flatten()
+                if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.config.vocab_size):
+                    raise ValueError(f"repetition_ids must lie in [0, {self.config.vocab_size}), "
+                                     f"got {int(ids.min())}..{int(ids.max())}")
+                penalized = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=idx.device)
+                penalized[ids] = True
         was_training = self.training
         self.eval()
         out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -301,7 +321,11 @@ class GPT(nn.Module):
                     mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
                     if eos_id is not None:
                         mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
-                tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator)  # (B,)
+                recent = None
+                if repetition_penalty is not None:
+                    recent = out[:, 0 if repetition_window is None else max(0, n - int(repetition_window)) : n]
+                tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator,
+                                 min_p=min_p, recent=recent, penalty=repetition_penalty, penalized=penalized)  # (B,)
                 if eos_id is not None:
                     tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
                     finished |= tok == eos_id
