@@ -167,10 +167,6 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Hugging Face GPT-2 keeps these as Conv1D (in, out) matrices; nn.Linear stores (out, in).
-_HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -347,42 +343,15 @@ class GPT(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model) -> GPT:
-        """A GPT with the weights of a `transformers.GPT2LMHeadModel` (any size)."""
-        c = hf_model.config
-        problems = []
-        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            problems.append(f"activation_function={c.activation_function!r} (only GPT-2's tanh GELU)")
-        if c.n_inner is not None and c.n_inner != 4 * c.n_embd:
-            problems.append(f"n_inner={c.n_inner} (only 4 * n_embd)")
-        if abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
-            problems.append(f"layer_norm_epsilon={c.layer_norm_epsilon} (only 1e-5)")
-        if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
-            problems.append("attention scaling other than 1/sqrt(head size)")
-        if getattr(c, "add_cross_attention", False):
-            problems.append("cross-attention")
+        """A GPT with the weights of a `transformers.GPT2LMHeadModel` (any size).
+
+        The mapping is `model.hf`'s, shared with `model.hf.load_hf` (a saved folder) and
+        inverted by `model.hf.export_hf`.
+        """
+        from model.hf import config_from_hf, load_hf_weights
+
         sd = hf_model.state_dict()
-        if not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
-            problems.append("lm_head not tied to wte")
-        if problems:
-            raise ValueError("GPT.from_hf cannot represent this GPT2LMHeadModel: " + "; ".join(problems))
-        dropouts = {c.resid_pdrop, c.embd_pdrop, c.attn_pdrop}
-        config = GPTConfig(
-            vocab_size=c.vocab_size,
-            block_size=c.n_positions,
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_embd=c.n_embd,
-            dropout=float(max(dropouts)),
-            bias=True,
-        )
-        gpt = cls(config)
-        own = gpt.state_dict()
-        with torch.no_grad():
-            for key, dst in own.items():
-                if key not in sd:
-                    raise ValueError(f"GPT.from_hf: Hugging Face state dict lacks {key!r}")
-                src = sd[key].t() if key.endswith(_HF_TRANSPOSED) else sd[key]
-                if src.shape != dst.shape:
-                    raise ValueError(f"GPT.from_hf: {key} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-                dst.copy_(src)
+        tied = torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"])
+        gpt = cls(config_from_hf(hf_model.config.to_dict(), tied=tied))
+        load_hf_weights(gpt, sd)
         return gpt.to(device=next(hf_model.parameters()).device, dtype=next(hf_model.parameters()).dtype)
