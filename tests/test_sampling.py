@@ -128,7 +128,7 @@ def test_repetition_penalty_refuses_bad_input():
 
 def test_min_p_and_repetition_penalty_equal_transformers():
     """The oracle: transformers' own processors, on random scores with repeated ids."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.generation.logits_process import MinPLogitsWarper, RepetitionPenaltyLogitsProcessor
 
     g = torch.Generator().manual_seed(0)
