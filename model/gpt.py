@@ -167,10 +167,6 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Hugging Face GPT-2 keeps these as Conv1D (in, out) matrices; nn.Linear stores (out, in).
-_HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -265,6 +261,10 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         stride: int | None = None,
         keep: int = 0,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        repetition_window: int | None = 64,
+        repetition_ids: Tensor | None = None,
     ) -> Tensor:
         """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
@@ -282,6 +282,11 @@ class GPT(nn.Module):
         prompt) at the front of every window: past the context the model sees them followed by
         the most recent tokens, so a continuation stays conditioned on its prompt. The rest of
         the window slides as above over `block_size - keep` tokens (stride capped to fit).
+        `min_p` and `repetition_penalty` are `model.sampling.min_p_filter` and
+        `model.sampling.repetition_penalty` (CTRL's); the penalty looks at the last
+        `repetition_window` ids of the sequence, prompt included (None: the whole sequence, which
+        is what `transformers` does), and touches only `repetition_ids` (1-D ids) when given.
+        Left at None, neither changes anything: the same seed gives the same ids as without them.
         """
         if idx.dim() != 2:
             raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
@@ -295,6 +300,17 @@ class GPT(nn.Module):
                              f"{block // 2}), got {keep!r}")
         keep = int(keep)
         tail, stride = block - keep, min(stride, block - keep)  # the sliding part of the window
+        penalized = None
+        if repetition_penalty is not None:
+            if repetition_window is not None and int(repetition_window) < 1:
+                raise ValueError(f"repetition_window must be a positive number of tokens or None, got {repetition_window}")
+            if repetition_ids is not None:
+                ids = torch.as_tensor(repetition_ids, dtype=torch.long, device=idx.device).flatten()
+                if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.config.vocab_size):
+                    raise ValueError(f"repetition_ids must lie in [0, {self.config.vocab_size}), "
+                                     f"got {int(ids.min())}..{int(ids.max())}")
+                penalized = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=idx.device)
+                penalized[ids] = True
         was_training = self.training
         self.eval()
         out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -315,7 +331,11 @@ class GPT(nn.Module):
                     mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
                     if eos_id is not None:
                         mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
-                tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator)  # (B,)
+                recent = None
+                if repetition_penalty is not None:
+                    recent = out[:, 0 if repetition_window is None else max(0, n - int(repetition_window)) : n]
+                tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator,
+                                 min_p=min_p, recent=recent, penalty=repetition_penalty, penalized=penalized)  # (B,)
                 if eos_id is not None:
                     tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
                     finished |= tok == eos_id
@@ -337,42 +357,15 @@ class GPT(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model) -> GPT:
-        """A GPT with the weights of a `transformers.GPT2LMHeadModel` (any size)."""
-        c = hf_model.config
-        problems = []
-        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            problems.append(f"activation_function={c.activation_function!r} (only GPT-2's tanh GELU)")
-        if c.n_inner is not None and c.n_inner != 4 * c.n_embd:
-            problems.append(f"n_inner={c.n_inner} (only 4 * n_embd)")
-        if abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
-            problems.append(f"layer_norm_epsilon={c.layer_norm_epsilon} (only 1e-5)")
-        if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
-            problems.append("attention scaling other than 1/sqrt(head size)")
-        if getattr(c, "add_cross_attention", False):
-            problems.append("cross-attention")
+        """A GPT with the weights of a `transformers.GPT2LMHeadModel` (any size).
+
+        The mapping is `model.hf`'s, shared with `model.hf.load_hf` (a saved folder) and
+        inverted by `model.hf.export_hf`.
+        """
+        from model.hf import config_from_hf, load_hf_weights
+
         sd = hf_model.state_dict()
-        if not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
-            problems.append("lm_head not tied to wte")
-        if problems:
-            raise ValueError("GPT.from_hf cannot represent this GPT2LMHeadModel: " + "; ".join(problems))
-        dropouts = {c.resid_pdrop, c.embd_pdrop, c.attn_pdrop}
-        config = GPTConfig(
-            vocab_size=c.vocab_size,
-            block_size=c.n_positions,
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_embd=c.n_embd,
-            dropout=float(max(dropouts)),
-            bias=True,
-        )
-        gpt = cls(config)
-        own = gpt.state_dict()
-        with torch.no_grad():
-            for key, dst in own.items():
-                if key not in sd:
-                    raise ValueError(f"GPT.from_hf: Hugging Face state dict lacks {key!r}")
-                src = sd[key].t() if key.endswith(_HF_TRANSPOSED) else sd[key]
-                if src.shape != dst.shape:
-                    raise ValueError(f"GPT.from_hf: {key} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-                dst.copy_(src)
+        tied = torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"])
+        gpt = cls(config_from_hf(hf_model.config.to_dict(), tied=tied))
+        load_hf_weights(gpt, sd)
         return gpt.to(device=next(hf_model.parameters()).device, dtype=next(hf_model.parameters()).dtype)

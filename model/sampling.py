@@ -1,10 +1,21 @@
 """Pure sampling functions: logits (B, V) in, filtered logits or token ids (B,) out.
 
 Each step of `GPT.generate` is `next_token(logits, ...)`, which composes the pieces below in a
-fixed order: grammar mask -> temperature -> top-k -> top-p -> draw. None of them touches the
-model, and none mutates its input, so each is testable alone.
+fixed order:
+
+    grammar mask -> repetition penalty -> temperature (0: argmax here) -> top-k -> top-p -> min-p -> draw
+
+The order is Hugging Face's (`transformers` applies the repetition penalty to the raw scores,
+then temperature, then top-k, top-p and min-p), so an exported model's `generation_config.json`
+means the same thing in both. The repetition penalty comes before the greedy argmax, so it also
+steers greedy decoding. Min-p comes after temperature because its threshold is relative to the
+most likely token, whose lead temperature changes. Every control left at its default (None) is
+skipped entirely, so results for a seed are the same as before the control existed.
+None of them touches the model, and none mutates its input, so each is testable alone.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -58,6 +69,54 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+    """Min-p filter: keep tokens whose probability is at least `min_p` x the top token's, the rest -inf.
+
+    Aria's default sampler (also `transformers`' `MinPLogitsWarper`). Unlike top-p, the kept set
+    widens when the model is unsure (a flat distribution) and narrows when it is confident.
+    `min_p` in [0, 1]: 0 keeps everything, 1 keeps only the most likely token(s).
+    """
+    if not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    if min_p == 0.0:
+        return logits
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def repetition_penalty(logits: Tensor, recent: Tensor, penalty: float, penalized: Tensor | None = None) -> Tensor:
+    """CTRL's repetition penalty on every token that occurs in `recent` (B, W) ids.
+
+    A seen token's logit is divided by `penalty` when positive and multiplied by it when negative
+    (Keskar et al. 2019; `transformers`' `RepetitionPenaltyLogitsProcessor`, llama.cpp's
+    `repeat_penalty`), once however often it occurs. `penalty` > 1 discourages repeats, < 1
+    encourages them, 1 changes nothing. `penalized`: optional (V,) bool mask of the ids the
+    penalty may touch (e.g. only pitches, since bar lines and durations repeat by nature);
+    None touches every id. Entries of `recent` below 0 are padding and ignored.
+    """
+    if not (penalty > 0.0 and math.isfinite(penalty)):
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {penalty}")
+    if recent.dim() != 2 or recent.size(0) != logits.size(0):
+        raise ValueError(f"recent ids must be (B, W) with B = {logits.size(0)}, got {tuple(recent.shape)}")
+    if recent.numel() and int(recent.max()) >= logits.size(-1):
+        raise ValueError(f"recent ids must be < vocabulary size {logits.size(-1)}, got {int(recent.max())}")
+    if penalty == 1.0 or recent.numel() == 0:
+        return logits
+    B, V = logits.shape
+    # padding (-1) goes to an extra column V that is dropped: scattering it onto a real id could
+    # overwrite that id's mark
+    cols = torch.where(recent >= 0, recent, V).to(logits.device)
+    seen = torch.zeros(B, V + 1, dtype=torch.bool, device=logits.device).scatter_(-1, cols, True)[:, :V]  # (B, V)
+    if penalized is not None:
+        if penalized.shape != logits.shape[-1:] or penalized.dtype != torch.bool:
+            raise ValueError(f"penalized must be a bool mask of shape ({logits.size(-1)},), "
+                             f"got {penalized.dtype} {tuple(penalized.shape)}")
+        seen &= penalized.to(seen.device)
+    scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, scaled, logits)
+
+
 def sample(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draw one id per row (B,) from softmax(logits).
 
@@ -76,10 +135,22 @@ def next_token(
     top_p: float | None = None,
     allowed: Tensor | None = None,
     generator: torch.Generator | None = None,
+    min_p: float | None = None,
+    recent: Tensor | None = None,
+    penalty: float | None = None,
+    penalized: Tensor | None = None,
 ) -> Tensor:
-    """The next id (B,) from last-position logits (B, V); temperature 0.0 means greedy (argmax)."""
+    """The next id (B,) from last-position logits (B, V); temperature 0.0 means greedy (argmax).
+
+    `recent` (B, W) are the ids the repetition `penalty` looks at (see `repetition_penalty`);
+    the order of the steps is the module docstring's.
+    """
     if allowed is not None:
         logits = mask_disallowed(logits, allowed)
+    if penalty is not None:
+        if recent is None:
+            raise ValueError("a repetition penalty needs the recent ids it looks at (recent=(B, W) tensor)")
+        logits = repetition_penalty(logits, recent, penalty, penalized)
     if temperature == 0.0:
         return torch.argmax(logits, dim=-1)
     logits = apply_temperature(logits, temperature)
@@ -87,4 +158,6 @@ def next_token(
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
+    if min_p is not None:
+        logits = min_p_filter(logits, min_p)
     return sample(logits, generator)

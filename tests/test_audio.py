@@ -1,4 +1,5 @@
-"""remi.audio: FluidSynth discovery, WAV rendering (real FluidSynth where installed), tail trimming."""
+"""remi.audio: FluidSynth discovery, WAV rendering (real FluidSynth where installed), the in-process
+fallback from pip packages (always run where they are installed), FLAC/OGG, tail trimming."""
 from __future__ import annotations
 
 import wave
@@ -7,7 +8,9 @@ import mido
 import numpy as np
 import pytest
 
-from remi.audio import INSTALL_HINT, Renderer, find_renderer, read_wav, render_wav, trim_trailing_silence
+import remi.audio as audio_mod
+from remi.audio import (INSTALL_HINT, Renderer, bundled_soundfont, find_renderer, read_wav, render_audio, render_wav,
+                        trim_trailing_silence)
 
 RENDERER = find_renderer()
 needs_fluidsynth = pytest.mark.skipif(RENDERER is None, reason=INSTALL_HINT)
@@ -26,11 +29,108 @@ def write_scale(path, n_notes=8, tempo_bpm=120.0, tpb=480):
     return mido.MidiFile(path).length
 
 
+FALLBACK = find_renderer(soundfont=bundled_soundfont(), executable="no-such-synth-pianolm")
+needs_fallback = pytest.mark.skipif(FALLBACK is None, reason="pip packages midirenderer and pretty_midi not installed")
+
+
 def test_missing_pieces_give_none_and_a_hint(tmp_path):
-    assert find_renderer(executable="no-such-synth-pianolm") is None
-    assert find_renderer(soundfont=str(tmp_path / "absent.sf2")) is None
+    assert find_renderer(executable="no-such-synth-pianolm", fallback=False) is None
+    assert find_renderer(soundfont=str(tmp_path / "absent.sf2")) is None  # asked-for sound is never replaced
     assert "apt-get install fluidsynth fluid-soundfont-gm" in INSTALL_HINT
+    assert "pip install midirenderer pretty_midi" in INSTALL_HINT
     assert "\n" not in INSTALL_HINT
+
+
+@needs_fallback
+def test_without_fluidsynth_or_any_system_soundfont_pip_packages_alone_render(monkeypatch):
+    monkeypatch.setattr(audio_mod.shutil, "which", lambda exe: None)
+    monkeypatch.setattr(audio_mod, "find_soundfont", lambda: None)
+    r = find_renderer()
+    assert r == Renderer(fluidsynth=None, soundfont=bundled_soundfont()) and r.engine == "midirenderer"
+    assert r.soundfont.endswith("pretty_midi/TimGM6mb.sf2")
+    # a system SoundFont, where one exists, is preferred to the bundled one
+    monkeypatch.setattr(audio_mod, "find_soundfont", lambda: "/some/where/FluidR3_GM.sf2")
+    assert find_renderer().soundfont == "/some/where/FluidR3_GM.sf2"
+    monkeypatch.setattr(audio_mod, "find_soundfont", lambda: "/some/where/MuseScore.sf3")  # engine reads sf2 only
+    assert find_renderer().soundfont == bundled_soundfont()
+
+
+def half_second_peaks(audio, rate, seconds):
+    return [int(np.abs(audio[int(s * rate): int((s + 0.5) * rate)]).max()) for s in np.arange(0, seconds - 0.5, 0.5)]
+
+
+@needs_fallback
+def test_fallback_render_is_audible_and_as_long_as_the_midi(tmp_path):
+    midi_seconds = write_scale(tmp_path / "scale.mid", n_notes=8, tempo_bpm=100.0)
+    wav = render_wav(tmp_path / "scale.mid", tmp_path / "out" / "scale.wav", FALLBACK)
+    audio, rate = read_wav(wav)
+    assert rate == 48000 and audio.shape[1] == 2
+    assert abs(len(audio) / rate - midi_seconds) < 1.0, (len(audio) / rate, midi_seconds)
+    peaks = half_second_peaks(audio, rate, midi_seconds)
+    assert min(peaks) > 300, peaks
+    assert np.abs(audio.astype(np.int32)).max() == pytest.approx(0.9 * 32767, abs=2)  # peak-normalised
+    # each note sounds its own pitch: the strongest frequency of the first note is near middle C
+    first = audio[int(0.1 * rate): int(0.5 * rate), 0].astype(float)
+    spectrum = np.abs(np.fft.rfft(first * np.hanning(len(first))))
+    f0 = np.fft.rfftfreq(len(first), 1 / rate)[np.argmax(spectrum)]
+    assert min(abs(f0 - 261.63 * k) for k in (1, 2, 3)) < 15, f0
+
+
+@needs_fallback
+def test_fallback_keeps_a_soft_ending_and_the_release_when_told_the_length(tmp_path):
+    mf = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mf.tracks.append(track)
+    track.append(mido.Message("note_on", note=60, velocity=100, time=0))
+    track.append(mido.Message("note_off", note=60, velocity=0, time=480 * 4))  # 2 s at 120 bpm
+    mf.save(tmp_path / "one.mid")
+    seconds = mido.MidiFile(tmp_path / "one.mid").length
+    audio, rate = read_wav(render_wav(tmp_path / "one.mid", tmp_path / "one.wav", FALLBACK, seconds=seconds, tail_s=0.5))
+    assert len(audio) / rate == pytest.approx(seconds + 0.5, abs=0.01)
+    # the release after the note-off is rendered, not cut: sound in the first 50 ms after the end
+    after = audio[int(seconds * rate): int((seconds + 0.05) * rate)]
+    assert np.abs(after).max() > 50
+
+
+@needs_fallback
+def test_fallback_reads_a_format_0_file(tmp_path):
+    from tests.midi_bytes import midi_file, track
+
+    events = [(0, b"\xff\x51\x03" + mido.bpm2tempo(60).to_bytes(3, "big"))]
+    for i, p in enumerate((60, 64, 67)):
+        events += [(i * 480, bytes([0x90, p, 80])), (i * 480 + 470, bytes([0x80, p, 0]))]
+    (tmp_path / "f0.mid").write_bytes(midi_file([track(events)], tpq=480, fmt=0))
+    audio, rate = read_wav(render_wav(tmp_path / "f0.mid", tmp_path / "f0.wav", FALLBACK, seconds=3.0))
+    assert len(audio) / rate == pytest.approx(3.5, abs=0.01)
+    assert min(half_second_peaks(audio, rate, 3.0)) > 300
+
+
+@needs_fallback
+def test_flac_and_ogg_are_written_through_soundfile(tmp_path):
+    import soundfile
+
+    write_scale(tmp_path / "s.mid", n_notes=3)
+    wav, rate = read_wav(render_audio(tmp_path / "s.mid", tmp_path / "s.wav", FALLBACK, seconds=1.5))
+    flac = render_audio(tmp_path / "s.mid", tmp_path / "s.flac", FALLBACK, seconds=1.5)
+    data, flac_rate = soundfile.read(str(flac), dtype="int16")
+    assert flac_rate == rate and np.array_equal(data, wav)  # lossless: the same samples
+    ogg = render_audio(tmp_path / "s.mid", tmp_path / "s.ogg", FALLBACK, seconds=1.5)
+    info = soundfile.info(str(ogg))
+    assert info.format == "OGG" and info.duration == pytest.approx(2.0, abs=0.02)
+    with pytest.raises(ValueError, match=r"s.mp3 must end in .wav, .flac or .ogg"):
+        render_audio(tmp_path / "s.mid", tmp_path / "s.mp3", FALLBACK)
+
+
+@needs_fallback
+def test_fallback_names_the_file_it_could_not_render(tmp_path):
+    bad = tmp_path / "not_midi.mid"
+    bad.write_text("this is not MIDI")
+    with pytest.raises(RuntimeError, match="midirenderer could not render .*not_midi.mid"):
+        render_wav(bad, tmp_path / "bad.wav", FALLBACK)
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x05\x01\xe0MTrk\xff")
+    with pytest.raises(RuntimeError, match="broken.mid"):
+        render_wav(broken, tmp_path / "broken.wav", FALLBACK)
 
 
 def test_soundfont_env_var_wins(tmp_path, monkeypatch):
