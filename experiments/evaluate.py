@@ -134,7 +134,7 @@ def stop_after_bars(tok, total_bars: int):
 
 def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_new_tokens: int,
              temperature: float, seed: int, top_k: int | None = None, top_p: float | None = None,
-             keep_prompt: bool = False) -> list[list[int]]:
+             keep_prompt: bool = False, min_p: float | None = None) -> list[list[int]]:
     """`n` rows continuing `prompt` (BOS first) until `total_bars` bars are complete, EOS or
     `max_new_tokens`; each row's ids cut to those bars (prompt included, EOS dropped).
     `keep_prompt` pins the prompt (at most half the context: its start) in every window."""
@@ -142,7 +142,8 @@ def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_
     idx = torch.tensor([list(prompt)] * n, dtype=torch.long)
     keep = min(len(prompt), gpt.config.block_size // 2) if keep_prompt else 0
     out = gpt.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       eos_id=tok.eos_id, allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep)
+                       eos_id=tok.eos_id, allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep,
+                       min_p=min_p)
     rows = []
     for row in out.tolist():
         if tok.eos_id in row[len(prompt):]:
@@ -184,7 +185,7 @@ def grammar_error_kinds(tok, rows: Sequence[Sequence[int]], skip: Sequence[int])
 def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, bars: int = 16,
              temperature: float = 1.0, max_new_tokens: int = 2048, continuations: bool = True,
              top_k: int | None = None, top_p: float | None = None, progress: bool = False,
-             likelihood: bool = True, keep_prompt: bool = False) -> dict:
+             likelihood: bool = True, keep_prompt: bool = False, min_p: float | None = None) -> dict:
     """Every number of the evaluation, and the generated pieces (ids) for whoever renders them.
     `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep."""
     t0 = time.time()
@@ -202,7 +203,8 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
     real_cut = [tok.decode_score(cut_bars(tok, s, bars)[0]) for s in seqs]
     real_metrics = [M.piece_metrics(s) for s in real_cut]
 
-    free = generate(gpt, tok, [tok.bos_id], n, bars, max_new_tokens, temperature, seed, top_k, top_p)
+    free = generate(gpt, tok, [tok.bos_id], n, bars, max_new_tokens, temperature, seed, top_k, top_p,
+                    min_p=min_p)
     free_scores = [tok.decode_score(cut_bars(tok, r, bars)[0]) for r in free]
     free_metrics = [M.piece_metrics(s) for s in free_scores]
     bad, total = grammar_errors(tok, free, [1] * len(free))
@@ -217,7 +219,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                 continue  # too short to hold a prompt and a real continuation
             prompt = cut_bars(tok, ids, PROMPT_BARS)[0]
             row = generate(gpt, tok, prompt, 1, PROMPT_BARS + CONTINUATION_BARS, max_new_tokens,
-                           temperature, seed + 1 + i, top_k, top_p, keep_prompt)[0]
+                           temperature, seed + 1 + i, top_k, top_p, keep_prompt, min_p)[0]
             row = cut_bars(tok, row, PROMPT_BARS + CONTINUATION_BARS)[0]
             cont_rows.append(row)
             prompts.append((f, prompt))
@@ -250,7 +252,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
         "pieces": {"real": len(pieces), "skipped": skipped, "notes": int(notes),
                    "tokens": int(sum(len(s) for s in seqs)), "sampled": n, "continued": len(cont_rows)},
         "settings": {"n": n, "seed": seed, "bars": bars, "temperature": temperature, "top_k": top_k,
-                     "top_p": top_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
+                     "top_p": top_p, "min_p": min_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
                      "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt},
         "seconds": {"bits_per_note": round(t_nll - t0, 1), "sampling": round(t_free - t_nll, 1),
                     "continuations": round(t_cont - t_free, 1), "total": round(t_cont - t0, 1)},
@@ -361,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None, help="keep tokens with at least this share of the top probability")
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--no-continuations", action="store_true")
     p.add_argument("--keep-prompt", action="store_true",
@@ -377,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = real_files(args.real, args.max_pieces)
     result = evaluate(gpt, tok, files, n=args.n, seed=args.seed, bars=args.bars, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, continuations=not args.no_continuations,
-                      top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt)
+                      top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt,
+                      min_p=args.min_p)
     if args.baselines is not None:
         from remi.shards import ShardError
 

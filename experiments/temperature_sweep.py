@@ -25,12 +25,13 @@ from experiments.evaluate import KEY_METRICS, evaluate, load_model, real_files  
 
 
 def sweep(gpt, tok, files, temperatures: Sequence[float], n: int, seed: int, bars: int,
-          max_new_tokens: int, continuations: bool = False, keep_prompt: bool = False) -> list[dict]:
+          max_new_tokens: int, continuations: bool = False, keep_prompt: bool = False,
+          min_p: float | None = None) -> list[dict]:
     rows = []
     for t in temperatures:
         r = evaluate(gpt, tok, files, n=n, seed=seed, bars=bars, temperature=t,
                      max_new_tokens=max_new_tokens, continuations=continuations, likelihood=False,
-                     keep_prompt=keep_prompt)
+                     keep_prompt=keep_prompt, min_p=min_p)
         rows.append({"temperature": t, "grammar_error_rate": r["grammar_error_rate"],
                      "empty_pieces": r["empty_pieces"],
                      "overlap": {k: v["overlap"] for k, v in r["metrics"].items()},
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--continuations", action="store_true", help="also continue each real piece (key agreement per T)")
     p.add_argument("--keep-prompt", action="store_true", help="pin each prompt in every window (evaluate.py --keep-prompt)")
+    p.add_argument("--min-p", type=float, default=None, help="min-p filter at every temperature")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy machine)")
     args = p.parse_args(argv)
     if args.threads:
@@ -89,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--temperatures must all be > 0, got {args.temperatures}")
     tok, gpt, _ = load_model(args.ckpt)
     rows = sweep(gpt, tok, real_files(args.real, args.max_pieces), args.temperatures, args.n, args.seed,
-                 args.bars, args.max_new_tokens, args.continuations, args.keep_prompt)
+                 args.bars, args.max_new_tokens, args.continuations, args.keep_prompt,
+                 args.min_p)
     print(f"{'T':>5}{'grammar err':>13}{'empty':>7}{'key agree':>10}  " + "".join(f"{k[:12]:>13}" for k in KEY_METRICS))
     for r in rows:
         key = r["continuation"]["key_agree"] if r["continuation"] else float("nan")
