@@ -181,6 +181,7 @@ def real_bpe_tok(real_base_ids):
     return coarse().train_bpe(real_base_ids[::2], 800)  # half the files: the rest are unseen
 
 
+@pytest.mark.slow  # encodes every shared MIDI file and trains BPE on half of them
 @pytest.mark.shared_midi
 def test_exact_inverse_on_every_shared_midi_file(real_bpe_tok, real_base_ids):
     bpe = real_bpe_tok.bpe
@@ -196,6 +197,7 @@ def test_exact_inverse_on_every_shared_midi_file(real_bpe_tok, real_base_ids):
 
 
 @pytest.mark.shared_midi
+@pytest.mark.slow  # shares the fixture above
 def test_tokenizer_with_bpe_saves_loads_and_decodes_merged_ids(real_bpe_tok, tmp_path):
     path = shared_midi_files("tegridy-piano")[0]
     merged = real_bpe_tok.encode(path)

@@ -134,6 +134,7 @@ def _cli_cfg_job(*args) -> dict:
     return yaml.safe_load(out.stdout)
 
 
+@pytest.mark.slow  # two train.py processes (torch and Lightning imported twice)
 def test_cfg_job_of_rounds_3_and_4_on_the_command_line():
     r3, r4 = _cli_cfg_job("+experiment=round3"), _cli_cfg_job("+experiment=round4")
     f3, f4 = flat(OmegaConf.create(r3)), flat(OmegaConf.create(r4))
