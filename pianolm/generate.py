@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+import remi
 from model import GPT
 from remi.render import bar_ids, count_bars, cut_bars, prompt_end_tick
 from remi.score import bar_starts, ticks_to_seconds
@@ -55,7 +56,7 @@ def prompt_files(prompt: str | Path) -> list[Path]:
     return [path]
 
 
-def load_prompts(tok, prompt: str | Path | None, prompt_bars: int | None, block_size: int) -> list[Prompt]:
+def load_prompts(tok: remi.Tokenizer, prompt: str | Path | None, prompt_bars: int | None, block_size: int) -> list[Prompt]:
     if prompt is None:
         return [Prompt(name="sample", ids=[tok.bos_id])]
     if prompt_bars is not None and prompt_bars < 1:
@@ -85,7 +86,7 @@ def load_prompts(tok, prompt: str | Path | None, prompt_bars: int | None, block_
 # ---------------------------------------------------------------- generation
 
 
-def seconds_between_bars(tok, ids: Sequence[int], first: int, last: int) -> float:
+def seconds_between_bars(tok: remi.Tokenizer, ids: Sequence[int], first: int, last: int) -> float:
     """Seconds of music from the start of bar `first` to the start of bar `last` (0-based) of the
     piece `ids` begins, on the bar grid and tempo map the tokenizer decodes from them."""
     score = tok.decode_score(ids)
@@ -106,7 +107,7 @@ class Piece:
     there: `finish` cuts it off and ends the piece with EOS.
     """
 
-    def __init__(self, tok, prompt: Sequence[int], max_bars: int | None = None,
+    def __init__(self, tok: remi.Tokenizer, prompt: Sequence[int], max_bars: int | None = None,
                  max_seconds: float | None = None, grammar: bool = True):
         self.tok, self.max_bars, self.max_seconds = tok, max_bars, max_seconds
         self.prompt_len = len(prompt)
@@ -145,7 +146,7 @@ class Piece:
         return None
 
 
-def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, continue_bars: bool,
+def make_allowed(tok: remi.Tokenizer, prompt_len: int, grammar: bool, max_bars: int | None, continue_bars: bool,
                  max_seconds: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step mask for one `GPT.generate` call.
 
@@ -193,7 +194,7 @@ def make_allowed(tok, prompt_len: int, grammar: bool, max_bars: int | None, cont
     return allowed
 
 
-def finish(tok, row: Sequence[int], prompt_len: int, max_bars: int | None,
+def finish(tok: remi.Tokenizer, row: Sequence[int], prompt_len: int, max_bars: int | None,
            max_seconds: float | None = None) -> tuple[list[int], str]:
     """One generated row -> the raw ids to keep, and why generation stopped.
 
@@ -211,7 +212,7 @@ def finish(tok, row: Sequence[int], prompt_len: int, max_bars: int | None,
     return row[: piece.end] + [tok.eos_id], piece.stop
 
 
-def generate_batch(gpt: GPT, tok, prompt: Prompt, n: int, cfg, temperature: float,
+def generate_batch(gpt: GPT, tok: remi.Tokenizer, prompt: Prompt, n: int, cfg, temperature: float,
                    generator: torch.Generator, device: str) -> list[tuple[list[int], str]]:
     """`n` continuations of one prompt, as (raw ids, stop reason)."""
     idx = torch.tensor([prompt.ids] * n, dtype=torch.long, device=device)
