@@ -28,7 +28,7 @@ train-real: install  ## the 2-core recipe on ../shared/midi (about 30 minutes)
 test: install  ## every test, slow ones included (what CI runs); prints the 15 slowest
 	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
 
-test-fast: install  ## the tests not marked slow (a few minutes on 2 cores)
+test-fast: install  ## the tests not marked slow (no whole-corpus conversion, no end-to-end runs)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 lint: install  ## ruff: pyflakes and import order (configured in pyproject.toml)
