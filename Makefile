@@ -3,26 +3,36 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TEST_ENV := WANDB_MODE=offline WANDB_SILENT=true
 
-.PHONY: install train train-real test bench
+.PHONY: help install train train-real test test-fast lint bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-install: $(BIN)/python
+install: $(BIN)/python  ## the venv with torch (CPU wheel), the package and its dev tools
 	# The CPU wheel of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.4,<2.15"
 	$(BIN)/pip install -q -e ".[dev]"
 
-train: install
+train: install  ## train the tiny model on the bundled corpus (offline, minutes)
 	$(BIN)/python train.py
 
 # The 2-core recipe on the real piano corpora in ../shared/midi (about 30 minutes of training).
-train-real: install
+train-real: install  ## the 2-core recipe on ../shared/midi (about 30 minutes)
 	$(BIN)/python train.py +experiment=round3 data=real paths.data_dir=../shared/midi scale=cpu
 
-test: install
-	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q
+test: install  ## every test, slow ones included (what CI runs); prints the 15 slowest
+	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
 
-bench: install
-	$(BIN)/python benchmarks/run_all.py
+test-fast: install  ## the tests not marked slow (no whole-corpus conversion, no end-to-end runs)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" --durations=15
+
+lint: install  ## ruff: pyflakes and import order (configured in pyproject.toml)
+	$(BIN)/ruff check .
+
+bench: install  ## the grammar mask's cost per token at 256 and 2,048 tokens (other benchmarks: benchmarks/)
+	$(BIN)/python benchmarks/bench_grammar_mask.py

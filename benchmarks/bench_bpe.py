@@ -120,11 +120,10 @@ def worker(task: str, args: argparse.Namespace) -> dict:
         seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
         return {"seconds": seconds, "cpu": cpu, "before_mb": before, "peak_mb": peak_mb(), "vocab_size": tok.vocab_size}
     if task == "ours-train-files":
-        from remi.bpe import train_tokenizer_bpe
 
         before, c0, t0 = rss_mb(), cpu_s(), time.perf_counter()
         tok = ours_tokenizer(args.config)
-        bpe_tok = train_tokenizer_bpe(tok, ours_base_ids(tok, files), args.vocab_size)
+        bpe_tok = tok.train_bpe(ours_base_ids(tok, files), args.vocab_size)
         seconds, cpu = time.perf_counter() - t0, cpu_s() - c0
         bpe_tok.save(work / "ours.json")
         return {"seconds": seconds, "cpu": cpu, "before_mb": before, "peak_mb": peak_mb(), "vocab_size": bpe_tok.vocab_size}

@@ -12,7 +12,7 @@ This prints, for batch 1 and 8 and side by side in the same rounds:
 
 and each one's cost per token against inside the window (1.00x = as fast; the target for 4x is
 at most 1.5x). With `--grammar` every step also goes through sample.py's grammar mask
-(`sample.make_allowed`, with the default tokenizer's vocabulary), as sample.py runs it; the
+(`pianolm.generate.make_allowed`, with the default tokenizer's vocabulary), as sample.py runs it; the
 training callback and the ablation's sampling call the same `GPT.generate`.
 
     python benchmarks/bench_long_generate.py --threads 1                  # 4 x 256, context 512
@@ -29,11 +29,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sample.py lives at the root
 
 from model import GPT, GPTConfig  # noqa: E402
 from model.window import check_stride  # noqa: E402
@@ -72,7 +69,7 @@ def main(argv=None) -> int:
     tok = None
     if args.grammar:
         import remi
-        import sample
+        from pianolm.generate import make_allowed
 
         tok = remi.Tokenizer()
         args.vocab = tok.vocab_size
@@ -96,7 +93,7 @@ def main(argv=None) -> int:
     print("batch,case,new_tokens,stride,tokens_per_s,cost_per_token_vs_inside,rounds_range")
     for B in args.batches:
         def run(n: int, s: int) -> None:
-            allowed = (sample.make_allowed(tok, 1, grammar=True, max_bars=None, continue_bars=False)
+            allowed = (make_allowed(tok, 1, grammar=True, max_bars=None, continue_bars=False)
                        if tok is not None else None)
             idx = torch.full((B, 1), tok.bos_id if tok is not None else 0, dtype=torch.long, device=device)
             out = gpt.generate(idx, n, temperature=1.0, allowed=allowed, stride=s,

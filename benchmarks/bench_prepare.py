@@ -74,7 +74,6 @@ def time_prepare(tok, folder: Path, workers: int, scratch: Path) -> tuple[float,
 
 
 def main(argv=None) -> int:
-    import remi
     from remi.prepare import default_workers, load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -86,7 +86,7 @@ def main() -> None:
     ours_t["decode,kept,frozen"] = best_of(args.repeat, lambda: kept_frozen(ours.decode, our_ids))
     ours_t["decode->Score"] = best_of(args.repeat, lambda: [ours.decode_score(i) for i in our_ids])
     ours_t["decode->bytes"] = best_of(args.repeat, lambda: [midifile_to_bytes(ours.decode(i)) for i in our_ids])
-    del our_ids
+    our_ids.clear()  # free them before the other side runs
     gc.collect()
     theirs_t = {"encode": best_of(args.repeat, lambda: [theirs.encode(f) for f in files])}
     their_seqs = [theirs.encode(f) for f in files]

@@ -28,10 +28,10 @@ import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # sample.py lives at the root
 
-import sample  # noqa: E402
 from model.window import check_stride, default_stride, sequence_nll  # noqa: E402
+from pianolm.checkpoint import load_checkpoint  # noqa: E402
+from pianolm.generate import Prompt, generate_batch  # noqa: E402
 from remi.metrics import PIECE_METRICS, nanmean, overlap_areas, piece_metrics, summarize  # noqa: E402
 
 
@@ -55,10 +55,10 @@ def generated(gpt, tok, n: int, new_tokens: int, stride: int, seed: int, batch: 
                           {"max_new_tokens": new_tokens, "stride": stride})
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    prompt = sample.Prompt(name="sample", ids=[tok.bos_id])
+    prompt = Prompt(name="sample", ids=[tok.bos_id])
     out = []
     for start in range(0, n, batch):
-        for ids, stop in sample.generate_batch(gpt, tok, prompt, min(batch, n - start), cfg, 1.0, generator, "cpu"):
+        for ids, stop in generate_batch(gpt, tok, prompt, min(batch, n - start), cfg, 1.0, generator, "cpu"):
             out.append((ids, stop, piece_metrics(tok.decode_score(ids))))
     return out
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    tok, gpt, extras = sample.load_checkpoint(args.ckpt)
+    tok, gpt, extras = load_checkpoint(args.ckpt)
     block = gpt.config.block_size
     default = default_stride(block)
     strides = args.strides or sorted({1, max(1, block // 8), default, max(1, block // 2), block})

@@ -137,8 +137,6 @@ def finished(run_dir: Path) -> bool:
 
 def kept_message(run_dir: Path, current_code: str) -> str:
     """What to say about a finished run that is kept, warning when other code trained it."""
-    import json
-
     trained_by = json.loads((run_dir / "metrics.json").read_text()).get("code_fingerprint")
     msg = f"[ablate] {run_dir.name}: already trained, kept"
     if trained_by != current_code:
@@ -182,15 +180,13 @@ def sample_run(cfg: AblationConfig, run_dir: Path, prompts: Sequence[Path]) -> N
 
 def checkpoint_tokenizer(run_dir: Path):
     """(tokenizer, context length) of a run's last checkpoint, or None without one."""
-    import torch
-
-    import remi
+    from pianolm.checkpoint import read_header
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         return None
-    data = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return remi.Tokenizer.from_dict(data["tokenizer"]), int(data["model_config"]["block_size"])
+    head = read_header(ckpt)
+    return head.tokenizer, head.model_config.block_size
 
 
 def prompt_tokens(tok, path: Path, prompt_bars: int) -> int:
@@ -257,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     timings: dict[str, float] = {}
     commands = train_commands(cfg)
-    from train import code_fingerprint  # imported here: train pulls in torch and Lightning
+    from pianolm.runinfo import code_fingerprint  # imported here: it pulls in torch
 
     current_code = code_fingerprint(ROOT)
     for c in commands:

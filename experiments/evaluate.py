@@ -332,8 +332,8 @@ def to_ogg(wav: Path, quality: float = 0.4) -> Path:
 # ------------------------------------------------------------------------------ command line
 
 def load_model(ckpt: str | Path):
-    """(tokenizer, GPT, checkpoint extras): through sample.py's loader, which checks everything."""
-    from sample import load_checkpoint
+    """(tokenizer, GPT, checkpoint extras): through pianolm's loader, which checks everything."""
+    from pianolm.checkpoint import load_checkpoint
 
     return load_checkpoint(ckpt)
 

@@ -21,8 +21,8 @@ mean ± spread (sample standard deviation over seeds).
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence

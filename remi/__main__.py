@@ -1,19 +1,31 @@
-"""Command line: `python -m remi encode|decode|info|bpe-info ...` (see `python -m remi -h`)."""
+"""Command line: `python -m remi encode|decode|info|bpe-info|key-accuracy ...` (`python -m remi -h`).
+
+The package's command lines live here, so no library module imports another only for its CLI.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "tokenizer" / "coarse.yaml"
+from .bpe_info import bpe_info
+from .bundled import bundled_files
+from .keys import DEFAULT_PROFILE, PROFILES
+from .metrics import key_accuracy
+from .midi_io import score_to_midifile
+from .midi_read import MidiReadError, read_midi
+from .paths import default_conf_dir
+from .tokenizer import Tokenizer
 
 
-def _tokenizer(path: str | None):
-    from .tokenizer import Tokenizer
-
-    cfg = Path(path) if path else DEFAULT_CONFIG
+def _tokenizer(path: str | None) -> Tokenizer:
+    """--config, else the coarse tokenizer of the project's conf/ ($PIANOLM_CONF, else ./conf)."""
+    cfg = Path(path) if path else default_conf_dir() / "tokenizer" / "coarse.yaml"
     if not cfg.is_file():
-        raise SystemExit(f"error: tokenizer config {cfg} not found (pass --config conf/tokenizer/<name>.yaml or a tokenizer JSON)")
+        raise SystemExit(f"error: tokenizer config {cfg} not found (pass --config conf/tokenizer/<name>.yaml or a tokenizer JSON, "
+                         "or set $PIANOLM_CONF to the project's conf/ folder)")
     return Tokenizer.from_file(cfg)
 
 
@@ -42,8 +54,6 @@ def _decode(tok, tokens: Path, out: Path) -> int:
     except ValueError as err:
         raise _UsageError(f"{tokens}: {err}") from None
     score = tok.decode_score(ids) if tok.bpe is None else tok.decode_score(tok.bpe.encode(ids))
-    from .midi_io import score_to_midifile
-
     try:
         score_to_midifile(score).save(str(out))
     except OSError as e:
@@ -55,9 +65,9 @@ def _decode(tok, tokens: Path, out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bpe-info":
-        from .bpe import bpe_info_main
-
         return bpe_info_main(argv[1:])
+    if argv and argv[0] == "key-accuracy":
+        return key_accuracy_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m remi", description="REMI tokenizer for piano MIDI")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("encode", help="print the token strings of a MIDI file, space-separated, on one line")
@@ -70,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--config")
     i = sub.add_parser("info", help="print the vocabulary size and token types")
     i.add_argument("--config")
-    sub.add_parser("bpe-info", help="BPE statistics (see remi.bpe)")
+    sub.add_parser("bpe-info", help="BPE statistics (see remi.bpe_info)")
+    sub.add_parser("key-accuracy", help="key finding vs the key signatures MIDI files state")
     args = p.parse_args(argv)
-
-    from .midi_read import MidiReadError
 
     tok = _tokenizer(args.config)
     if args.cmd == "encode":
@@ -98,6 +107,77 @@ def main(argv: list[str] | None = None) -> int:
         print("token types " + " ".join(f"{k}:{v}" for k, v in counts.items()))
         print(f"ticks_per_beat {tok.ticks_per_beat}")
         print(f"hash {tok.hash}")
+    return 0
+
+
+def bpe_info_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m remi bpe-info TOKENIZER.json [SHARD_DIR] [--top N] [--split S] [--json]`."""
+    parser = argparse.ArgumentParser(prog="python -m remi bpe-info", description=bpe_info.__doc__)
+    parser.add_argument("tokenizer", type=Path, help="tokenizer JSON with a BPE model (Tokenizer.save)")
+    parser.add_argument("shard_dir", type=Path, nargs="?", help="shard folder to measure compression on")
+    parser.add_argument("--top", type=int, default=20, help="how many merged tokens to list")
+    parser.add_argument("--split", default="val", help="which split of SHARD_DIR to measure (default val)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
+    try:
+        info = bpe_info(tok, args.shard_dir, top=args.top, split=args.split)
+    except ValueError as e:
+        print(f"bpe-info: {args.tokenizer}: {e}")
+        return 2
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"BPE {info['hash'][:16]}: {info['base_vocab_size']} base + {info['merged_tokens']} merged = {info['vocab_size']} ids")
+    tr = info["training"]
+    if tr:
+        print(
+            f"training: {tr.get('n_sequences', '?')} sequences, {tr.get('n_base_tokens', '?')} base tokens, "
+            f"{tr.get('train_seconds', '?')} s, peak RSS {tr.get('peak_rss_mb', '?')} MiB "
+            f"(process peak; {tr.get('rss_before_mb', '?')} MiB before training)"
+        )
+    else:
+        print("training: not recorded")
+    if "split" in info:
+        s = info["split"]
+        print(
+            f"{s['name']} ({s['shards']} shards, {s['songs']} songs): {s['base_tokens']} base -> {s['bpe_tokens']} BPE tokens, "
+            f"compression {s['compression']:.3f} base tokens per token; "
+            f"{s['merged_tokens_used']}/{info['merged_tokens']} merged tokens used ({100 * s['merged_tokens_used_fraction']:.1f}%)"
+        )
+    order = f"by count in {info['split']['name']}" if "split" in info else "in merge order"
+    print(f"top {len(info['top_merges'])} merged tokens ({order}):")
+    for m in info["top_merges"]:
+        count = "" if m["count"] is None else f"{m['count']:>9}  "
+        print(f"  {m['id']:>6}  {count}{' '.join(m['tokens'])}")
+    return 0
+
+
+def key_accuracy_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m remi key-accuracy [PATH...] [--profiles NAME|all] [--show-misses]`."""
+    parser = argparse.ArgumentParser(prog="python -m remi key-accuracy",
+                                     description="key finding vs the key signatures MIDI files state")
+    parser.add_argument("paths", nargs="*", help="MIDI files or folders (default: the bundled Bach pieces)")
+    parser.add_argument("--profiles", default=DEFAULT_PROFILE, help=f"one of {sorted(PROFILES)}, or 'all'")
+    parser.add_argument("--show-misses", action="store_true")
+    args = parser.parse_args(argv)
+
+    # default: the Bach pieces of the bundled corpus (nearly all four-part chorales), converted once
+    paths = [Path(p) for p in args.paths] or [p for p in bundled_files() if p.parent.name == "bach"]
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.mid*")))
+    scores = [(str(f), read_midi(f)) for f in files]
+    for profiles in sorted(PROFILES) if args.profiles == "all" else [args.profiles]:
+        result = key_accuracy(scores, profiles)
+        print(
+            f"{profiles}: key finding agrees with the stated signature on {result['agree']}/{result['n']} "
+            f"pieces ({100 * result['accuracy']:.1f}%); {result['skipped']} without a key signature skipped"
+        )
+        if args.show_misses:
+            for name, stated, found in result["misses"]:
+                print(f"  {name}: stated {stated}, found {found}")
     return 0
 
 

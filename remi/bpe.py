@@ -14,8 +14,6 @@ Never imports torch or mido.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import resource
@@ -31,7 +29,9 @@ from tokenizers import models as _hf_models
 from tokenizers import pre_tokenizers as _hf_pre
 from tokenizers import trainers as _hf_trainers
 
-__all__ = ["BPEModel", "train_bpe", "train_tokenizer_bpe", "bpe_info_main"]
+from . import shards
+
+__all__ = ["BPEModel", "shard_songs", "train_bpe"]
 
 # Base id i is the character chr(_CHAR_OFFSET + i), skipping the UTF-16 surrogate block, which a
 # Rust string cannot hold. The offset keeps clear of ASCII and Latin-1 so no character is ever
@@ -327,30 +327,14 @@ def train_bpe(
     return BPEModel(base_vocab_size, merges, word_starts, never, stats=stats)
 
 
-# ---- the remi.Tokenizer side ----------------------------------------------------------------
+# ---- base-token shards --------------------------------------------------------------------
 
 
-def _special_ids(tok: Any) -> set[int]:
-    ids = (getattr(tok, name, None) for name in ("pad_id", "bos_id", "eos_id", "mask_id"))
-    return {int(i) for i in ids if i is not None}
+def shard_songs(shard_dir: Path, split: str, accept_hashes: set[str]) -> Iterator[np.ndarray]:
+    """Stream one split's songs from a shard folder (memmap slices: nothing is read twice).
 
-
-def _bar_ids(tok: Any) -> set[int]:
-    bar = tok.bar_id
-    return {int(bar)} if isinstance(bar, (int, np.integer)) else {int(b) for b in bar}
-
-
-def base_hashes(tok) -> set[str]:
-    """Hashes of the tokenizers whose ids are `tok`'s base ids: its config as is, and with
-    `bpe_vocab_size` 0 (the BPE-free tokenizer that writes base shards)."""
-    make = type(tok)
-    return {make(tok.config).hash, make(dataclasses.replace(tok.config, bpe_vocab_size=0)).hash}
-
-
-def _shard_songs(shard_dir: Path, split: str, accept_hashes: set[str]) -> Iterator[np.ndarray]:
-    """Stream one split's songs from a shard folder (memmap slices: nothing is read twice)."""
-    from . import shards  # remi.shards is imported late: only this path needs it
-
+    The folder must hold ids of one of `accept_hashes` (the base tokenizer's hashes): merges are
+    never learned on another tokenizer's ids."""
     found = shards.read_manifest(shard_dir).get("tokenizer_hash")
     if found not in accept_hashes:
         raise ValueError(
@@ -362,146 +346,3 @@ def _shard_songs(shard_dir: Path, split: str, accept_hashes: set[str]) -> Iterat
     offsets = np.asarray(shard.offsets)
     for i in range(len(offsets) - 1):
         yield np.asarray(shard.tokens[offsets[i] : offsets[i + 1]])
-
-
-def train_tokenizer_bpe(tok: Any, data: Iterable[Sequence[int]] | str | Path, vocab_size: int) -> Any:
-    """Train BPE for `tok` on base-id sequences or a base-token shard folder; returns tok.with_bpe(model).
-
-    A shard folder streams its `train` split and must have been written with this (BPE-free)
-    tokenizer: a hash mismatch is an error, so merges are never learned on the wrong ids.
-    """
-    if getattr(tok, "bpe", None) is not None:
-        raise ValueError("this tokenizer already has BPE; train on its base tokenizer (no bpe) instead")
-    if isinstance(data, (str, Path)):
-        shard_dir = Path(data)
-        if not shard_dir.is_dir():
-            raise FileNotFoundError(f"BPE training data {shard_dir} is not a shard folder")
-        # tok has no BPE yet; a config that asks for BPE has the base ids of bpe_vocab_size 0
-        data = _shard_songs(shard_dir, "train", {tok.hash} | base_hashes(tok))
-    model = train_bpe(
-        data,
-        base_vocab_size=getattr(tok, "base_vocab_size", tok.vocab_size),
-        vocab_size=vocab_size,
-        word_start_ids=_bar_ids(tok),
-        never_merge_ids=_special_ids(tok),
-    )
-    return tok.with_bpe(model)
-
-
-# ---- python -m remi bpe-info ----------------------------------------------------------------
-
-
-def bpe_info(tok: Any, shard_dir: str | Path | None = None, top: int = 20, split: str = "val") -> dict[str, Any]:
-    """What BPE did, as plain data: compression, vocabulary use, training cost, frequent merges.
-
-    With a shard folder, compression and use are measured on its `split` (base-token or BPE
-    shards both work: base shards are encoded, BPE shards decoded). Without one, merges are
-    listed in rank order (most frequent pair first, as trained).
-    """
-    model: BPEModel | None = getattr(tok, "bpe", None)
-    if model is None:
-        raise ValueError("this tokenizer has no BPE model (bpe_vocab_size 0); nothing to report")
-    n_merged = model.vocab_size - model.base_vocab_size
-    info: dict[str, Any] = {
-        "base_vocab_size": model.base_vocab_size,
-        "vocab_size": model.vocab_size,
-        "merged_tokens": n_merged,
-        "hash": model.hash,
-        "training": dict(model.stats),
-    }
-    counts = None
-    if shard_dir is not None:
-        from .shards import load_split, read_manifest
-
-        shard_dir = Path(shard_dir)
-        shard_hash = read_manifest(shard_dir).get("tokenizer_hash")
-        is_bpe_shard = shard_hash == tok.hash
-        bases = base_hashes(tok)
-        if not is_bpe_shard and shard_hash not in bases:
-            raise ValueError(
-                f"{shard_dir} was written by tokenizer {str(shard_hash)[:12]}, neither this BPE tokenizer "
-                f"({tok.hash[:12]}) nor its base ({', '.join(sorted(h[:12] for h in bases))})"
-            )
-        shard = load_split(shard_dir, split, expect_hash=shard_hash)
-        offsets = np.asarray(shard.offsets)
-        n_base = n_merged_ids = 0
-        counts = np.zeros(model.vocab_size, dtype=np.int64)
-        for i in range(len(offsets) - 1):
-            song = np.asarray(shard.tokens[offsets[i] : offsets[i + 1]], dtype=np.int64)
-            if is_bpe_shard:
-                merged, base_len = song, model.decode_array(song).size
-            else:
-                merged, base_len = np.asarray(model.encode(song), dtype=np.int64), song.size
-            n_base += base_len
-            n_merged_ids += merged.size
-            counts += np.bincount(merged, minlength=model.vocab_size)
-        used = int((counts[model.base_vocab_size :] > 0).sum())
-        info["split"] = {
-            "name": split,
-            "shards": "bpe" if is_bpe_shard else "base",
-            "songs": len(offsets) - 1,
-            "base_tokens": n_base,
-            "bpe_tokens": n_merged_ids,
-            "compression": round(n_base / max(n_merged_ids, 1), 4),
-            "merged_tokens_used": used,
-            "merged_tokens_used_fraction": round(used / max(n_merged, 1), 4),
-        }
-    ids = np.arange(model.base_vocab_size, model.vocab_size)
-    if counts is not None:
-        ids = ids[np.argsort(-counts[model.base_vocab_size :], kind="stable")]
-    info["top_merges"] = [
-        {
-            "id": int(i),
-            "count": None if counts is None else int(counts[i]),
-            "length": len(model.expand(int(i))),
-            "tokens": list(tok.tokens(list(model.expand(int(i))))),
-        }
-        for i in ids[:top]
-    ]
-    return info
-
-
-def bpe_info_main(argv: Sequence[str] | None = None) -> int:
-    """`python -m remi bpe-info TOKENIZER.json [SHARD_DIR] [--top N] [--split S] [--json]`."""
-    parser = argparse.ArgumentParser(prog="python -m remi bpe-info", description=bpe_info.__doc__)
-    parser.add_argument("tokenizer", type=Path, help="tokenizer JSON with a BPE model (Tokenizer.save)")
-    parser.add_argument("shard_dir", type=Path, nargs="?", help="shard folder to measure compression on")
-    parser.add_argument("--top", type=int, default=20, help="how many merged tokens to list")
-    parser.add_argument("--split", default="val", help="which split of SHARD_DIR to measure (default val)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
-
-    from .tokenizer import Tokenizer
-
-    tok = Tokenizer.load(args.tokenizer)
-    try:
-        info = bpe_info(tok, args.shard_dir, top=args.top, split=args.split)
-    except ValueError as e:
-        print(f"bpe-info: {args.tokenizer}: {e}")
-        return 2
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"BPE {info['hash'][:16]}: {info['base_vocab_size']} base + {info['merged_tokens']} merged = {info['vocab_size']} ids")
-    tr = info["training"]
-    if tr:
-        print(
-            f"training: {tr.get('n_sequences', '?')} sequences, {tr.get('n_base_tokens', '?')} base tokens, "
-            f"{tr.get('train_seconds', '?')} s, peak RSS {tr.get('peak_rss_mb', '?')} MiB "
-            f"(process peak; {tr.get('rss_before_mb', '?')} MiB before training)"
-        )
-    else:
-        print("training: not recorded")
-    if "split" in info:
-        s = info["split"]
-        print(
-            f"{s['name']} ({s['shards']} shards, {s['songs']} songs): {s['base_tokens']} base -> {s['bpe_tokens']} BPE tokens, "
-            f"compression {s['compression']:.3f} base tokens per token; "
-            f"{s['merged_tokens_used']}/{info['merged_tokens']} merged tokens used ({100 * s['merged_tokens_used_fraction']:.1f}%)"
-        )
-    order = f"by count in {info['split']['name']}" if "split" in info else "in merge order"
-    print(f"top {len(info['top_merges'])} merged tokens ({order}):")
-    for m in info["top_merges"]:
-        count = "" if m["count"] is None else f"{m['count']:>9}  "
-        print(f"  {m['id']:>6}  {count}{' '.join(m['tokens'])}")
-    return 0

@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import default_cache_dir
+from .pool import default_workers, pool_context
+
 DONE = ".done"
 JOB_TIMEOUT = 600  # seconds; a safety net far above any kept job (a timed-out job is retried next run)
 # Collections of the music21 corpus (its top-level folders) and the suffixes we read there.
@@ -62,8 +65,6 @@ SLOW_FILES = frozenset({
 
 
 def bundled_dir(cache_dir: str | Path | None = None) -> Path:
-    from .datasets import default_cache_dir
-
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "bundled"
 
 
@@ -219,8 +220,6 @@ def convert(
         todo_jobs = all_jobs
     todo = [j for j in todo_jobs if j.name not in done]
     if todo:
-        from .prepare import default_workers
-
         workers = max(1, min(workers or default_workers(), len(todo)))
         bar = tqdm(total=len(todo), desc=f"music21 -> MIDI ({workers} proc)", unit="file", disable=not progress, file=sys.stderr)
         # Big files first, so no worker is left with a long one at the end.
@@ -230,8 +229,6 @@ def convert(
                 done[j.name] = convert_job(j, str(out))
                 bar.update()
         else:
-            from .prepare import pool_context
-
             with pool_context().Pool(workers) as pool:
                 for r in pool.imap_unordered(_convert_star, [(j, str(out), JOB_TIMEOUT) for j in todo_sorted], chunksize=1):
                     done[r["job"]] = r

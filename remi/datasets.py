@@ -22,23 +22,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .bundled import bundled_dir
+from .paths import default_data_dir
+
 MIDI_SUFFIXES = (".mid", ".midi")
 CHUNK = 1 << 20
-
-
-def _root_dir() -> Path:
-    return Path(os.environ.get("PIANOLM_ROOT") or ".")
-
-
-def default_cache_dir() -> Path:
-    """`$PIANOLM_CACHE`, else `<root>/cache` — the same place as `paths.cache_dir` in conf/paths,
-    so shards prepared on the command line are the ones train.py finds."""
-    return Path(os.environ.get("PIANOLM_CACHE") or _root_dir() / "cache").expanduser()
-
-
-def default_data_dir() -> Path:
-    """`$PIANOLM_DATA`, else `<root>/data` (as `paths.data_dir`): one folder per corpus."""
-    return Path(os.environ.get("PIANOLM_DATA") or _root_dir() / "data").expanduser()
 
 
 # --------------------------------------------------------------------------- data config
@@ -245,8 +233,6 @@ def source_folder(name: str, data_dir: str | Path | None = None, cache_dir: str 
     `bundled` is converted on demand by remi.bundled, so it is not checked here.
     """
     if name == BUNDLED:
-        from .bundled import bundled_dir
-
         return bundled_dir(cache_dir)
     if name in SOURCES:
         root = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .score import Score, Tempo, TimeSignature, one_voice_per_pitch, sort_notes
-from .vocab import (BAR, DEFAULT_TIME_SIGNATURE, DURATION, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG,
-                    VELOCITY, Vocab)
+from .vocab import BAR, DEFAULT_TIME_SIGNATURE, DURATION, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG, VELOCITY, Vocab
 
 
 def check_ids(ids, vocab: Vocab, size: int | None = None) -> np.ndarray:

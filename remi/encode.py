@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .score import (END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, merge_unisons,
-                    next_onset_of_pitch, sort_notes)
-from .vocab import (BAR, DEFAULT_TIME_SIGNATURE, DURATION, PITCH as PITCH_T, POSITION, TEMPO,
-                    TIMESIG, VELOCITY as VELOCITY_T, Vocab, closest_index)
+from .score import END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, merge_unisons, next_onset_of_pitch, sort_notes
+from .vocab import BAR, DEFAULT_TIME_SIGNATURE, DURATION, POSITION, TEMPO, Vocab, closest_index
+from .vocab import PITCH as PITCH_T
+from .vocab import VELOCITY as VELOCITY_T
 
 
 @dataclass

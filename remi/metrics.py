@@ -20,12 +20,11 @@ against the key signatures that MIDI files state (see `key_accuracy`).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .keys import DEFAULT_PROFILE, PROFILES, find_key, key_agrees, pitch_class_profile, stated_key
+from .keys import DEFAULT_PROFILE, find_key, key_agrees, pitch_class_profile, stated_key
 from .score import END, PITCH, START, VELOCITY, Score, bar_starts, ticks_to_seconds
 
 NAN = float("nan")
@@ -440,42 +439,3 @@ def key_accuracy(scores: Iterable[tuple[str, Score]], profiles: str = DEFAULT_PR
         else:
             misses.append((name, stated.name, found.name))
     return {"accuracy": agree / n if n else NAN, "n": n, "agree": agree, "skipped": skipped, "misses": misses}
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m remi.metrics")
-    sub = parser.add_subparsers(dest="command", required=True)
-    acc = sub.add_parser("key-accuracy", help="key finding vs the key signatures MIDI files state")
-    acc.add_argument("paths", nargs="*", help="MIDI files or folders (default: the bundled Bach pieces)")
-    acc.add_argument("--profiles", default=DEFAULT_PROFILE, help=f"one of {sorted(PROFILES)}, or 'all'")
-    acc.add_argument("--show-misses", action="store_true")
-    args = parser.parse_args(argv)
-
-    from . import read_midi  # the MIDI reader; imported here so the metrics stay mido-free
-
-    paths = [Path(p) for p in args.paths] or _bundled_chorales()
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.mid*")))
-    scores = [(str(f), read_midi(f)) for f in files]
-    for profiles in sorted(PROFILES) if args.profiles == "all" else [args.profiles]:
-        result = key_accuracy(scores, profiles)
-        print(
-            f"{profiles}: key finding agrees with the stated signature on {result['agree']}/{result['n']} "
-            f"pieces ({100 * result['accuracy']:.1f}%); {result['skipped']} without a key signature skipped"
-        )
-        if args.show_misses:
-            for name, stated, found in result["misses"]:
-                print(f"  {name}: stated {stated}, found {found}")
-    return 0
-
-
-def _bundled_chorales() -> list[Path]:
-    """The Bach pieces of the bundled corpus (nearly all four-part chorales), converted once."""
-    from .bundled import bundled_files
-
-    return [p for p in bundled_files() if p.parent.name == "bach"]
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -45,25 +45,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import shards
-from .datasets import BUNDLED, SOURCES, DataConfig, default_cache_dir, default_data_dir, list_midi_files, maestro_splits, source_folder
+from .bundled import bundled_dir, bundled_files
+from .datasets import BUNDLED, SOURCES, DataConfig, list_midi_files, maestro_splits, source_folder
+from .midi_read import MidiReadError, read_midi
+from .paths import default_cache_dir, default_conf_dir, default_data_dir
+from .pool import default_workers, pool_context
+from .tokenizer import Tokenizer
 
 # The modules whose code decides a file's base ids (their source is part of every cache key).
 ENCODER_MODULES = ("score.py", "midi_read.py", "config.py", "vocab.py", "encode.py", "tokenizer.py")
 STAT_KEYS = ("files", "skipped", "duplicates", "notes", "tokens", "hours")
-
-
-def pool_context() -> mp.context.BaseContext:
-    """fork where it is safe (cheap start; nothing threaded such as torch imported yet), else spawn."""
-    if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules:
-        return mp.get_context("fork")
-    return mp.get_context("spawn")
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- 1. collect
@@ -114,8 +105,6 @@ def collect(
     half = cfg.subset == "round1" and cfg.round1_sources is None
     for name in cfg.active_sources():
         if name == BUNDLED:
-            from .bundled import bundled_dir, bundled_files
-
             folder = bundled_dir(cache_dir)
             files = bundled_files(cache_dir, limit=cfg.limit, workers=workers, progress=progress)
         else:
@@ -169,7 +158,7 @@ def code_hash() -> str:
 RESULT_FORMAT = 2  # 2: records carry a CRC-32
 
 
-def results_dir(cache_dir: str | Path, tok: Any) -> Path:
+def results_dir(cache_dir: str | Path, tok: Tokenizer) -> Path:
     return Path(cache_dir) / "files" / f"{tok.hash[:16]}-{code_hash()}-r{RESULT_FORMAT}"
 
 
@@ -260,22 +249,18 @@ _LOG: ResultLog | None = None  # the worker process's own result log
 
 def _init_worker(tok_dict: dict, log_folder: str) -> None:
     global _TOK, _LOG
-    from .tokenizer import Tokenizer
-
     _TOK = Tokenizer.from_dict(tok_dict)
     _LOG = ResultLog(Path(log_folder), scan=False)
 
 
-def encode_file(path: str, tok: Any) -> FileResult:
+def encode_file(path: str, tok: Tokenizer) -> FileResult:
     """One file -> ids, note count and length; any failure becomes a skip with its reason."""
-    from . import MidiReadError, read_midi
-
     try:
         data = Path(path).read_bytes()
         if not data:
             return FileResult(None, error="empty file (0 bytes)")
         score = read_midi(data)
-        if getattr(tok, "bpe", None) is None:
+        if tok.bpe is None:
             # what tok.encode(score) returns, kept as an array (no list round trip)
             ids = np.concatenate([[tok.bos_id], tok.encode_base(score), [tok.eos_id]]).astype(np.int64)
         else:
@@ -337,7 +322,7 @@ def _time_bound(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def encode_bounded(path: str, tok: Any, timeout: float | None) -> FileResult:
+def encode_bounded(path: str, tok: Tokenizer, timeout: float | None) -> FileResult:
     """`encode_file` within `timeout` seconds; over it, a skip naming the bound."""
     try:
         with _time_bound(timeout):
@@ -368,7 +353,7 @@ def _worker_main(conn, tok_dict: dict, log_folder: str, timeout: float | None) -
         _LOG.close()
 
 
-def _encode_in_workers(items: list[tuple[str, str]], tok: Any, log: "ResultLog", workers: int,
+def _encode_in_workers(items: list[tuple[str, str]], tok: Tokenizer, log: "ResultLog", workers: int,
                        timeout: float | None, on_done) -> None:
     """Encode (path, sha) items in `workers` processes, file by file (files differ 100x in
     length, so no worker is left alone with a long chunk at the end); each worker holds
@@ -463,7 +448,7 @@ def _encode_in_workers(items: list[tuple[str, str]], tok: Any, log: "ResultLog",
 
 def tokenize(
     entries: Sequence[FileEntry],
-    tok: Any,
+    tok: Tokenizer,
     cache_dir: str | Path,
     workers: int | None = None,
     progress: bool = True,
@@ -499,7 +484,7 @@ def tokenize(
     return results  # type: ignore[return-value]
 
 
-def _usable(r: FileResult | None, tok: Any, timeout: float | None = None) -> FileResult | None:
+def _usable(r: FileResult | None, tok: Tokenizer, timeout: float | None = None) -> FileResult | None:
     """A cached result, or None (encode again) when its ids could not come from `tok`, or when it
     timed out under a lower bound than `timeout` (at the same or a lower bound it stays skipped:
     a resumed run does not try a hostile file forever)."""
@@ -527,7 +512,7 @@ class Prepared:
         return {"sources": self.manifest["stats"], "total": self.manifest["total"], "skipped": self.manifest["skipped"]}
 
 
-def shard_key(tok: Any, cfg: DataConfig, entries: Sequence[FileEntry]) -> str:
+def shard_key(tok: Tokenizer, cfg: DataConfig, entries: Sequence[FileEntry]) -> str:
     h = hashlib.sha256()
     selection = {k: v for k, v in cfg.to_dict().items() if k != "name"}
     h.update(json.dumps({"tokenizer": tok.hash, "code": code_hash(), "data": selection, "format": shards.FORMAT_VERSION}, sort_keys=True).encode())
@@ -549,7 +534,7 @@ def _finish(stats: dict) -> dict:
 
 def prepare(
     data_cfg: Mapping | DataConfig,
-    tok: Any,
+    tok: Tokenizer,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -572,7 +557,7 @@ def prepare(
     return _write(final, key, cfg, tok, col, results)
 
 
-def _write(final: Path, key: str, cfg: DataConfig, tok: Any, col: Collection, results: Sequence[FileResult]) -> Prepared:
+def _write(final: Path, key: str, cfg: DataConfig, tok: Tokenizer, col: Collection, results: Sequence[FileResult]) -> Prepared:
     stats = {name: _empty_stats() for name in cfg.active_sources()}
     for name, dups in col.duplicates.items():
         stats[name]["duplicates"] = len(dups)
@@ -620,39 +605,36 @@ def _write(final: Path, key: str, cfg: DataConfig, tok: Any, col: Collection, re
 # --------------------------------------------------------------------------- training entry
 
 
-def base_tokenizer(tok: Any) -> Any:
+def base_tokenizer(tok: Tokenizer) -> Tokenizer:
     """The BPE-free tokenizer of the same config (base shards are shared by every BPE size)."""
-    if getattr(tok.config, "bpe_vocab_size", 0) == 0 and getattr(tok, "bpe", None) is None:
+    if tok.config.bpe_vocab_size == 0 and tok.bpe is None:
         return tok
-    from .tokenizer import Tokenizer
-
     return Tokenizer(dataclasses.replace(tok.config, bpe_vocab_size=0))
 
 
 def prepare_for_training(
     data_cfg: Mapping | DataConfig,
-    tok: Any,
+    tok: Tokenizer,
     data_dir: str | Path | None,
     cache_dir: str | Path | None,
     workers: int | None = None,
     progress: bool = True,
-) -> tuple[Any, Path]:
+) -> tuple[Tokenizer, Path]:
     """Base shards; with `tok.config.bpe_vocab_size > 0` also BPE (trained on the base train split,
     cached) and BPE shards. Returns (final tokenizer, shard folder)."""
     cfg = DataConfig.from_mapping(data_cfg)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     base = base_tokenizer(tok)
     prepared = prepare(cfg, base, data_dir, cache_dir, workers=workers, progress=progress)
-    vocab = int(getattr(tok.config, "bpe_vocab_size", 0) or 0)
+    vocab = int(tok.config.bpe_vocab_size or 0)
     if vocab <= 0:
         return base, prepared.dir
     return prepare_bpe(prepared, base, vocab, cache_dir, progress)
 
 
-def prepare_bpe(prepared: Prepared, base: Any, vocab_size: int, cache_dir: Path, progress: bool = True) -> tuple[Any, Path]:
+def prepare_bpe(prepared: Prepared, base: Tokenizer, vocab_size: int, cache_dir: Path,
+                progress: bool = True) -> tuple[Tokenizer, Path]:
     """BPE tokenizer (cached by base shard key + size) and the base shards re-encoded with it."""
-    from .tokenizer import Tokenizer
-
     base_key = prepared.manifest["key"]
     bpe_json = Path(cache_dir) / "bpe" / f"{base_key}-{vocab_size}.json"
     if bpe_json.is_file():
@@ -696,25 +678,25 @@ def prepare_bpe(prepared: Prepared, base: Any, vocab_size: int, cache_dir: Path,
 # --------------------------------------------------------------------------- CLI
 
 
-def load_tokenizer(name: str) -> Any:
-    """A conf/tokenizer yaml name, a yaml path, or a tokenizer JSON path."""
-    from .tokenizer import Tokenizer
-
+def load_tokenizer(name: str, conf_dir: str | Path | None = None) -> Tokenizer:
+    """A `<conf_dir>/tokenizer` yaml name, a yaml path, or a tokenizer JSON path."""
     p = Path(name)
     if p.suffix == ".json" and p.is_file():
         return Tokenizer.load(p)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return Tokenizer.from_yaml(p)
-    conf = Path(__file__).resolve().parents[1] / "conf" / "tokenizer" / f"{name}.yaml"
+    conf = Path(conf_dir or default_conf_dir()) / "tokenizer" / f"{name}.yaml"
     if conf.is_file():
         return Tokenizer.from_yaml(conf)
     avail = sorted(x.stem for x in conf.parent.glob("*.yaml")) if conf.parent.is_dir() else []
-    raise SystemExit(f"--tokenizer {name!r}: not a tokenizer JSON/yaml file nor one of conf/tokenizer/ {avail}")
+    raise SystemExit(f"--tokenizer {name!r}: not a tokenizer JSON/yaml file nor one of {conf.parent}/ {avail} "
+                     "(pass --conf DIR or set $PIANOLM_CONF to the project's conf/ folder)")
 
 
-def data_config_for(sources: Sequence[str], limit: int | None = None) -> DataConfig:
-    """Dataset names (conf/data/NAME.yaml) and folders -> one DataConfig over all of them."""
-    conf_dir = Path(__file__).resolve().parents[1] / "conf" / "data"
+def data_config_for(sources: Sequence[str], limit: int | None = None,
+                    conf_dir: str | Path | None = None) -> DataConfig:
+    """Dataset names (`<conf_dir>/data/NAME.yaml`) and folders -> one DataConfig over all of them."""
+    conf_dir = Path(conf_dir or default_conf_dir()) / "data"
     names: list[str] = []
     base: dict = {}
     for s in sources:
@@ -727,7 +709,7 @@ def data_config_for(sources: Sequence[str], limit: int | None = None) -> DataCon
         elif Path(s).is_dir() or s in SOURCES or s == BUNDLED:
             names.append(str(Path(s).resolve()) if Path(s).is_dir() else s)
         else:
-            raise SystemExit(f"source {s!r}: not a dataset in conf/data/ ({sorted(p.stem for p in conf_dir.glob('*.yaml'))}) nor a folder")
+            raise SystemExit(f"source {s!r}: not a dataset in {conf_dir}/ ({sorted(p.stem for p in conf_dir.glob('*.yaml'))}) nor a folder")
     label = "+".join(Path(s).name if Path(s).is_dir() else s for s in sources)
     d = {**base, "name": _safe_name(label), "sources": names}
     if limit is not None:
@@ -775,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="shard root (default <cache>/shards)")
     p.add_argument("--cache", type=Path, default=None, help=f"cache root (default {default_cache_dir()}; $PIANOLM_CACHE)")
     p.add_argument("--data-dir", type=Path, default=None, help=f"corpus root (default {default_data_dir()}; $PIANOLM_DATA)")
+    p.add_argument("--conf", type=Path, default=None, help=f"config folder for dataset and tokenizer names (default {default_conf_dir()}; $PIANOLM_CONF)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--limit", type=int, default=None, help="at most N files per source")
     p.add_argument("--file-timeout", type=float, default=None, metavar="SECONDS",
@@ -782,8 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"file_timeout, {DataConfig.file_timeout:g} s; 0: no bound)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
-    tok = load_tokenizer(args.tokenizer)
-    cfg = data_config_for(args.sources, args.limit)
+    tok = load_tokenizer(args.tokenizer, args.conf)
+    cfg = data_config_for(args.sources, args.limit, args.conf)
     if args.file_timeout is not None:
         if not args.file_timeout >= 0:
             p.error(f"--file-timeout must be >= 0 (0: no bound), got {args.file_timeout}")

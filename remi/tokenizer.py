@@ -1,12 +1,15 @@
 """`remi.Tokenizer`: the public face of the package (see docs/ARCHITECTURE.md for the contract).
 
 MIDI (path, bytes, mido.MidiFile) or Score -> ids -> Score / mido.MidiFile, plus the grammar
-helpers, JSON persistence and the BPE hooks. BPE itself lives in `remi.bpe` (imported lazily).
+helpers, JSON persistence and the BPE hooks. The BPE engine lives in `remi.bpe`, which knows
+ids only; training it for a tokenizer (which ids start words, which never merge) happens here.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import numpy as np
 from . import decode as _decode
 from . import encode as _encode
 from . import grammar as _grammar
+from .bpe import BPEModel, shard_songs, train_bpe
 from .config import TokenizerConfig
 from .midi_read import read_midi
 from .score import Score
@@ -41,13 +45,33 @@ class Tokenizer:
         path = Path(path)
         return cls.load(path) if path.suffix.lower() == ".json" else cls.from_yaml(path)
 
-    def with_bpe(self, model) -> "Tokenizer":
+    def with_bpe(self, model: BPEModel) -> "Tokenizer":
         return Tokenizer(self.config, bpe=model)
 
-    def train_bpe(self, data, vocab_size: int) -> "Tokenizer":
-        from .bpe import train_tokenizer_bpe
+    def train_bpe(self, data: Iterable[Sequence[int]] | str | Path, vocab_size: int) -> "Tokenizer":
+        """This tokenizer with BPE learned on base-id sequences or a base-token shard folder.
 
-        return train_tokenizer_bpe(self, data, vocab_size)
+        A shard folder streams its `train` split and must have been written with this (BPE-free)
+        tokenizer: a hash mismatch is an error, so merges are never learned on the wrong ids.
+        Words start at Bar; special tokens never merge.
+        """
+        if self.bpe is not None:
+            raise ValueError("this tokenizer already has BPE; train on its base tokenizer (no bpe) instead")
+        if isinstance(data, (str, Path)):
+            shard_dir = Path(data)
+            if not shard_dir.is_dir():
+                raise FileNotFoundError(f"BPE training data {shard_dir} is not a shard folder")
+            # no BPE yet; a config that asks for BPE has the base ids of bpe_vocab_size 0
+            data = shard_songs(shard_dir, "train", {self.hash} | self.base_hashes())
+        model = train_bpe(data, base_vocab_size=self.base_vocab_size, vocab_size=vocab_size,
+                          word_start_ids={self.bar_id},
+                          never_merge_ids={self.pad_id, self.bos_id, self.eos_id, self.mask_id})
+        return self.with_bpe(model)
+
+    def base_hashes(self) -> set[str]:
+        """Hashes of the tokenizers whose ids are this one's base ids: its config as is, and with
+        `bpe_vocab_size` 0 (the BPE-free tokenizer that writes base shards)."""
+        return {Tokenizer(self.config).hash, Tokenizer(dataclasses.replace(self.config, bpe_vocab_size=0)).hash}
 
     # ---- sizes and ids ---------------------------------------------------------------------
     @property
@@ -221,8 +245,6 @@ class Tokenizer:
         config = TokenizerConfig.from_dict(d["config"], source=source)
         bpe = None
         if d.get("bpe") is not None:
-            from .bpe import BPEModel
-
             bpe = BPEModel.from_dict(d["bpe"])
         tok = cls(config, bpe=bpe)
         if "vocabulary" in d and list(d["vocabulary"]) != list(tok.vocab.tokens):

@@ -21,7 +21,7 @@ def shared_midi_files(subdir: str = "") -> list[Path]:
 @pytest.fixture(scope="session")
 def shared_midi() -> Path:
     if not SHARED_MIDI.is_dir():
-        pytest.skip(f"real MIDI folder {SHARED_MIDI} is absent (see DEVELOPERS.md: ../shared/midi)")
+        pytest.skip(f"real MIDI folder {SHARED_MIDI} is absent (put the corpora there or set $PIANOLM_SHARED_MIDI)")
     return SHARED_MIDI
 
 

@@ -182,7 +182,7 @@ def test_ablate_plans_commands(tmp_path):
 
 def test_a_kept_run_trained_by_other_code_is_flagged(tmp_path):
     from experiments import ablate
-    from train import code_fingerprint
+    from pianolm.runinfo import code_fingerprint
 
     now = code_fingerprint()
     assert len(now) == 16 and now == code_fingerprint(ROOT)
@@ -197,7 +197,7 @@ def test_a_kept_run_trained_by_other_code_is_flagged(tmp_path):
     assert "not recorded" in ablate.kept_message(run, now)
     # the fingerprint follows the code: a changed source file changes it
     copy = tmp_path / "repo"
-    for d in ("remi", "model"):
+    for d in ("remi", "model", "pianolm"):
         shutil.copytree(ROOT / d, copy / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "train.py", copy / "train.py")
     assert code_fingerprint(copy) == now

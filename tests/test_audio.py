@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 import remi.audio as audio_mod
-from remi.audio import (INSTALL_HINT, Renderer, bundled_soundfont, find_renderer, read_wav, render_audio, render_wav,
-                        trim_trailing_silence)
+from remi.audio import (
+    INSTALL_HINT,
+    Renderer,
+    bundled_soundfont,
+    find_renderer,
+    read_wav,
+    render_audio,
+    render_wav,
+    trim_trailing_silence,
+)
 
 RENDERER = find_renderer()
 needs_fluidsynth = pytest.mark.skipif(RENDERER is None, reason=INSTALL_HINT)

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 import remi
 from remi import shards
-from remi.bpe import BPEModel, bpe_info, bpe_info_main, train_bpe, train_tokenizer_bpe
+from remi.__main__ import bpe_info_main
+from remi.bpe import BPEModel, train_bpe
+from remi.bpe_info import bpe_info
 from tests.conftest import ROOT, shared_midi_files
 
 # A synthetic base vocabulary laid out like REMI's: specials first, then one Bar id, then the rest.
@@ -176,9 +178,10 @@ def real_base_ids() -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def real_bpe_tok(real_base_ids):
-    return train_tokenizer_bpe(coarse(), real_base_ids[::2], 800)  # half the files: the rest are unseen
+    return coarse().train_bpe(real_base_ids[::2], 800)  # half the files: the rest are unseen
 
 
+@pytest.mark.slow  # encodes every shared MIDI file and trains BPE on half of them
 @pytest.mark.shared_midi
 def test_exact_inverse_on_every_shared_midi_file(real_bpe_tok, real_base_ids):
     bpe = real_bpe_tok.bpe
@@ -194,6 +197,7 @@ def test_exact_inverse_on_every_shared_midi_file(real_bpe_tok, real_base_ids):
 
 
 @pytest.mark.shared_midi
+@pytest.mark.slow  # shares the fixture above
 def test_tokenizer_with_bpe_saves_loads_and_decodes_merged_ids(real_bpe_tok, tmp_path):
     path = shared_midi_files("tegridy-piano")[0]
     merged = real_bpe_tok.encode(path)
@@ -222,12 +226,12 @@ def test_training_from_a_shard_folder_streams_the_train_split(real_base_ids, tmp
     tok, songs = coarse(), real_base_ids[:40]
     folder = write_base_shards(tmp_path / "base", tok, songs)
     from_dir = tok.train_bpe(folder, vocab_size=600)
-    from_seqs = train_tokenizer_bpe(tok, songs[:30], 600)
+    from_seqs = tok.train_bpe(songs[:30], 600)
     assert from_dir.hash == from_seqs.hash and from_dir.bpe.stats["n_sequences"] == 30
 
     other = remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "fine.yaml")  # different base ids
     with pytest.raises(ValueError, match="base-token shards"):
-        train_tokenizer_bpe(other, folder, 600)
+        other.train_bpe(folder, 600)
 
     info = bpe_info(from_dir, folder, top=5)
     val = songs[30:]

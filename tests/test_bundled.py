@@ -59,6 +59,7 @@ def test_cache_dir_follows_env(tmp_path, monkeypatch):
     assert bundled.bundled_dir(tmp_path / "x") == tmp_path / "x" / "bundled"
 
 
+@pytest.mark.slow  # music21 parses a whole ABC tune book
 def test_abc_opus_gives_many_pieces_per_file(tmp_path):
     """O'Neill's tune book files hold ~50 tunes each: one job, many MIDI files."""
     job = next(j for j in bundled.jobs() if j.collection == "oneills1850")

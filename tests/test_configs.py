@@ -13,8 +13,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import train  # registers the mul_int resolver
 from model.gpt import GPT
+from pianolm.config import model_config, mul_int  # importing it registers the mul_int resolver
+from pianolm.training import wandb_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -66,12 +67,33 @@ def test_every_option_of_every_group_composes_and_resolves(group):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiments_start_global_and_set_tags_and_seed(experiment):
+def test_experiments_start_global_and_set_tags_and_keep_the_seed(experiment):
     text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
     assert text.startswith("# @package _global_")
     cfg = cfg_of(f"+experiment={experiment}")
-    assert experiment in cfg.tags and cfg.round == experiment and isinstance(cfg.seed, int)
+    assert experiment in cfg.tags and cfg.round == experiment
+    assert cfg.seed == cfg_of().seed and cfg_of(f"+experiment={experiment}", "seed=7").seed == 7
     assert cfg.logger.wandb.group == experiment
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_state_only_what_they_change(experiment):
+    """Every key an experiment file sets differs from what its parent (another experiment it
+    builds on, else train.yaml with the same group choices) already gives: no restated defaults."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    defaults = own.pop("defaults", [])
+    parents = [d for d in defaults if isinstance(d, str) and d != "_self_"]
+    groups = [f"{k.split()[-1].lstrip('/')}={v}" for d in defaults if isinstance(d, dict) for k, v in d.items()]
+    base = cfg_of(*groups, *(f"+experiment={p}" for p in parents))
+    cfg = cfg_of(f"+experiment={experiment}")
+    keys = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else keys.append(f"{prefix}{k}")
+    walk(own, "")
+    restated = [k for k in keys if OmegaConf.select(cfg, k) == OmegaConf.select(base, k)]
+    assert not restated, f"{experiment}.yaml restates {restated}"
 
 
 def test_command_line_group_choice_beats_the_experiments_override():
@@ -112,6 +134,7 @@ def _cli_cfg_job(*args) -> dict:
     return yaml.safe_load(out.stdout)
 
 
+@pytest.mark.slow  # two train.py processes (torch and Lightning imported twice)
 def test_cfg_job_of_rounds_3_and_4_on_the_command_line():
     r3, r4 = _cli_cfg_job("+experiment=round3"), _cli_cfg_job("+experiment=round4")
     f3, f4 = flat(OmegaConf.create(r3)), flat(OmegaConf.create(r4))
@@ -125,14 +148,14 @@ def test_round4_has_one_and_a_half_times_round3_non_embedding_params(scale):
     for rnd in ("round3", "round4"):
         cfg = cfg_of(f"+experiment={rnd}", f"scale={scale}")
         with torch.device("meta"):                                 # shapes only, no memory
-            counts[rnd] = GPT(train.model_config(cfg, vocab_size=500)).num_params(non_embedding=True)
+            counts[rnd] = GPT(model_config(cfg, vocab_size=500)).num_params(non_embedding=True)
     assert counts["round4"] / counts["round3"] == pytest.approx(1.5, rel=0.02)
 
 
 def test_mul_int_refuses_to_round():
-    assert train._mul_int(4, 1.5) == 6
+    assert mul_int(4, 1.5) == 6
     with pytest.raises(ValueError, match="whole number"):
-        train._mul_int(5, 1.5)
+        mul_int(5, 1.5)
 
 
 def test_wandb_mode_is_offline_without_credentials(monkeypatch, tmp_path):
@@ -140,9 +163,9 @@ def test_wandb_mode_is_offline_without_credentials(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("NETRC", raising=False)
-    assert train.wandb_mode("auto") == "offline"
+    assert wandb_mode("auto") == "offline"
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
     (tmp_path / ".netrc").chmod(0o600)
-    assert train.wandb_mode("auto") == "online"
+    assert wandb_mode("auto") == "online"
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert train.wandb_mode("auto") == "offline"                  # the environment wins
+    assert wandb_mode("auto") == "offline"                  # the environment wins

@@ -50,6 +50,7 @@ def test_integer_ids_of_any_numpy_type_still_decode(tok):
         assert len(tok.decode_score(arr)) == 1
 
 
+@pytest.mark.slow  # ten million bars through the decoder, the writer and the reader
 @pytest.mark.timeout(120)
 def test_ten_million_bars_write_a_file_our_reader_reads(tok):
     # One delta time of 3.2e8 ticks: over the 4-byte limit of a Standard MIDI File.

@@ -8,9 +8,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import pianolm.checkpoint
 import remi
 import sample
 from model.gpt import GPT, GPTConfig
+from pianolm.checkpoint import load_checkpoint
+from pianolm.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +34,7 @@ def _cfg(**overrides):
 ])
 def test_bad_sampling_options_fail_before_the_checkpoint_is_read(monkeypatch, override, message):
     monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: pytest.fail("checkpoint loaded before the options were checked"))
-    with pytest.raises(sample.SampleError, match=message):
+    with pytest.raises(InputError, match=message):
         sample.sample(_cfg(**override))
 
 
@@ -50,28 +53,28 @@ def _checkpoint(path: Path, **config_changes) -> Path:
 
 
 def test_a_genuine_checkpoint_loads(tmp_path):
-    tok, gpt, _ = sample.load_checkpoint(_checkpoint(tmp_path / "ok.ckpt"))
+    tok, gpt, _ = load_checkpoint(_checkpoint(tmp_path / "ok.ckpt"))
     assert gpt.config.n_embd == 16 and tok.vocab_size == gpt.config.vocab_size
 
 
 def test_an_absurd_model_config_is_refused_before_allocating(tmp_path, monkeypatch):
     path = _checkpoint(tmp_path / "absurd.ckpt", n_layer=48, n_embd=12800, n_head=100)  # ~94 G parameters
-    monkeypatch.setattr(sample, "GPT", lambda *a, **k: pytest.fail("a model was built"))
-    with pytest.raises(sample.SampleError, match=rf"{path}: model_config .* describes ~[\d,]+ parameters \(\d+\.\d GB\)"):
-        sample.load_checkpoint(path)
+    monkeypatch.setattr(pianolm.checkpoint, "GPT", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(InputError, match=rf"{path}: model_config .* describes ~[\d,]+ parameters \(\d+\.\d GB\)"):
+        load_checkpoint(path)
 
 
 def test_mismatched_shapes_name_the_checkpoint_and_the_tensor(tmp_path):
     path = _checkpoint(tmp_path / "shapes.ckpt", block_size=40)  # wpe holds 32 rows
-    with pytest.raises(sample.SampleError, match=rf"{path}: tensor 'transformer.wpe.weight' has shape \(32, 16\) "
+    with pytest.raises(InputError, match=rf"{path}: tensor 'transformer.wpe.weight' has shape \(32, 16\) "
                                                   r"but model_config .* needs \(40, 16\)"):
-        sample.load_checkpoint(path)
+        load_checkpoint(path)
 
 
 def test_a_model_config_that_does_not_load_is_a_sample_error(tmp_path):
     path = _checkpoint(tmp_path / "bad.ckpt", n_head=3)  # 16 channels do not split into 3 heads
-    with pytest.raises(sample.SampleError, match=rf"{path}: its model_config does not load .*divisible by n_head"):
-        sample.load_checkpoint(path)
+    with pytest.raises(InputError, match=rf"{path}: its model_config does not load .*divisible by n_head"):
+        load_checkpoint(path)
 
 
 def test_non_finite_weights_are_refused(tmp_path):
@@ -79,5 +82,5 @@ def test_non_finite_weights_are_refused(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     ckpt["state_dict"]["gpt.transformer.ln_f.weight"][0] = float("nan")
     torch.save(ckpt, path)
-    with pytest.raises(sample.SampleError, match=r"'transformer.ln_f.weight' holds NaN"):
-        sample.load_checkpoint(path)
+    with pytest.raises(InputError, match=r"'transformer.ln_f.weight' holds NaN"):
+        load_checkpoint(path)

@@ -140,7 +140,7 @@ def bach_midi(tmp_path_factory):
 def test_key_finding_agrees_with_bach_key_signatures(bach_midi):
     """Most chorales state their key signature in the MIDI, and key finding recovers it.
 
-    The full figure (every bundled Bach piece) is `python -m remi.metrics key-accuracy`; these 24
+    The full figure (every bundled Bach piece) is `python -m remi key-accuracy`; these 24
     are a quick check that the reader, the signature parsing and the profiles fit together.
     """
     import remi
@@ -156,7 +156,7 @@ def test_key_finding_agrees_with_bach_key_signatures(bach_midi):
 
 
 def test_key_accuracy_cli(bach_midi, capsys):
-    from remi.metrics import _main
+    from remi.__main__ import key_accuracy_main as _main
 
     assert _main(["key-accuracy", str(bach_midi[0].parent), "--profiles", "all"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import matplotlib.image as mpimg
-import numpy as np
 import pytest
 
-from remi.pianoroll import (PROMPT_LINE_LABEL, comparison_figure, pianoroll_figure, roll_array,
-                            save_comparison, save_pianoroll)
-from remi.score import Score, TimeSignature
+from remi.pianoroll import PROMPT_LINE_LABEL, comparison_figure, pianoroll_figure, roll_array, save_comparison, save_pianoroll
+from remi.score import Score
 
 TPB = 480
 

@@ -15,22 +15,38 @@ import remi
 from remi import prepare, shards
 from remi.datasets import DataConfig
 from tests.conftest import ROOT, shared_midi_files
+from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 
 TEGRIDY = shared_midi_files("tegridy-piano")
 needs_tegridy = pytest.mark.skipif(not TEGRIDY, reason="../shared/midi/tegridy-piano is absent")
 
 
+def piece(seed: int) -> bytes:
+    """A small piano piece of its own (8 bars of 1-3 note chords, its own tempo and metre):
+    the caching tests run on files they write, so they need no corpus on disk."""
+    rng = np.random.default_rng(seed)
+    beats = int(rng.choice([3, 4]))
+    notes = []
+    for beat in range(8 * beats):
+        for pitch in rng.choice(np.arange(40, 90), size=int(rng.integers(1, 4)), replace=False):
+            start = beat * 480 + int(rng.choice([0, 240]))
+            notes.append((start, start + int(rng.choice([240, 480, 960])), int(pitch), int(rng.integers(30, 110))))
+    events = [tempo(0, float(rng.integers(60, 160))), time_sig(0, beats, 4), *note_events(notes)]
+    return midi_file([track(events)])
+
+
+def _pieces(tmp_path: Path, seeds, name: str = "corpus") -> Path:
+    """A folder of `piece(seed)` files, piece_<seed>.mid (added to the folder if it exists)."""
+    d = tmp_path / name
+    d.mkdir(parents=True, exist_ok=True)
+    for i in seeds:
+        (d / f"piece_{i:03d}.mid").write_bytes(piece(i))
+    return d
+
+
 @pytest.fixture(scope="module")
 def tok():
     return remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
-
-
-def _folder(tmp_path: Path, files: list[Path], name: str = "corpus") -> Path:
-    d = tmp_path / name
-    d.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        shutil.copyfile(f, d / f.name)
-    return d
 
 
 def _songs_by_file(prep: prepare.Prepared) -> dict[str, np.ndarray]:
@@ -79,9 +95,7 @@ def test_tegridy_folder_shards_decode_to_the_tokenizers_round_trip(tmp_path, tok
 
 @pytest.fixture
 def small_folder(tmp_path):
-    if not TEGRIDY:
-        pytest.skip("../shared/midi/tegridy-piano is absent")
-    return _folder(tmp_path, TEGRIDY[:12])
+    return _pieces(tmp_path, range(12))
 
 
 def test_two_configs_two_caches_and_a_changed_value_rebuilds(tmp_path, tok, small_folder):
@@ -119,12 +133,10 @@ def test_truncated_shard_is_detected_and_rebuilt(tmp_path, tok, small_folder):
 
 
 def test_changed_corpus_gets_new_shards_old_files_keep_their_split(tmp_path, tok):
-    if len(TEGRIDY) < 30:
-        pytest.skip("../shared/midi/tegridy-piano is absent")
-    folder = _folder(tmp_path, TEGRIDY[:20])
+    folder = _pieces(tmp_path, range(20))
     cfg = DataConfig(name="grow", sources=(str(folder),), val_fraction=0.2, test_fraction=0.2)
     a = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=1, progress=False)
-    _folder(tmp_path, TEGRIDY[20:30])
+    _pieces(tmp_path, range(20, 30))
     b = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=1, progress=False)
     assert a.dir != b.dir and b.manifest["total"]["files"] > a.manifest["total"]["files"]
     split_a = {f["file"]: f["split"] for f in a.manifest["files"]}
@@ -181,10 +193,8 @@ def test_parallel_workers_write_their_own_logs_and_a_rerun_reuses_them(tmp_path,
 
 
 def test_corrupt_files_are_skipped_with_reasons(tmp_path, tok):
-    if len(TEGRIDY) < 4:
-        pytest.skip("../shared/midi/tegridy-piano is absent")
-    good = TEGRIDY[:4]
-    folder = _folder(tmp_path, good)
+    folder = _pieces(tmp_path, range(4))
+    good = sorted(folder.iterdir())
     data = good[0].read_bytes()
     (folder / "truncated.mid").write_bytes(data[: len(data) // 3])
     (folder / "random.mid").write_bytes(np.random.default_rng(0).bytes(5000))
@@ -202,8 +212,8 @@ def test_corrupt_files_are_skipped_with_reasons(tmp_path, tok):
 
 
 def test_identical_files_across_sources_are_kept_once(tmp_path, tok, small_folder):
-    other = _folder(tmp_path, TEGRIDY[:3], name="other")
-    (other / "renamed copy.mid").write_bytes(TEGRIDY[5].read_bytes())
+    other = _pieces(tmp_path, range(3), name="other")
+    (other / "renamed copy.mid").write_bytes(piece(5))
     cfg = DataConfig(name="two", sources=(str(small_folder), str(other)))
     r = prepare.prepare(cfg, tok, cache_dir=tmp_path / "cache", workers=1, progress=False)
     assert r.manifest["stats"][str(other)]["duplicates"] == 4

@@ -19,9 +19,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import pianolm.checkpoint as ckpt_mod
+import pianolm.generate as gen
 import remi
 import remi.render
 import sample as sample_mod
+from pianolm.errors import InputError
 from remi.audio import INSTALL_HINT, find_renderer, read_wav
 from tests.conftest import ROOT, shared_midi_files
 
@@ -271,14 +274,14 @@ def test_bad_input_is_one_clear_line(case, ckpt, tmp_path):
 def test_prompt_longer_than_context_is_refused(ckpt, tmp_path):
     block = torch.load(ckpt, weights_only=True)["model_config"]["block_size"]
     prompt = write_prompt(tmp_path / "dense.mid", n_bars=6, notes_per_beat=4)
-    with pytest.raises(sample_mod.SampleError, match=rf"dense.mid.*longer than the model's context of {block}"):
+    with pytest.raises(InputError, match=rf"dense.mid.*longer than the model's context of {block}"):
         sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path / "o", prompt=prompt, prompt_bars=4, audio=False))
 
 
 def test_checkpoint_without_model_keys_is_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(sample_mod.SampleError, match="other.ckpt is not a pianolm checkpoint.*'tokenizer'"):
-        sample_mod.load_checkpoint(tmp_path / "other.ckpt")
+    with pytest.raises(InputError, match="other.ckpt is not a pianolm checkpoint.*'tokenizer'"):
+        ckpt_mod.load_checkpoint(tmp_path / "other.ckpt")
 
 
 # ----------------------------------------------------------------- pieces
@@ -288,9 +291,9 @@ def test_state_dict_prefix_is_found_not_assumed():
     expected = ["transformer.wte.weight", "lm_head.weight"]
     for prefix in ("", "gpt.", "model._orig_mod."):
         state = {prefix + k: i for i, k in enumerate(expected)} | {"other.thing": 9}
-        assert sample_mod.match_state_dict(state, expected, "x") == {k: i for i, k in enumerate(expected)}
-    with pytest.raises(sample_mod.SampleError, match="lack 1 of the model's tensors"):
-        sample_mod.match_state_dict({"gpt.transformer.wte.weight": 0}, expected, "x")
+        assert ckpt_mod.match_state_dict(state, expected, "x") == {k: i for i, k in enumerate(expected)}
+    with pytest.raises(InputError, match="lack 1 of the model's tensors"):
+        ckpt_mod.match_state_dict({"gpt.transformer.wte.weight": 0}, expected, "x")
 
 
 def test_cut_bars_stops_before_the_next_bar(tok, tmp_path):
@@ -326,9 +329,9 @@ def long_pieces(ckpt, prompt_file, stride: int, max_bars: int | None = None) -> 
     """Three pieces of 600 new tokens (as `finish` returns them) that continue 2 bars of
     `prompt_file`, with sample.py's mask, except that EOS is only allowed where nothing else is
     (the barely trained model would otherwise stop early); the prompt's length; block_size."""
-    tok, gpt, _ = sample_mod.load_checkpoint(ckpt)
-    prompt, = sample_mod.load_prompts(tok, prompt_file, 2, gpt.config.block_size)
-    allowed = sample_mod.make_allowed(tok, len(prompt.ids), True, max_bars, continue_bars=True)
+    tok, gpt, _ = ckpt_mod.load_checkpoint(ckpt)
+    prompt, = gen.load_prompts(tok, prompt_file, 2, gpt.config.block_size)
+    allowed = gen.make_allowed(tok, len(prompt.ids), True, max_bars, continue_bars=True)
 
     def no_early_eos(ids):
         mask = allowed(ids)
@@ -339,7 +342,7 @@ def long_pieces(ckpt, prompt_file, stride: int, max_bars: int | None = None) -> 
     idx = torch.tensor([prompt.ids] * 3)
     out = gpt.generate(idx, 600, eos_id=tok.eos_id, allowed=no_early_eos, stride=stride,
                        generator=torch.Generator().manual_seed(4))
-    return [sample_mod.finish(tok, row, len(prompt.ids), max_bars) for row in out.tolist()], len(prompt.ids), \
+    return [gen.finish(tok, row, len(prompt.ids), max_bars) for row in out.tolist()], len(prompt.ids), \
         gpt.config.block_size
 
 
@@ -368,7 +371,7 @@ def test_grammar_prompt_and_max_bars_stay_exact_across_window_shifts(ckpt, tok, 
 
 def test_incremental_grammar_mask_equals_reading_the_whole_prefix(tok, tmp_path):
     ids = tok.encode(write_prompt(tmp_path / "p.mid", n_bars=4, notes_per_beat=2))[:-1]  # EOS dropped
-    allowed = sample_mod.make_allowed(tok, 5, grammar=True, max_bars=None, continue_bars=False)
+    allowed = gen.make_allowed(tok, 5, grammar=True, max_bars=None, continue_bars=False)
     not_special = np.ones(tok.vocab_size, dtype=bool)
     not_special[[tok.bos_id, tok.pad_id, tok.mask_id]] = False
     rows = torch.tensor([ids, ids[::-1]])  # a real piece, and one that breaks the grammar everywhere
@@ -401,10 +404,10 @@ def bars_of(tok, specs: list[tuple[str, float]]) -> list[int]:
 def test_seconds_between_bars_follows_meter_and_tempo(tempo_tok):
     tok, slow, fast = tempo_tok
     ids = bars_of(tok, [("4/4", slow), ("3/4", fast), ("4/4", fast)])
-    assert sample_mod.seconds_between_bars(tok, ids, 0, 1) == pytest.approx(4 * 60 / slow, rel=1e-3)
-    assert sample_mod.seconds_between_bars(tok, ids, 0, 2) == pytest.approx(4 * 60 / slow + 3 * 60 / fast,
+    assert gen.seconds_between_bars(tok, ids, 0, 1) == pytest.approx(4 * 60 / slow, rel=1e-3)
+    assert gen.seconds_between_bars(tok, ids, 0, 2) == pytest.approx(4 * 60 / slow + 3 * 60 / fast,
                                                                             rel=1e-3)
-    assert sample_mod.seconds_between_bars(tok, ids, 1, 3) == pytest.approx(7 * 60 / fast, rel=1e-3)
+    assert gen.seconds_between_bars(tok, ids, 1, 3) == pytest.approx(7 * 60 / fast, rel=1e-3)
 
 
 def test_max_seconds_stops_at_the_first_bar_line_past_it(tempo_tok):
@@ -412,12 +415,12 @@ def test_max_seconds_stops_at_the_first_bar_line_past_it(tempo_tok):
     ids = bars_of(tok, [("4/4", slow)] * 6) + [tok.eos_id]
     bar = 4 * 60 / slow  # about 4 s: bars start at 0, 1 bar, 2 bars, ...
     for seconds, kept in ((1.99 * bar, 2), (2.01 * bar, 3), (3 * bar, 3), (3.01 * bar, 4), (30 * bar, 6)):
-        cut, stop = sample_mod.finish(tok, ids, 1, None, max_seconds=seconds)
+        cut, stop = gen.finish(tok, ids, 1, None, max_seconds=seconds)
         assert cut.count(tok.bar_id) == kept and cut[-1] == tok.eos_id
         assert stop == ("max_seconds" if kept < 6 else "eos")
-    assert sample_mod.finish(tok, ids, 1, 2, max_seconds=3.01 * bar)[1] == "max_bars"  # the first limit wins
+    assert gen.finish(tok, ids, 1, 2, max_seconds=3.01 * bar)[1] == "max_bars"  # the first limit wins
     # after a prompt of two bars, seconds count from the prompt's end
-    assert sample_mod.finish(tok, ids, 15, None, max_seconds=1.99 * bar)[0].count(tok.bar_id) == 2 + 2
+    assert gen.finish(tok, ids, 15, None, max_seconds=1.99 * bar)[0].count(tok.bar_id) == 2 + 2
 
 
 def test_max_seconds_from_the_command_line(ckpt, tok, tmp_path):
@@ -430,12 +433,12 @@ def test_max_seconds_from_the_command_line(ckpt, tok, tmp_path):
         assert r["token_errors"] == 0.0
         if r["stopped_by"] == "max_seconds":
             ids, g = r["ids"][:-1], r["n_bars"] - 2  # generated bars kept; the next one started past 6 s
-            assert sample_mod.seconds_between_bars(tok, ids, 2, 2 + g) >= 6
-            assert sample_mod.seconds_between_bars(tok, ids, 2, 2 + g - 1) < 6
+            assert gen.seconds_between_bars(tok, ids, 2, 2 + g) >= 6
+            assert gen.seconds_between_bars(tok, ids, 2, 2 + g - 1) < 6
 
 
 def test_bad_stride_or_max_seconds_is_one_clear_error(ckpt, tmp_path):
-    with pytest.raises(sample_mod.SampleError, match="stride must be an integer from 1.*block_size 256"):
+    with pytest.raises(InputError, match="stride must be an integer from 1.*block_size 256"):
         sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path, stride=1000, audio=False))
-    with pytest.raises(sample_mod.SampleError, match="max_seconds must be > 0"):
+    with pytest.raises(InputError, match="max_seconds must be > 0"):
         sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path, max_seconds=0, audio=False))

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.sampling import (apply_temperature, mask_disallowed, min_p_filter, next_token, repetition_penalty, sample,
-                            top_k_filter, top_p_filter)
+from model.sampling import (
+    apply_temperature,
+    mask_disallowed,
+    min_p_filter,
+    next_token,
+    repetition_penalty,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
 
 NEG = float("-inf")
 

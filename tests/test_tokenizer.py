@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 import remi
-from remi import Score, Tokenizer, TokenizerConfig
-from remi.vocab import BAR, PITCH, POSITION
+from remi import Tokenizer, TokenizerConfig
 from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
+import remi
 import train
 from model.data import WindowConfig, WindowDataModule
 from model.lit import LitGPT, OptimConfig, TokenizerMismatchError
@@ -31,11 +32,7 @@ from tests.stubs import ZeroLogits
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 40  # bundled pieces: enough for a val split, quick to convert and tokenize
 # A model and batch small enough that a step takes milliseconds on 2 cores.
-FAST = ["data=bundled", f"data.limit={LIMIT}", "data.val_fraction=0.2", "scale=tiny", "scale.n_layer=2", "scale.n_head=2",
-        "scale.n_embd=32", "scale.block_size=64", "scale.batch_size=4", "scale.warmup_steps=2",
-        "scale.val_every=4", "scale.ckpt_every=2", "trainer.max_steps=4", "callbacks.samples.max_new_tokens=24",
-        "callbacks.samples.n_samples=1", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "logger=csv", "torch_threads=1"]
+FAST = ["data=bundled", "scale=tiny", "logger=csv", "+debug=fast"]  # conf/debug/fast.yaml: data.limit=LIMIT, 4 steps
 
 
 @pytest.fixture(scope="session")
@@ -64,12 +61,12 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path, cache_dir):
     assert m["bpe"] == (cfg.tokenizer.bpe_vocab_size > 0)
     tok = result["tokenizer"]
     if m["bpe"]:
-        assert tok.vocab_size > train.remi.Tokenizer(tok.config.__class__(
+        assert tok.vocab_size > remi.Tokenizer(tok.config.__class__(
             **{**tok.config.__dict__, "bpe_vocab_size": 0})).vocab_size
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4
     assert ckpt["tokenizer_hash"] == tok.hash == m["tokenizer_hash"]
-    assert train.remi.Tokenizer.from_dict(ckpt["tokenizer"]).hash == tok.hash   # rebuilt from the file alone
+    assert remi.Tokenizer.from_dict(ckpt["tokenizer"]).hash == tok.hash   # rebuilt from the file alone
     assert ckpt["model_config"]["n_layer"] == cfg.model.n_layer == m["n_layer"]
     assert ckpt["model_config"]["vocab_size"] == tok.vocab_size
     assert ckpt["cfg"]["round"] == experiment
@@ -214,7 +211,9 @@ def test_wandb_offline_run_holds_config_metrics_and_sample_media(default_run):
     assert sorted((files / "media" / "images").rglob("*.png"))     # piano rolls as wandb images
     midi = sorted((files / "samples").rglob("*.mid"))
     assert len(midi) == 2 * 2                                       # 2 pieces at step 3 and at step 6
-    assert all(mido.MidiFile(p).length >= 0 for p in midi)
+    for p in midi:  # the run's own sample files, byte for byte, and each a MIDI file mido reads
+        assert p.read_bytes() == (run_dir / p.relative_to(files)).read_bytes()
+        assert mido.MidiFile(p).ticks_per_beat > 0
     # the run's own record (history, config, summary) holds the logged metrics
     [record] = wandb_run.glob("run-*.wandb")
     blob = record.read_bytes()

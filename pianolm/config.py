@@ -1,0 +1,116 @@
+"""The run's config: the `mul_int` resolver the yaml uses, and every value checked before any work.
+
+`check_config(cfg)` reads the composed Hydra config (conf/train.yaml and its groups) and raises
+ConfigError naming the key, its value and what is allowed; the dataclasses' own checks
+(remi.TokenizerConfig, remi.datasets.DataConfig, model.GPTConfig) run here too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import remi
+import remi.datasets
+from model import GPTConfig
+
+from .errors import ConfigError
+
+
+def mul_int(value: Any, factor: Any) -> int:
+    """`${mul_int:${scale.n_layer},1.5}`: an integer product, refusing to round silently."""
+    product = float(value) * float(factor)
+    if abs(product - round(product)) > 1e-9:
+        raise ValueError(f"mul_int: {value} x {factor} = {product} is not a whole number; "
+                         f"choose a scale whose n_layer makes it one")
+    return int(round(product))
+
+
+OmegaConf.register_new_resolver("mul_int", mul_int, replace=True)  # on import: conf/ uses it
+
+
+def _key(cfg: DictConfig, dotted: str) -> str:
+    """`optim.lr`, or `optim.lr (= ${scale.lr})` when the value comes from an interpolation,
+    so the message says which key to change."""
+    group, _, name = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, group) if group else cfg
+    raw = OmegaConf.to_container(node, resolve=False).get(name) if isinstance(node, DictConfig) else None
+    return f"{dotted} (= {raw})" if isinstance(raw, str) and "${" in raw else dotted
+
+
+def _number(cfg: DictConfig, dotted: str, kind: type, ok, allowed: str):
+    """The value at `dotted` as `kind` (int or float), or ConfigError naming key, value and `allowed`."""
+    try:
+        value = OmegaConf.select(cfg, dotted, throw_on_missing=True)
+    except Exception as e:  # noqa: BLE001 — a missing key or a broken interpolation
+        raise ConfigError(f"{dotted}: cannot be read ({e}); it must be {allowed}") from None
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    good_type = is_int if kind is int else (is_int or isinstance(value, float))
+    if not good_type or not ok(value):
+        raise ConfigError(f"{_key(cfg, dotted)}={value!r}: must be {allowed}")
+    return value
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every component's settings, checked before any work (data preparation takes minutes on
+    the bundled corpus, hours on a full one). Raises ConfigError naming the key, the value and
+    what is allowed; the dataclasses' own checks (TokenizerConfig, DataConfig, GPTConfig) run here too."""
+    pos_int = lambda v: v >= 1  # noqa: E731
+    for key in ("scale.batch_size", "scale.accumulate", "model.n_layer", "model.n_head", "model.n_embd",
+                "model.block_size", "model.pad_vocab_multiple", "trainer.max_steps"):
+        _number(cfg, key, int, pos_int, "an integer >= 1")
+    n_embd, n_head = cfg.model.n_embd, cfg.model.n_head
+    if n_embd % n_head:
+        raise ConfigError(f"{_key(cfg, 'model.n_embd')}={n_embd} is not divisible by {_key(cfg, 'model.n_head')}={n_head}: "
+                          f"each head gets n_embd / n_head channels (e.g. n_head={_divisor_near(n_embd, n_head)})")
+    for key in ("scale.val_songs", "scale.val_batch_size"):  # optional: null means all / batch_size
+        if OmegaConf.select(cfg, key) is not None:
+            _number(cfg, key, int, pos_int, "an integer >= 1, or null")
+    if OmegaConf.select(cfg, "scale.song_start_share") is not None:
+        _number(cfg, "scale.song_start_share", float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    _number(cfg, "model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    lr = _number(cfg, "optim.lr", float, lambda v: 0 < v < float("inf"), "a finite number > 0 (the peak learning rate)")
+    _number(cfg, "optim.min_lr", float, lambda v: 0 <= v <= lr, f"a number in [0, optim.lr={lr}]")
+    _number(cfg, "optim.warmup_steps", int, lambda v: v >= 0, "an integer >= 0")
+    _number(cfg, "optim.max_steps", int, pos_int, "an integer >= 1")
+    _number(cfg, "optim.weight_decay", float, lambda v: v >= 0, "a number >= 0")
+    betas = OmegaConf.select(cfg, "optim.betas")
+    betas_ok = (OmegaConf.is_list(betas) or isinstance(betas, (list, tuple))) and len(betas) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    if not betas_ok:
+        raise ConfigError(f"optim.betas={_plain(betas)!r}: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+    if OmegaConf.select(cfg, "optim.grad_clip") is not None:
+        _number(cfg, "optim.grad_clip", float, lambda v: v > 0, "a number > 0, or null for no clipping")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r}: must be an integer in [0, 2**32)")
+    # The dataclasses' own checks, with the group named.
+    try:
+        tok_cfg = remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"tokenizer: {e}") from None
+    try:
+        remi.datasets.DataConfig.from_mapping(cfg.data)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data: {e}") from None
+    base_vocab = remi.Tokenizer(tok_cfg).base_vocab_size if tok_cfg.bpe_vocab_size else 0
+    if tok_cfg.bpe_vocab_size and tok_cfg.bpe_vocab_size <= base_vocab:
+        raise ConfigError(f"{_key(cfg, 'tokenizer.bpe_vocab_size')}={tok_cfg.bpe_vocab_size}: must be 0 (no BPE) or "
+                          f"larger than the base vocabulary ({base_vocab})")
+    try:
+        GPTConfig(vocab_size=max(1, tok_cfg.bpe_vocab_size), **OmegaConf.to_container(cfg.model, resolve=True))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def _divisor_near(n: int, k: int) -> int:
+    """The divisor of n closest to k (a suggestion for n_head)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))

@@ -1,0 +1,117 @@
+"""The pieces train.py assembles: data (tokenizer + token shards), loggers and callbacks from the
+config, and what a finished run reports. Behaviour follows the configured classes' types
+(`issubclass(cls, WandbLogger)`), never their names.
+"""
+from __future__ import annotations
+
+import fcntl
+import netrc
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+import remi
+from model.callbacks import SampleCallback
+from remi.prepare import prepare_for_training
+from remi.shards import ShardSplit, load_split
+
+from .media import MediaWriter
+
+# ----------------------------------------------------------------------------- data
+
+@contextmanager
+def file_lock(path: Path):
+    """Serialise corpus preparation between processes that start together (torchrun, SLURM):
+    the first converts, the others then find the cache ready."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_data(cfg: DictConfig) -> tuple[remi.Tokenizer, Path, ShardSplit, ShardSplit]:
+    """(tokenizer with BPE if configured, shard folder, train split, val split); shards cached
+    under paths.cache_dir."""
+    tok = remi.Tokenizer(remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
+    cache_dir = Path(cfg.paths.cache_dir)
+    with file_lock(cache_dir / ".prepare.lock"):
+        tok, shard_dir = prepare_for_training(cfg.data, tok, Path(cfg.paths.data_dir), cache_dir)
+    train = load_split(shard_dir, "train", expect_hash=tok.hash)
+    val = load_split(shard_dir, "val", expect_hash=tok.hash)
+    if len(val.offsets) < 2:
+        raise ValueError(f"the validation split of {shard_dir} is empty; raise data.val_fraction "
+                         f"or data.limit so at least one song is held out")
+    return tok, Path(shard_dir), train, val
+
+
+# ----------------------------------------------------------------------------- loggers
+
+def wandb_has_credentials() -> bool:
+    """WANDB_API_KEY is set, or ~/.netrc holds an entry for the wandb API host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(requested: str | None) -> str:
+    """'online' or 'offline' (or 'disabled'). WANDB_MODE in the environment wins; 'auto' means
+    online exactly when credentials exist, so a fresh machine never prompts for a login."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return "offline" if env == "dryrun" else env
+    if requested in (None, "auto"):
+        return "online" if wandb_has_credentials() else "offline"
+    return requested
+
+
+def _configured(group: Any) -> list[tuple[type, dict]]:
+    """(class, resolved kwargs with _target_) of every entry of a logger/callbacks group."""
+    out = []
+    for conf in (group or {}).values():
+        if conf is not None:
+            conf = OmegaConf.to_container(conf, resolve=True)
+            out.append((get_class(conf["_target_"]), conf))
+    return out
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for cls, conf in _configured(cfg.get("logger")):
+        if issubclass(cls, WandbLogger):
+            conf["mode"] = wandb_mode(conf.get("mode"))
+            conf["offline"] = conf["mode"] != "online"
+            Path(conf["save_dir"]).mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, tok: remi.Tokenizer) -> list[L.Callback]:
+    """The configured callbacks; the sample callback gets the MIDI side (render) from here."""
+    callbacks = []
+    for cls, conf in _configured(cfg.get("callbacks")):
+        if issubclass(cls, SampleCallback):
+            media = MediaWriter.find(tok, who="train")
+            callbacks.append(instantiate(conf, render=media.samples, bos_id=tok.bos_id,
+                                         eos_id=tok.eos_id, seed=cfg.seed))
+        else:
+            callbacks.append(instantiate(conf))
+    return callbacks
+
+
+def wandb_save(loggers: list, path: Path) -> None:
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.save(str(path), base_path=str(path.parent), policy="now")

@@ -1,0 +1,212 @@
+"""The layout's rules, read from every module's imports (module level and inside functions alike).
+
+- no import cycle between the project's own modules;
+- `remi` never imports torch, lightning, `model` or `pianolm` (it knows MIDI and tokens only);
+- `model` never imports `remi`, mido or `pianolm` (it knows tensors and ids only);
+- no library (`remi`, `model`, `pianolm`) imports an entry point (`train.py`, `sample.py`) or
+  `experiments/`, and nothing but the tests imports an entry point;
+- mido is imported by `remi/midi_io.py` alone.
+
+Only `if TYPE_CHECKING:` blocks are skipped: they never run.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("remi", "model", "pianolm", "experiments")
+SCRIPTS = ("train.py", "sample.py")
+ENTRY_POINTS = ("train", "sample")
+MIDO_HOME = "remi.midi_io"
+FORBIDDEN = {  # importer's top package -> top-level names it must not import
+    "remi": {"torch", "lightning", "model", "pianolm", "experiments", *ENTRY_POINTS},
+    "model": {"remi", "mido", "pianolm", "experiments", *ENTRY_POINTS},
+    "pianolm": {"experiments", *ENTRY_POINTS},
+    "experiments": {*ENTRY_POINTS},
+    "benchmarks": {*ENTRY_POINTS},
+    "train": {"experiments", "sample"},
+    "sample": {"experiments", "train"},
+}
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_files(root: Path = ROOT) -> list[Path]:
+    files = [p for pkg in (*PACKAGES, "benchmarks") for p in sorted((root / pkg).rglob("*.py"))]
+    return files + [root / s for s in SCRIPTS if (root / s).is_file()]
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def imported_names(path: Path, root: Path = ROOT) -> list[tuple[str, int]]:
+    """(dotted module name, line) of every import in `path`; relative imports made absolute, and
+    `from pkg import name` read as `pkg.name` when that is a module file of the tree."""
+    me = module_name(path, root)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".") if package else []
+                    anchor = anchor[: len(anchor) - (child.level - 1)]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for a in child.names:
+                    sub = f"{base}.{a.name}" if base else a.name
+                    is_module = (root / Path(*sub.split("."))).with_suffix(".py").is_file() or (
+                        root / Path(*sub.split(".")) / "__init__.py").is_file()
+                    found.append((sub if is_module else base, child.lineno))
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """The project's own modules -> the project modules each imports."""
+    files = project_files(root)
+    names = {module_name(p, root) for p in files}
+    graph: dict[str, set[str]] = {}
+    for p in files:
+        me = module_name(p, root)
+        graph[me] = set()
+        for name, _ in imported_names(p, root):
+            # `import remi.score` names remi.score; `import remi` names the package
+            target = next((cut for cut in _prefixes(name) if cut in names), None)
+            if target is not None and target != me:
+                graph[me].add(target)
+    return graph
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    """Every forbidden arrow, as 'file:line imports name (rule)'."""
+    bad = []
+    for p in project_files(root):
+        me = module_name(p, root)
+        top = me.split(".")[0]
+        for name, line in imported_names(p, root):
+            head = name.split(".")[0]
+            where = f"{p.relative_to(root)}:{line} imports {name}"
+            if head in FORBIDDEN.get(top, ()):
+                bad.append(f"{where} ({top} must not import {head})")
+            if head == "mido" and me != MIDO_HOME:
+                bad.append(f"{where} (only {MIDO_HOME} imports mido)")
+    return bad
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_no_forbidden_imports():
+    found = violations()
+    assert not found, "forbidden imports:\n" + "\n".join(found)
+
+
+# ---- the checker itself catches what it must -------------------------------------------------
+
+
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return tmp_path
+
+
+def test_checker_finds_a_cycle_hidden_inside_a_function(tmp_path):
+    root = _tree(tmp_path, {
+        "remi/__init__.py": "",
+        "remi/a.py": "from .b import x\n",
+        "remi/b.py": "def f():\n    from . import a\n",
+        "remi/c.py": "from remi import a\n",
+    })
+    assert cycles(import_graph(root)) == [["remi.a", "remi.b"]]
+
+
+def test_checker_finds_forbidden_arrows_but_skips_type_checking(tmp_path):
+    root = _tree(tmp_path, {
+        "remi/__init__.py": "",
+        "remi/x.py": "import torch\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import model\n",
+        "remi/y.py": "def f():\n    import mido\n",
+        "model/__init__.py": "",
+        "model/z.py": "from remi.x import q\n",
+        "pianolm/__init__.py": "",
+        "pianolm/w.py": "from sample import load\n",
+    })
+    found = violations(root)
+    assert sorted(v.split(" (")[0] for v in found) == [
+        "model/z.py:1 imports remi.x",
+        "pianolm/w.py:1 imports sample",
+        "remi/x.py:1 imports torch",
+        "remi/y.py:2 imports mido",
+    ]
+
+
+@pytest.mark.parametrize("module", ["remi.keys", "remi.metrics", "remi.score"])
+def test_leaves_import_only_score_and_keys(module):
+    """keys and metrics are pure numpy over Score: nothing of corpus preparation or MIDI below them."""
+    assert import_graph()[module] <= {"remi.score", "remi.keys"}
