@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -362,10 +362,120 @@ class GPT(nn.Module):
         The mapping is `model.hf`'s, shared with `model.hf.load_hf` (a saved folder) and
         inverted by `model.hf.export_hf`.
         """
-        from model.hf import config_from_hf, load_hf_weights
 
         sd = hf_model.state_dict()
         tied = torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"])
         gpt = cls(config_from_hf(hf_model.config.to_dict(), tied=tied))
         load_hf_weights(gpt, sd)
         return gpt.to(device=next(hf_model.parameters()).device, dtype=next(hf_model.parameters()).dtype)
+
+
+# ----------------------------------------------------------------- Hugging Face GPT-2 mapping
+# The one mapping between our parameters and Hugging Face GPT-2's, used by `GPT.from_hf` and by
+# model.hf (export to and loading from a saved folder). It lives here, beside the model, so that
+# model.hf depends on model.gpt and never the other way round.
+
+# Hugging Face GPT-2 keeps these as Conv1D (in, out) matrices; nn.Linear stores (out, in).
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def config_from_hf(c: Mapping[str, Any], tied: bool = True, source: str = "GPT.from_hf") -> GPTConfig:
+    """Our `GPTConfig` for a GPT-2 config dict (`GPT2Config.to_dict()` or a `config.json`).
+
+    Refuses, naming every reason, what `model.gpt.GPT` cannot compute; missing keys take
+    `GPT2Config`'s defaults. A `"pianolm"` entry (written by `export_hf`) restores the settings
+    GPT-2 has no key for, after checking it agrees with the GPT-2 keys.
+    """
+    get = lambda key, default: c.get(key, default) if c.get(key) is not None else default  # noqa: E731
+    problems = []
+    if get("model_type", "gpt2") != "gpt2":
+        problems.append(f"model_type={c['model_type']!r} (only gpt2)")
+    act = get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        problems.append(f"activation_function={act!r} (only GPT-2's tanh GELU)")
+    n_embd = int(get("n_embd", 768))
+    if c.get("n_inner") is not None and c["n_inner"] != 4 * n_embd:
+        problems.append(f"n_inner={c['n_inner']} (only 4 * n_embd)")
+    if abs(float(get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
+        problems.append(f"layer_norm_epsilon={c['layer_norm_epsilon']} (only 1e-5)")
+    if not get("scale_attn_weights", True) or get("scale_attn_by_inverse_layer_idx", False):
+        problems.append("attention scaling other than 1/sqrt(head size)")
+    if get("add_cross_attention", False):
+        problems.append("cross-attention")
+    if not tied or not get("tie_word_embeddings", True):
+        problems.append("lm_head not tied to wte")
+    if problems:
+        raise ValueError(f"{source} cannot represent this GPT-2 model: " + "; ".join(problems))
+    dropout = float(max(get("resid_pdrop", 0.1), get("embd_pdrop", 0.1), get("attn_pdrop", 0.1)))
+    config = GPTConfig(vocab_size=int(get("vocab_size", 50257)), block_size=int(get("n_positions", 1024)),
+                       n_layer=int(get("n_layer", 12)), n_head=int(get("n_head", 12)), n_embd=n_embd,
+                       dropout=dropout, bias=True)
+    ours = (c.get("pianolm") or {}).get("gpt_config")
+    if ours is None:
+        return config
+    try:
+        saved = GPTConfig.from_dict(ours)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: the 'pianolm.gpt_config' entry is not a GPTConfig: {e}") from e
+    shape = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+    clash = [f"{k}: {getattr(saved, k)} vs {getattr(config, k)}" for k in shape if getattr(saved, k) != getattr(config, k)]
+    if clash:
+        raise ValueError(f"{source}: 'pianolm.gpt_config' disagrees with the GPT-2 keys ({'; '.join(clash)}); "
+                         "the file was edited by hand: fix one of them")
+    return saved
+
+
+# ------------------------------------------------------------------------ weights
+
+def hf_state_dict(gpt: GPT) -> dict[str, Tensor]:
+    """Our weights under Hugging Face GPT-2's layout: Conv1D weights transposed, wte cut to
+    `vocab_size` rows, no separate lm_head (tied), zero biases where we have none."""
+    cfg = gpt.config
+    own = gpt.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, t in own.items():
+        if key == "lm_head.weight":
+            continue  # tied to transformer.wte.weight
+        if key == "transformer.wte.weight":
+            t = t[: cfg.vocab_size]
+        elif key.endswith(HF_TRANSPOSED):
+            t = t.t()
+        out[key] = t.detach().cpu().contiguous().clone()
+    if not cfg.bias:
+        C = cfg.n_embd
+        zeros = lambda n: torch.zeros(n, dtype=out["transformer.wte.weight"].dtype)  # noqa: E731
+        out["transformer.ln_f.bias"] = zeros(C)
+        for i in range(cfg.n_layer):
+            p = f"transformer.h.{i}."
+            for name, n in (("ln_1.bias", C), ("ln_2.bias", C), ("attn.c_attn.bias", 3 * C),
+                            ("attn.c_proj.bias", C), ("mlp.c_fc.bias", 4 * C), ("mlp.c_proj.bias", C)):
+                out[p + name] = zeros(n)
+    return out
+
+
+def load_hf_weights(gpt: GPT, sd: Mapping[str, Tensor], source: str = "GPT.from_hf") -> GPT:
+    """Copy a Hugging Face GPT-2 state dict into `gpt`, in place (the inverse of `hf_state_dict`).
+
+    `wte` may have `vocab_size` rows (an export) or the padded count; padding rows left out are
+    zeroed. Biases we do not have must be zero in `sd`. Shapes are checked key by key.
+    """
+    own = gpt.state_dict()
+    V = gpt.config.vocab_size
+    with torch.no_grad():
+        for key, dst in own.items():
+            if key == "lm_head.weight":
+                continue  # tied: filled through transformer.wte.weight
+            if key not in sd:
+                raise ValueError(f"{source}: the Hugging Face weights lack {key!r}")
+            src = sd[key].t() if key.endswith(HF_TRANSPOSED) else sd[key]
+            if key == "transformer.wte.weight" and src.shape[0] == V and dst.shape[0] > V:
+                dst[V:].zero_()
+                dst = dst[:V]
+            if src.shape != dst.shape:
+                raise ValueError(f"{source}: {key} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+            dst.copy_(src)
+        if not gpt.config.bias:
+            extra = [k for k in sd if k.endswith(".bias") and k not in own and torch.count_nonzero(sd[k])]
+            if extra:
+                raise ValueError(f"{source}: the model has no biases (bias=False) but {extra[:3]} are not zero")
+    return gpt

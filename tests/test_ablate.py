@@ -276,12 +276,14 @@ def test_ablate_end_to_end_tiny(tmp_path):
     assert list(data["rounds"]) == ["round3", "round4"]
     runs = {r["label"]: r for r in data["runs"]}
     assert runs["round3"]["run"]["steps"] == 4 and runs["round4"]["run"]["steps"] == 3  # 4 / 1.5
+    # the test split of 40 bundled pieces, at most eval_pieces=3 of them, copied flat
+    n_test = len(list((out / "test-pieces").glob("*.mid")))
+    assert 1 <= n_test <= 3
     for label in ("round3", "round4"):
         n = runs[label]["numbers"]
         assert n["bits_per_note"] > 0 and 0 <= n["grammar_error_rate"] <= 1
         evaluation = json.loads((Path(runs[label]["dir"]) / "eval" / "evaluation.json").read_text())
-        assert evaluation["pieces"]["real"] == 3 and evaluation["pieces"]["sampled"] == 2
-    assert len(list((out / "test-pieces").glob("*.mid"))) == 3
+        assert evaluation["pieces"]["real"] == n_test and evaluation["pieces"]["sampled"] == 2
     assert [c["first"] for c in data["claims"]] == ["round4"]
     # Resume: nothing is trained or evaluated again.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
