@@ -218,8 +218,9 @@ def evaluate_real(files: Sequence[Path], prompt_files: Sequence[Path], prompt_ba
     }
 
 
-def aggregate(evals: Sequence[dict]) -> dict[str, dict]:
-    """Per row label: mean and spread over seeds of every number (spread 0 with one seed)."""
+def aggregate(evals: Sequence[dict], sections: Sequence[str] = ("run", "metrics", "overlap", "continuation")
+              ) -> dict[str, dict]:
+    """Per row label: mean and spread over seeds of every number in `sections` (spread 0 with one seed)."""
     rows: dict[str, list[dict]] = {}
     for e in evals:
         rows.setdefault(e["label"], []).append(e)
@@ -227,7 +228,7 @@ def aggregate(evals: Sequence[dict]) -> dict[str, dict]:
     for label in sorted(rows, key=_natural_key):
         group = rows[label]
         out[label] = {"n_seeds": len(group), "seeds": [e["seed"] for e in group]}
-        for section in ("run", "metrics", "overlap", "continuation"):
+        for section in sections:
             keys = {k for e in group for k in e[section]}
             out[label][section] = {k: _mean_spread([e[section].get(k) for e in group]) for k in sorted(keys)}
     return out
@@ -634,16 +635,7 @@ def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, c
     runs = [load_evaluated_run(d) for d in run_dirs]
     if not runs:
         raise ValueError("no run folders given")
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(r["label"], []).append(r)
-    rounds = {}
-    for label in sorted(groups, key=_natural_key):
-        g = groups[label]
-        rounds[label] = {"n_seeds": len(g), "seeds": [r["seed"] for r in g],
-                         "run": {k: _mean_spread([r["run"].get(k) for r in g]) for k in RUN_FIGURES},
-                         "numbers": {k: _mean_spread([r["numbers"].get(k) for r in g])
-                                     for k in sorted({k for r in g for k in r["numbers"]})}}
+    rounds = aggregate(runs, sections=("run", "numbers"))
     result = {"command": command, "settings": settings or {}, "rounds": rounds, "claims": judge_claims(rounds),
               "runs": runs, "real_folder": runs[0]["real_folder"]}
     out_dir.mkdir(parents=True, exist_ok=True)
