@@ -33,7 +33,7 @@ def sweep(gpt, tok, files, temperatures: Sequence[float], n: int, seed: int, bar
                      max_new_tokens=max_new_tokens, continuations=continuations, likelihood=False,
                      keep_prompt=keep_prompt, min_p=min_p)
         rows.append({"temperature": t, "grammar_error_rate": r["grammar_error_rate"],
-                     "empty_pieces": r["empty_pieces"],
+                     "canonical_error_rate": r["canonical_error_rate"], "empty_pieces": r["empty_pieces"],
                      "overlap": {k: v["overlap"] for k, v in r["metrics"].items()},
                      "mean": {k: v["mean"] for k, v in r["metrics"].items()},
                      "real_mean": {k: v["real_mean"] for k, v in r["metrics"].items()},

@@ -162,6 +162,55 @@ def error_kinds(ids, vocab: Vocab) -> dict[str, int]:
     return counts
 
 
+# Token syntax errors as MidiTok counts them (`MusicTokenizer.tokens_errors`, the "TSE" of
+# Fradet et al.): one error per token, never a cascade, and only what changes the music.
+SYNTAX_KINDS = (
+    "type",       # a token type that may not follow the previous token's type
+    "time",       # a Position not after the previous Position of its bar (time stands or goes back)
+    "duplicate",  # a Pitch already played at the current position
+)
+
+
+def syntax_errors(ids, vocab: Vocab) -> dict[str, int]:
+    """Token syntax errors of `ids` by kind (keys: SYNTAX_KINDS), by MidiTok's rules: the type
+    check compares each token with the token just before it (not with the last valid one, so an
+    out-of-place Velocity costs one error, not three), Positions must move forward inside a bar,
+    and a Pitch may sound once per position. Pitch order inside a position is not an error here:
+    the decoder turns every Pitch Velocity Duration group into a note whatever its order. Special
+    tokens are skipped. `GrammarState` (what the constrained sampler enforces, the encoder's
+    canonical order) is stricter; `error_kinds` counts against it."""
+    table = follows_table(vocab)
+    counts = dict.fromkeys(SYNTAX_KINDS, 0)
+    types, values = vocab.types, vocab.values
+    prev, pos, pitches = None, -1, set()
+    for tok in np.asarray(ids, dtype=np.int64).tolist():
+        t = int(types[tok])
+        if t == SPECIAL:
+            continue
+        val = int(values[tok])
+        if prev is not None and t not in table[prev]:
+            counts["type"] += 1
+        elif t == BAR:
+            pos, pitches = -1, set()
+        elif t == POSITION:
+            if prev is not None and val <= pos:
+                counts["time"] += 1
+            pos, pitches = val, set()
+        elif t == PITCH:
+            if val in pitches:
+                counts["duplicate"] += 1
+            else:
+                pitches.add(val)
+        prev = t
+    return counts
+
+
+def syntax_error_rate(ids, vocab: Vocab) -> float:
+    """Share of non-special tokens with a syntax error (`syntax_errors`); 0.0 for no tokens."""
+    n = int(np.count_nonzero(vocab.types[np.asarray(ids, dtype=np.int64)] != SPECIAL)) if len(ids) else 0
+    return sum(syntax_errors(ids, vocab).values()) / n if n else 0.0
+
+
 def state_after(ids, vocab: Vocab) -> GrammarState:
     state = GrammarState(vocab)
     for tok in np.asarray(ids, dtype=np.int64).tolist():

@@ -65,6 +65,82 @@ def test_error_kinds_name_the_rule_each_error_breaks():
     assert kinds("Bar_None", "TimeSig_4/4", "EOS_None", "Bar_None") == {"after end": 1}
 
 
+def test_syntax_errors_count_one_per_token_as_miditok_does():
+    from remi.grammar import SYNTAX_KINDS, syntax_error_rate, syntax_errors
+
+    def kinds(*tokens):
+        counts = syntax_errors(ids(*tokens), TOK.vocab)
+        assert set(counts) == set(SYNTAX_KINDS)
+        return {k: v for k, v in counts.items() if v}
+
+    good = ("BOS_None", "Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+            "Pitch_64", "Velocity_63", "Duration_0.1.4", "Position_3", "Pitch_62", "Velocity_63",
+            "Duration_0.1.4", "Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63",
+            "Duration_0.1.4", "EOS_None")
+    assert kinds(*good) == {}
+    # a stray Velocity costs one error (the strict grammar also skips its neighbours' state)
+    assert kinds("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Velocity_63",
+                 "Duration_0.1.4") == {"type": 1}
+    assert kinds("Bar_None", "TimeSig_4/4", "Position_3", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+                 "Position_3", "Pitch_62", "Velocity_63", "Duration_0.1.4") == {"time": 1}
+    assert kinds("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+                 "Pitch_60", "Velocity_63", "Duration_0.1.4") == {"duplicate": 1}
+    # descending pitches at one position decode to the same notes as ascending ones: no syntax error,
+    # but the strict (canonical-order) grammar counts the Pitch and its two orphans
+    down = ids("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_62", "Velocity_63", "Duration_0.1.4",
+               "Pitch_60", "Velocity_63", "Duration_0.1.4")
+    up = ids("Bar_None", "TimeSig_4/4", "Position_0", "Pitch_60", "Velocity_63", "Duration_0.1.4",
+             "Pitch_62", "Velocity_63", "Duration_0.1.4")
+    assert kinds(*TOK.tokens(down)) == {}
+    assert len(TOK.decode_score(down).notes) == 2
+    assert np.array_equal(TOK.decode_score(down).notes, TOK.decode_score(up).notes)
+    assert sum(TOK.error_kinds(down).values()) == 3
+    assert syntax_error_rate(down, TOK.vocab) == 0.0
+    assert syntax_error_rate(ids("Bar_None", "Velocity_63"), TOK.vocab) == pytest.approx(1 / 2)
+
+
+# Where our type table is stricter than MidiTok's REMI graph: a Pitch right after a TimeSig (ours
+# wants a Position first) and a TimeSig right after a Tempo (ours: only after a Bar).
+STRICTER = {(TIMESIG, PITCH), (TEMPO, TIMESIG)}
+
+
+def test_syntax_errors_equal_miditok_tokens_errors_on_random_sequences(tmp_path):
+    """Parity with the peer: MidiTok's own `tokens_errors`, through a tokenizer file it loads with our
+    ids (remi.miditok_export), on sequences with every kind of error; the two transitions our type
+    table refuses and MidiTok's allows (STRICTER) can only make ours count more."""
+    miditok = pytest.importorskip("miditok")
+    from remi.grammar import syntax_errors
+    from remi.miditok_export import save_miditok
+    from remi.vocab import SPECIAL
+
+    tok = Tokenizer.from_yaml(ROOT / "conf/tokenizer/miditok.yaml")
+    theirs = miditok.REMI(params=save_miditok(tok, tmp_path / "tok.json"))
+    musical = np.nonzero(tok.vocab.types != SPECIAL)[0]
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(40):
+        # a grammatical skeleton, then random substitutions / swaps so every kind of error occurs
+        seq = [tok.ids_from_tokens([t])[0] for t in ("Bar_None", "TimeSig_4/4")]
+        for p in range(0, 16, 2):
+            seq += tok.ids_from_tokens([f"Position_{p}", f"Pitch_{60 + p}", "Velocity_63", "Duration_0.1.8",
+                                        f"Pitch_{67 + p}", "Velocity_63", "Duration_0.1.8"])
+        for _ in range(int(rng.integers(1, 12))):
+            k = int(rng.integers(1, len(seq)))
+            if rng.random() < 0.5:
+                seq[k] = int(rng.choice(musical))
+            else:
+                seq[k - 1], seq[k] = seq[k], seq[k - 1]
+        ours = sum(syntax_errors(seq, tok.vocab).values())
+        theirs_count = round(theirs.tokens_errors(miditok.TokSequence(ids=list(seq))) * len(seq))
+        types = [int(tok.vocab.types[i]) for i in seq]
+        if any(pair in STRICTER for pair in zip(types, types[1:])):
+            assert ours > theirs_count  # our type table refuses these two transitions, MidiTok's allows them
+        else:
+            assert ours == theirs_count, (trial, tok.tokens(seq))
+            checked += ours > 0
+    assert checked >= 20  # the comparison saw errors, not only clean sequences
+
+
 def test_mask_after_prefixes():
     m = TOK.allowed_next([TOK.bos_id])
     assert set(np.nonzero(m)[0]) == {TOK.bar_id, TOK.eos_id}
