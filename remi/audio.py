@@ -150,13 +150,37 @@ def render_audio(midi_path: str | Path, out_path: str | Path, renderer: Renderer
         raise ValueError(f"render_audio: {out_path} must end in .wav, .flac or .ogg")
     if fmt is None:
         return render_wav(midi_path, out_path, renderer, **kwargs)
-    import soundfile
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = render_wav(midi_path, Path(tmp) / "x.wav", renderer, **kwargs)
         audio, rate = read_wav(wav)
+    return write_compressed(out_path, audio, rate, fmt)
+
+
+# Frames per write call: libvorbis allocates a whole write on the stack (`_preextrapolate_helper`),
+# so one call with minutes of audio overflows it and kills the process with a segfault (libsndfile
+# issue #1095, python-soundfile #396 and #426: ~96 s at 44.1 kHz). Blocks of one second never do.
+WRITE_BLOCK = 48000
+
+
+def write_compressed(out_path: str | Path, audio: np.ndarray, rate: int, fmt: str,
+                     quality: float | None = None) -> Path:
+    """Write `audio` ((frames,) or (frames, channels)) as FLAC or OGG Vorbis through `soundfile`,
+    in blocks of WRITE_BLOCK frames. `quality` (OGG only, 0..1, higher = larger file) maps to
+    libsndfile's compression level."""
+    import soundfile
+
+    if fmt not in ("FLAC", "OGG"):
+        raise ValueError(f"write_compressed: format must be FLAC or OGG, got {fmt!r}")
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(out_path), audio, rate, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
+    audio = np.asarray(audio)
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    extra = {"compression_level": 1.0 - quality} if quality is not None and fmt == "OGG" else {}
+    with soundfile.SoundFile(str(out_path), "w", samplerate=rate, channels=channels, format=fmt,
+                             subtype="VORBIS" if fmt == "OGG" else "PCM_16", **extra) as f:
+        for i in range(0, len(audio), WRITE_BLOCK):
+            f.write(audio[i:i + WRITE_BLOCK])
     return out_path
 
 

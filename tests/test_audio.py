@@ -2,7 +2,10 @@
 fallback from pip packages (always run where they are installed), FLAC/OGG, tail trimming."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import wave
+from pathlib import Path
 
 import mido
 import numpy as np
@@ -22,6 +25,8 @@ from remi.audio import (
 
 RENDERER = find_renderer()
 needs_fluidsynth = pytest.mark.skipif(RENDERER is None, reason=INSTALL_HINT)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_scale(path, n_notes=8, tempo_bpm=120.0, tpb=480):
@@ -228,3 +233,21 @@ def test_render_wav_with_a_missing_executable_raises(tmp_path):
     write_scale(tmp_path / "s.mid", n_notes=2)
     with pytest.raises(OSError):
         render_wav(tmp_path / "s.mid", tmp_path / "s.wav", Renderer("/nonexistent/fluidsynth", "x.sf2"))
+
+
+def test_long_ogg_is_written_whole_without_crashing_libvorbis(tmp_path):
+    """Minutes of audio in one soundfile write overflow libvorbis's stack (a segfault that killed an
+    evaluation here); write_compressed writes in blocks. Run in a child process so a regression
+    shows as a failed test, not a dead test session."""
+    soundfile = pytest.importorskip("soundfile")
+    out = tmp_path / "long.ogg"
+    code = ("import numpy as np; from remi.audio import write_compressed; "
+            "t = np.arange(44100 * 150) / 44100; "
+            f"write_compressed({str(out)!r}, (0.3 * np.sin(2 * np.pi * 440 * t)).astype('float32'), 44100, 'OGG')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = soundfile.info(str(out))
+    assert info.format == "OGG" and abs(info.frames - 44100 * 150) < 44100 // 10
+    with pytest.raises(ValueError, match="FLAC or OGG"):
+        from remi.audio import write_compressed
+        write_compressed(tmp_path / "x.mp3", np.zeros(10), 44100, "MP3")
