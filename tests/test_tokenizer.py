@@ -42,7 +42,21 @@ def test_named_configs_differ_as_documented():
     n = lambda tok, t: sum(s.startswith(t + "_") for s in tok.vocab.tokens)
     for t in ("Duration", "Velocity", "Tempo"):
         assert n(coarse, t) < n(fine, t)
-    assert fine.base_vocab_size == 326 and coarse.base_vocab_size == 202  # as docs/tokenizer.md states
+    assert fine.base_vocab_size == 326 and coarse.base_vocab_size == 201  # as docs/tokenizer.md states
+
+
+def test_coarse_reads_a_one_four_meter_as_four_four():
+    """POP909 writes its 4/4 songs in 1/4: the coarse vocabulary has no 1/4, so such a piece gets
+    4-beat bars (a 1/4 bar per beat would make "16 bars" mean 16 beats)."""
+    coarse = Tokenizer.from_yaml(ROOT / "conf/tokenizer/coarse.yaml")
+    fine = Tokenizer.from_yaml(ROOT / "conf/tokenizer/fine.yaml")
+    notes = [(480 * b, 480 * b + 400, 60 + b % 12, 80) for b in range(16)]   # one note a beat, 16 beats
+    data = midi_file([track([tempo(0, 100), time_sig(0, 1, 4)] + note_events(notes))], tpq=480)
+    tokens = coarse.tokens(coarse.encode(data))
+    assert "TimeSig_1/4" not in coarse.vocab.tokens and "TimeSig_1/4" in fine.vocab.tokens
+    assert tokens.count("Bar_None") == 4 and set(t for t in tokens if t.startswith("TimeSig")) == {"TimeSig_4/4"}
+    assert fine.tokens(fine.base_ids(fine.encode(data))).count("Bar_None") == 16  # fine keeps the meter
+    assert len(coarse.decode_score(coarse.encode(data)).notes) == 16
 
 
 def test_vocabulary_follows_config_only_and_types_are_in_remi_order():
