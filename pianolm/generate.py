@@ -275,7 +275,7 @@ class Sampling:
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise InputError(f"bars/max_bars={b!r}: must be an integer >= 1, or None (until EOS or max_new_tokens)")
         if self.max_seconds is not None and not (number(self.max_seconds) and self.max_seconds > 0):
-            raise InputError(f"max_seconds={self.max_seconds!r}: must be > 0, or None")
+            raise InputError(f"max_seconds must be > 0 (or None), got {self.max_seconds!r}")
         return self
 
 
