@@ -16,8 +16,8 @@ The same model (random weights, the coarse tokenizer's vocabulary), seed, batch 
 The first two draw the same ids (checked and printed); the third draws others. A batch runs one
 model step per position until its last row ends (EOS or max_new_tokens), so a case's rate is in
 steps (the longest row's new tokens: one forward pass and one mask for every row each) per second.
-Every round runs each case once, in turn; a case's figure is its best round (the one least
-disturbed by other work on a shared machine). The ratio is each case's time per step against
+Every round runs each case `--repeat` times, in turn; a case's figure is its best round (the one
+least disturbed by other work on a shared machine). The ratio is each case's time per step against
 generate_batch's (1.00x: as fast).
 """
 from __future__ import annotations
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--n", type=int, default=4, help="pieces per call (one batch)")
     ap.add_argument("--tokens", type=int, default=256, help="max_new_tokens")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5, help="calls per case in each round (timed together)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -83,11 +84,12 @@ def main(argv=None) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t = time.perf_counter()
-            out = fn()
+            for _ in range(args.repeat):
+                out = fn()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t
-            new = max(len(r) for r in out) - 1  # steps: the longest row's ids after BOS
+            new = args.repeat * (max(len(r) for r in out) - 1)  # steps: the longest row's ids after BOS
             if name not in best or dt / new < best[name][0] / best[name][1]:
                 best[name] = (dt, new)
             ids[name] = out
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
     same = ids["generate_batch"] == ids["PianoLM.generate"]
     ref = best["generate_batch"][0] / best["generate_batch"][1]
     print(f"device {device}, threads {args.threads}, GPT {args.n_layer}x{args.n_embd}, context {args.block_size}, "
-          f"batch {args.n}, max_new_tokens {args.tokens}, grammar on, best of {args.rounds} rounds")
+          f"batch {args.n}, max_new_tokens {args.tokens}, grammar on, best of {args.rounds} rounds "
+          f"of {args.repeat} calls each")
     print(f"{'path':<20} {'steps':>7} {'seconds':>8} {'steps/s':>9} {'time/step':>10}")
     for name, (dt, new) in best.items():
         print(f"{name:<20} {new:>7} {dt:>8.3f} {new / dt:>9.1f} {dt / new / ref:>10.2f}x")
