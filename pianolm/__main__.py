@@ -36,7 +36,22 @@ def fingerprint(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint}
+def export(argv: Sequence[str]) -> int:
+    """Write a checkpoint as a Hugging Face GPT-2 folder + tokenizer + model card (pianolm.export)."""
+    p = argparse.ArgumentParser(prog="python -m pianolm export", description=export.__doc__)
+    p.add_argument("ckpt", help="a .ckpt file or a run folder holding checkpoints/last.ckpt")
+    p.add_argument("out_dir", help="the folder to write (created if missing; our files in it are replaced)")
+    p.add_argument("--no-miditok", action="store_true",
+                   help="leave out miditok.json (written by default when the tokenizer has no BPE)")
+    args = p.parse_args(argv)
+    from .export import export_folder
+
+    out = export_folder(args.ckpt, args.out_dir, miditok=not args.no_miditok)
+    print(f"wrote {', '.join(sorted(f.name for f in out.iterdir() if f.is_file()))} to {out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint, "export": export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
