@@ -36,7 +36,14 @@ def fingerprint(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint}
+def serve(argv: Sequence[str]) -> int:
+    """A local web page to generate pieces and listen to them (needs the `serve` extra)."""
+    from .serve import main as serve_main  # starlette and uvicorn are imported only here
+
+    return serve_main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint, "serve": serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
