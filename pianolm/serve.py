@@ -87,7 +87,7 @@ def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
             "bars": _number(query, "bars", int, 1, limits.max_bars, DEFAULTS["bars"]),
             "seed": _number(query, "seed", int, 0, 2**63 - 1, None),
             "prompt_bars": _number(query, "prompt_bars", int, 1, limits.max_prompt_bars, DEFAULTS["prompt_bars"]),
-            "name": safe_name(Path(query.get("name") or "prompt.mid").stem) + ".mid"}
+            "name": safe_name(Path(query.get("name") or "prompt.mid").name)}  # for messages only, never a path
 
 
 # ---------------------------------------------------------------- the model, through the Python API
@@ -230,7 +230,7 @@ class Studio:
         if data[:4] != b"MThd":
             raise PromptError(f"the uploaded prompt {name} is not a MIDI file (it does not start with 'MThd'); "
                               "choose a .mid file")
-        path = folder / name
+        path = folder / "prompt.mid"
         path.write_bytes(data)
         try:
             (prompt,) = load_prompts(self.model.tokenizer, path, prompt_bars, int(self.model.block_size))

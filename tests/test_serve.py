@@ -2,22 +2,23 @@
 checkpoint (the page's real-browser test is tests/test_serve_browser.py)."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
-pytest.importorskip("starlette", reason="the `serve` extra (starlette, uvicorn) is not installed")
-pytest.importorskip("httpx", reason="starlette's TestClient needs httpx (in the dev extra)")
-import torch  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+import remi
+from model import GPT, GPTConfig
+from pianolm.errors import InputError
+from pianolm.serve import Limits, Studio, build_app, load_model, parse_params
+from remi.audio import find_renderer
+from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 
-import remi  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from pianolm.errors import InputError  # noqa: E402
-from pianolm.serve import Limits, Studio, build_app, load_model, parse_params  # noqa: E402
-from remi.audio import find_renderer  # noqa: E402
-from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track  # noqa: E402
+MISSING = [m for m in ("starlette", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
 
 
 def tiny_checkpoint(path: Path, block_size: int = 64, seed: int = 0) -> Path:
@@ -39,6 +40,10 @@ def prompt_midi(n_bars: int = 4, tpq: int = 480) -> bytes:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
+    if MISSING:
+        pytest.skip(f"{', '.join(MISSING)} not installed (pip install 'pianolm[serve]' httpx)")
+    from starlette.testclient import TestClient
+
     folder = tmp_path_factory.mktemp("serve")
     model = load_model(tiny_checkpoint(folder / "tiny.ckpt"))
     studio = Studio(model, find_renderer(), Limits(max_upload_bytes=20_000), workdir=folder / "jobs",
@@ -155,7 +160,7 @@ def test_parse_params_defaults_and_top_p_one_is_off():
     p = parse_params({})
     assert (p["temperature"], p["top_p"], p["bars"], p["seed"]) == (1.0, 0.95, 8, None)
     assert parse_params({"top_p": "1"})["top_p"] is None
-    assert parse_params({"name": "../../etc/passwd"})["name"] == "passwd.mid"  # a file name, never a path
+    assert parse_params({"name": "../../etc/passwd"})["name"] == "passwd"  # a file name, never a path
     with pytest.raises(InputError, match="bars='65' is out of range"):
         parse_params({"bars": "65"})
 
@@ -181,3 +186,15 @@ def test_the_server_answers_while_a_piece_is_generated(client):
         time.sleep(0.02)
     assert "running" in seen
     assert wait_done(client, job)["state"] == "done"
+
+
+
+def test_pianolm_works_without_the_serve_extra_and_serve_says_what_to_install(tmp_path, monkeypatch, capsys):
+    for name in ("starlette", "uvicorn"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import starlette` now raises ImportError
+    monkeypatch.delitem(sys.modules, "pianolm.serve")
+    importlib.import_module("pianolm.serve")  # the module imports without the extra
+    from pianolm.__main__ import main
+
+    assert main(["serve", str(tiny_checkpoint(tmp_path / "tiny.ckpt"))]) == 2
+    assert "pianolm serve: error: the web page needs the `serve` extra: pip install 'pianolm[serve]'" in capsys.readouterr().err
