@@ -3,10 +3,12 @@
     python sample.py ckpt=runs/x/checkpoints/last.ckpt n_samples=4 out_dir=samples
     python sample.py ckpt=... temperatures=[0.6,0.8,1.0,1.2,1.5]      # sweep + comparison figure
     python sample.py ckpt=... prompt=song.mid prompt_bars=4 max_bars=8 # continue the first 4 bars
+    python sample.py ckpt=... tempo=100 meter=3/4 key=Dm max_bars=16    # fixed tempo, meter and key
 
-The checkpoint alone rebuilds tokenizer and GPT (`pianolm.checkpoint`); generation with the
-grammar constraint is `pianolm.generate`, the files `pianolm.media`. Knobs live in
-conf/sample.yaml; docs/sampling.md explains them.
+A thin command line over the Python API (`pianolm.api.PianoLM`, docs/api.md): the checkpoint
+alone rebuilds tokenizer and GPT, `PianoLM.sample_ids` generates (the grammar-constrained path of
+`pianolm.generate`, with `pianolm.control` for a fixed tempo/meter/key), `pianolm.media` writes
+the files. Knobs live in conf/sample.yaml; docs/sampling.md explains them.
 """
 from __future__ import annotations
 
@@ -22,20 +24,15 @@ from tqdm import tqdm
 
 import remi
 from model.window import check_stride
-from pianolm.checkpoint import load_checkpoint
+from pianolm import control as ctl
+from pianolm.api import PianoLM, pick_device
 from pianolm.errors import InputError
-from pianolm.generate import Prompt, generate_batch, load_prompts
+from pianolm.generate import Prompt, Sampling, load_prompts
 from pianolm.media import MediaWriter
 from remi.pianoroll import save_comparison
 from remi.render import count_bars
 
 # ---------------------------------------------------------------- the run
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def check_config(cfg) -> None:
@@ -55,6 +52,11 @@ def check_config(cfg) -> None:
         raise InputError(f"top_k={top_k!r}: must be an integer >= 1 (the k most likely tokens are kept), or null for all")
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise InputError(f"top_p={top_p!r}: must be a number in (0, 1] (the nucleus' probability mass), or null for all")
+    Sampling.from_cfg(cfg).check()  # min_p, repetition_penalty and the rest, by the API's rules
+    fixed = [k for k in ("tempo", "meter", "key") if cfg.get(k) is not None]
+    if fixed and cfg.prompt is not None:
+        raise InputError(f"{', '.join(fixed)} fix a piece generated from scratch; a continuation keeps its "
+                         "prompt's: drop prompt= or " + "/".join(f"{k}=" for k in fixed))
 
 
 def check_length(cfg, block_size: int) -> None:
@@ -78,10 +80,12 @@ def sample(cfg: DictConfig) -> list[dict]:
         # Token-by-token decoding of a small model is latency-bound: on a busy or small CPU, extra
         # intra-op threads mostly wait on each other (15x slower at 2 threads on a loaded 2-core box).
         torch.set_num_threads(int(cfg.cpu_threads))
-    tok, gpt, extras = load_checkpoint(cfg.ckpt, device)
-    check_length(cfg, gpt.config.block_size)
-    train_step = extras.get("global_step")  # Lightning's own key: which point of training this is
-    prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, gpt.config.block_size)
+    lm = PianoLM.load(cfg.ckpt, device)
+    tok = lm.tokenizer
+    check_length(cfg, lm.block_size)
+    train_step = lm.config["train_step"]  # Lightning's global_step: which point of training this is
+    prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, lm.block_size)
+    control = ctl.fixed(tok, cfg.get("tempo"), cfg.get("meter"), cfg.get("key"), lm.key_penalty)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -100,8 +104,9 @@ def sample(cfg: DictConfig) -> list[dict]:
         folder = out_dir / f"temperature_{temperature:g}" if sweep else out_dir
         for prompt in prompts:
             for start in range(0, n, bs):
-                batch = generate_batch(gpt, tok, prompt, min(bs, n - start), cfg, temperature,
-                                       generator, device)
+                k = min(bs, n - start)
+                batch = lm.sample_ids(prompt.ids, k, Sampling.from_cfg(cfg, temperature), generator=generator,
+                                      continue_bars=prompt.path is not None, control=control, batch_size=k)
                 for j, (ids, stop) in enumerate(batch):
                     records.append(write_piece(tok, ids, stop, folder / f"{prompt.name}_{start + j:03d}",
                                                prompt, cfg, temperature, start + j, media, train_step))
@@ -139,6 +144,8 @@ def write_piece(tok: remi.Tokenizer, ids: list[int], stop: str, stem: Path, prom
         "midi": r.midi.name, "png": r.png.name, "wav": out.wav.name if out.wav else None,
         "seed": int(cfg.seed), "index": index, "batch_size": int(cfg.batch_size),
         "temperature": temperature, "top_k": cfg.top_k, "top_p": cfg.top_p,
+        "min_p": cfg.get("min_p"), "repetition_penalty": cfg.get("repetition_penalty"),
+        "tempo": cfg.get("tempo"), "meter": cfg.get("meter"), "key": cfg.get("key"),
         "grammar": bool(cfg.grammar), "max_new_tokens": int(cfg.max_new_tokens), "max_bars": cfg.max_bars,
         "max_seconds": cfg.max_seconds, "stride": cfg.stride,
         "n_tokens": r.n_tokens, "n_new_tokens": r.n_tokens - len(prompt.ids),

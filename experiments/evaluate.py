@@ -38,9 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-import remi  # noqa: E402
-from model.data import ValWindows  # noqa: E402
 from model.gpt import GPT  # noqa: E402
+from pianolm.likelihood import read_pieces, summed_nll_bits  # noqa: E402  (shared with pianolm.api)
 from remi import metrics as M  # noqa: E402
 from remi.render import bar_ids, count_bars, cut_bars  # noqa: E402
 
@@ -69,42 +68,7 @@ def real_files(folder: str | Path, at_most: int | None) -> list[Path]:
     return files
 
 
-def read_pieces(tok, files: Sequence[Path]) -> tuple[list[tuple[Path, list[int]]], list[str]]:
-    """(path, ids with BOS/EOS) of each readable file with at least one note; problems as text."""
-    pieces, skipped = [], []
-    for f in files:
-        try:
-            ids = tok.encode(f)
-        except remi.MidiReadError as e:
-            skipped.append(str(e))
-            continue
-        if tok.count_notes(ids) == 0:
-            skipped.append(f"{f}: no notes in the tokenizer's pitch range")
-            continue
-        pieces.append((f, ids))
-    return pieces, skipped
-
-
 # ------------------------------------------------------------------------------ likelihood
-
-@torch.no_grad()
-def summed_nll_bits(gpt: GPT, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> float:
-    """Summed NLL in bits of every token after the first of each sequence, each sequence cut
-    into consecutive windows of the model's context (`model.data.ValWindows`, as validation)."""
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    ds = ValWindows(tokens, offsets, gpt.config.block_size)
-    total = 0.0
-    gpt.eval()
-    for lo in range(0, len(ds), batch_size):
-        rows = [ds[i] for i in range(lo, min(len(ds), lo + batch_size))]
-        x = torch.stack([r[0] for r in rows])
-        y = torch.stack([r[1] for r in rows])
-        _, nll = gpt(x, y, reduction="sum")  # nats, over targets that are not -1
-        total += float(nll)
-    return total / math.log(2)
-
 
 def unigram_bits(train_tokens: np.ndarray, vocab_size: int, sequences: Sequence[Sequence[int]]) -> float:
     """Summed bits of every token after the first under add-one unigram counts of the train split."""

@@ -265,6 +265,7 @@ class GPT(nn.Module):
         repetition_penalty: float | None = None,
         repetition_window: int | None = 64,
         repetition_ids: Tensor | None = None,
+        logit_bias: Tensor | None = None,
     ) -> Tensor:
         """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
@@ -286,7 +287,9 @@ class GPT(nn.Module):
         `model.sampling.repetition_penalty` (CTRL's); the penalty looks at the last
         `repetition_window` ids of the sequence, prompt included (None: the whole sequence, which
         is what `transformers` does), and touches only `repetition_ids` (1-D ids) when given.
-        Left at None, neither changes anything: the same seed gives the same ids as without them.
+        `logit_bias` (V,) is added to every step's logits after the mask (`model.sampling.add_logit_bias`:
+        a soft preference, e.g. against pitches outside a key).
+        Left at None, none of these changes anything: the same seed gives the same ids as without them.
         """
         if idx.dim() != 2:
             raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
@@ -335,7 +338,8 @@ class GPT(nn.Module):
                 if repetition_penalty is not None:
                     recent = out[:, 0 if repetition_window is None else max(0, n - int(repetition_window)) : n]
                 tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator,
-                                 min_p=min_p, recent=recent, penalty=repetition_penalty, penalized=penalized)  # (B,)
+                                 min_p=min_p, recent=recent, penalty=repetition_penalty, penalized=penalized,
+                                 bias=logit_bias)  # (B,)
                 if eos_id is not None:
                     tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
                     finished |= tok == eos_id

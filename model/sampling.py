@@ -3,7 +3,7 @@
 Each step of `GPT.generate` is `next_token(logits, ...)`, which composes the pieces below in a
 fixed order:
 
-    grammar mask -> repetition penalty -> temperature (0: argmax here) -> top-k -> top-p -> min-p -> draw
+    grammar mask -> logit bias -> repetition penalty -> temperature (0: argmax here) -> top-k -> top-p -> min-p -> draw
 
 The order is Hugging Face's (`transformers` applies the repetition penalty to the raw scores,
 then temperature, then top-k, top-p and min-p), so an exported model's `generation_config.json`
@@ -117,6 +117,16 @@ def repetition_penalty(logits: Tensor, recent: Tensor, penalty: float, penalized
     return torch.where(seen, scaled, logits)
 
 
+def add_logit_bias(logits: Tensor, bias: Tensor) -> Tensor:
+    """Logits (B, V) plus a fixed bias (V,) or (B, V): a soft preference (negative: fewer of those
+    ids) that, unlike a mask, never forbids anything. -inf (masked) entries stay -inf."""
+    if bias.shape not in (logits.shape[-1:], logits.shape):
+        raise ValueError(f"logit bias must have shape ({logits.size(-1)},) or {tuple(logits.shape)}, got {tuple(bias.shape)}")
+    if not torch.isfinite(bias).all():
+        raise ValueError("logit bias must be finite (use the allowed mask to forbid ids)")
+    return logits + bias.to(device=logits.device, dtype=logits.dtype)
+
+
 def sample(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draw one id per row (B,) from softmax(logits).
 
@@ -139,14 +149,18 @@ def next_token(
     recent: Tensor | None = None,
     penalty: float | None = None,
     penalized: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """The next id (B,) from last-position logits (B, V); temperature 0.0 means greedy (argmax).
 
     `recent` (B, W) are the ids the repetition `penalty` looks at (see `repetition_penalty`);
-    the order of the steps is the module docstring's.
+    `bias` (V,) is added to the logits (`add_logit_bias`); the order of the steps is the module
+    docstring's.
     """
     if allowed is not None:
         logits = mask_disallowed(logits, allowed)
+    if bias is not None:
+        logits = add_logit_bias(logits, bias)
     if penalty is not None:
         if recent is None:
             raise ValueError("a repetition penalty needs the recent ids it looks at (recent=(B, W) tensor)")

@@ -36,6 +36,21 @@ def fingerprint(argv: Sequence[str]) -> int:
     return 0
 
 
+def export(argv: Sequence[str]) -> int:
+    """Write a checkpoint as a Hugging Face GPT-2 folder + tokenizer + model card (pianolm.export)."""
+    p = argparse.ArgumentParser(prog="python -m pianolm export", description=export.__doc__)
+    p.add_argument("ckpt", help="a .ckpt file or a run folder holding checkpoints/last.ckpt")
+    p.add_argument("out_dir", help="the folder to write (created if missing; our files in it are replaced)")
+    p.add_argument("--no-miditok", action="store_true",
+                   help="leave out miditok.json (written by default when the tokenizer has no BPE)")
+    args = p.parse_args(argv)
+    from .export import export_folder
+
+    out = export_folder(args.ckpt, args.out_dir, miditok=not args.no_miditok)
+    print(f"wrote {', '.join(sorted(f.name for f in out.iterdir() if f.is_file()))} to {out}", file=sys.stderr)
+    return 0
+
+
 def serve(argv: Sequence[str]) -> int:
     """A local web page to generate pieces and listen to them (needs the `serve` extra)."""
     from .serve import main as serve_main  # starlette and uvicorn are imported only here
@@ -43,7 +58,8 @@ def serve(argv: Sequence[str]) -> int:
     return serve_main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint, "serve": serve}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint, "export": export,
+                                                   "serve": serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

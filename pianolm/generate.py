@@ -4,6 +4,7 @@ cut that ends each piece. The grammar is followed through the tokenizer's increm
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from model import GPT
 from remi.render import bar_ids, count_bars, cut_bars, prompt_end_tick
 from remi.score import bar_starts, ticks_to_seconds
 
-from .errors import PromptError
+from .errors import InputError, PromptError
 
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -56,30 +57,43 @@ def prompt_files(prompt: str | Path) -> list[Path]:
     return [path]
 
 
+def prompt_from(tok: remi.Tokenizer, src, prompt_bars: int | None, block_size: int, name: str = "prompt",
+                what: str | None = None) -> Prompt:
+    """One prompt: the first `prompt_bars` bars (None: all) of a MIDI path, its bytes, a
+    mido.MidiFile or a remi.Score, as BOS + ids. `what` names the source in errors."""
+    what = what or (f"prompt {src}" if isinstance(src, (str, Path)) else f"prompt ({type(src).__name__})")
+    if prompt_bars is not None and (isinstance(prompt_bars, bool) or int(prompt_bars) != prompt_bars or prompt_bars < 1):
+        raise PromptError(f"prompt_bars must be an integer >= 1 (or None for the whole file), got {prompt_bars!r}")
+    if isinstance(src, (str, Path)) and not Path(src).is_file():
+        raise PromptError(f"{what} does not exist")
+    try:
+        ids = tok.encode(src)
+    except TypeError:
+        raise PromptError(f"{what}: a prompt is a MIDI file path, its bytes, a mido.MidiFile or a remi.Score, "
+                          f"not {type(src).__name__}") from None
+    except Exception as e:  # remi.MidiReadError and whatever a broken file provokes
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PromptError(f"{what} does not parse as MIDI ({reason})") from None
+    ids, n_bars = cut_bars(tok, ids, prompt_bars)
+    if n_bars == 0 or tok.count_notes(ids) == 0:
+        raise PromptError(f"{what} has no notes to continue")
+    if len(ids) >= block_size:
+        raise PromptError(f"{what}: its first {n_bars} bars are {len(ids)} tokens, longer than "
+                          f"the model's context of {block_size}; use fewer prompt_bars")
+    path = Path(src) if isinstance(src, (str, Path)) else None
+    return Prompt(name=name, ids=ids, path=path, n_bars=n_bars, end_tick=prompt_end_tick(tok, ids))
+
+
 def load_prompts(tok: remi.Tokenizer, prompt: str | Path | None, prompt_bars: int | None, block_size: int) -> list[Prompt]:
     if prompt is None:
         return [Prompt(name="sample", ids=[tok.bos_id])]
-    if prompt_bars is not None and prompt_bars < 1:
-        raise PromptError(f"prompt_bars must be >= 1 (or null for the whole file), got {prompt_bars}")
     prompts, used = [], set()
     for path in prompt_files(prompt):
-        try:
-            ids = tok.encode(path)
-        except Exception as e:  # remi.MidiReadError and whatever a broken file provokes
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise PromptError(f"prompt {path} does not parse as MIDI ({reason})") from None
-        ids, n_bars = cut_bars(tok, ids, prompt_bars)
-        if n_bars == 0 or tok.count_notes(ids) == 0:
-            raise PromptError(f"prompt {path} has no notes to continue")
-        if len(ids) >= block_size:
-            raise PromptError(f"prompt {path}: its first {n_bars} bars are {len(ids)} tokens, longer than "
-                              f"the model's context of {block_size}; use fewer prompt_bars")
         name = safe_name(path.stem)
         while name in used:
             name += "_"
         used.add(name)
-        prompts.append(Prompt(name=name, ids=ids, path=path, n_bars=n_bars,
-                              end_tick=prompt_end_tick(tok, ids)))
+        prompts.append(prompt_from(tok, path, prompt_bars, block_size, name=name))
     return prompts
 
 
@@ -212,14 +226,85 @@ def finish(tok: remi.Tokenizer, row: Sequence[int], prompt_len: int, max_bars: i
     return row[: piece.end] + [tok.eos_id], piece.stop
 
 
-def generate_batch(gpt: GPT, tok: remi.Tokenizer, prompt: Prompt, n: int, cfg, temperature: float,
-                   generator: torch.Generator, device: str) -> list[tuple[list[int], str]]:
-    """`n` continuations of one prompt, as (raw ids, stop reason)."""
-    idx = torch.tensor([prompt.ids] * n, dtype=torch.long, device=device)
-    allowed = make_allowed(tok, len(prompt.ids), bool(cfg.grammar), cfg.max_bars,
-                           continue_bars=prompt.path is not None, max_seconds=cfg.max_seconds)
+@dataclass(frozen=True)
+class Sampling:
+    """How to draw and when to stop: the knobs of `sample_ids` (conf/sample.yaml's, plus min-p,
+    the repetition penalty and `keep`). `check()` names the bad one."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    grammar: bool = True
+    max_new_tokens: int = 1024
+    max_bars: int | None = None
+    max_seconds: float | None = None
+    stride: int | None = None
+    keep_prompt: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg, temperature: float | None = None) -> "Sampling":
+        """From sample.py's config (an OmegaConf node or any object with its keys)."""
+        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+        return cls(temperature=float(cfg.temperature if temperature is None else temperature),
+                   top_k=get("top_k"), top_p=get("top_p"), min_p=get("min_p"),
+                   repetition_penalty=get("repetition_penalty"), grammar=bool(get("grammar", True)),
+                   max_new_tokens=int(get("max_new_tokens", 1024)), max_bars=get("max_bars"),
+                   max_seconds=get("max_seconds"), stride=get("stride"), keep_prompt=bool(get("keep_prompt", False)))
+
+    def check(self) -> "Sampling":
+        def number(x) -> bool:
+            return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+        t, k, p, m, r = self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty
+        if not number(t) or t < 0:
+            raise InputError(f"temperature={t!r}: must be a finite number >= 0 (0 is greedy)")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise InputError(f"top_k={k!r}: must be an integer >= 1 (the k most likely tokens are kept), or None for all")
+        if p is not None and (not number(p) or not 0 < p <= 1):
+            raise InputError(f"top_p={p!r}: must be a number in (0, 1] (the nucleus' probability mass), or None for all")
+        if m is not None and (not number(m) or not 0 <= m <= 1):
+            raise InputError(f"min_p={m!r}: must be a number in [0, 1] (a share of the top token's probability), or None")
+        if r is not None and (not number(r) or r <= 0):
+            raise InputError(f"repetition_penalty={r!r}: must be a number > 0 (1 = off, > 1 fewer repeats), or None")
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"max_new_tokens={n!r}: must be an integer >= 1")
+        b = self.max_bars
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise InputError(f"bars/max_bars={b!r}: must be an integer >= 1, or None (until EOS or max_new_tokens)")
+        if self.max_seconds is not None and not (number(self.max_seconds) and self.max_seconds > 0):
+            raise InputError(f"max_seconds must be > 0 (or None), got {self.max_seconds!r}")
+        return self
+
+
+def sample_ids(gpt: GPT, tok: remi.Tokenizer, prompt_ids: Sequence[int], n: int, s: Sampling,
+               generator: torch.Generator, continue_bars: bool = False,
+               allowed: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               logit_bias: torch.Tensor | None = None) -> list[tuple[list[int], str]]:
+    """`n` continuations of `prompt_ids` (BOS first), as (raw ids, stop reason): the one sampling
+    path of sample.py and `pianolm.api` (grammar mask, length limits, `finish`).
+
+    `allowed` (optional) wraps `make_allowed`'s mask: `allowed(ids, mask) -> mask` (e.g.
+    `pianolm.control`'s fixed start); `logit_bias` (V,) is added to every step's logits.
+    """
+    device = next(gpt.parameters()).device
+    idx = torch.tensor([list(prompt_ids)] * n, dtype=torch.long, device=device)
+    mask = make_allowed(tok, len(prompt_ids), bool(s.grammar), s.max_bars, continue_bars=continue_bars,
+                        max_seconds=s.max_seconds)
+    step_mask = mask if allowed is None else (lambda ids: allowed(ids, mask(ids)))
+    keep = min(len(prompt_ids), gpt.config.block_size // 2) if s.keep_prompt else 0
     with torch.no_grad():
-        out = gpt.generate(idx, int(cfg.max_new_tokens), temperature=float(temperature),
-                           top_k=cfg.top_k, top_p=cfg.top_p, eos_id=tok.eos_id,
-                           allowed=allowed, generator=generator, stride=cfg.stride)
-    return [finish(tok, row, len(prompt.ids), cfg.max_bars, cfg.max_seconds) for row in out.tolist()]
+        out = gpt.generate(idx, int(s.max_new_tokens), temperature=float(s.temperature), top_k=s.top_k,
+                           top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty,
+                           eos_id=tok.eos_id, allowed=step_mask, generator=generator, stride=s.stride,
+                           keep=keep, logit_bias=logit_bias)
+    return [finish(tok, row, len(prompt_ids), s.max_bars, s.max_seconds) for row in out.tolist()]
+
+
+def generate_batch(gpt: GPT, tok: remi.Tokenizer, prompt: Prompt, n: int, cfg, temperature: float,
+                   generator: torch.Generator, device: str | None = None) -> list[tuple[list[int], str]]:
+    """`n` continuations of one prompt, as (raw ids, stop reason), with sample.py's config."""
+    return sample_ids(gpt, tok, prompt.ids, n, Sampling.from_cfg(cfg, temperature), generator,
+                      continue_bars=prompt.path is not None)

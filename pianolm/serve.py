@@ -35,12 +35,11 @@ from typing import Any, Mapping, Sequence
 
 import remi
 from remi.audio import INSTALL_HINT, Renderer, find_renderer, render_audio
-from remi.midi_io import score_to_midifile
 from remi.pianoroll import save_pianoroll
 from remi.render import count_bars
 
 from .errors import InputError, PromptError
-from .generate import load_prompts, safe_name
+from .generate import prompt_from, safe_name
 
 EXTRA_HINT = "the web page needs the `serve` extra: pip install 'pianolm[serve]' (starlette and uvicorn)"
 MEDIA_TYPES = {".mid": "audio/midi", ".png": "image/png", ".flac": "audio/flac", ".wav": "audio/wav"}
@@ -94,49 +93,14 @@ def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
 
 
 def load_model(path: str | Path):
-    """The checkpoint through the Python API (`pianolm.load`): .tokenizer, .model, .block_size,
-    .generate(...) and .continue_midi(...), each returning a list of `remi.Score`."""
-    try:
-        from .api import load
-    except ImportError:  # TEMPORARY until branch api17a is merged: the same interface, from sample.py's parts
-        return _ApiShim(path)
+    """The checkpoint through the Python API: a `pianolm.PianoLM` (.tokenizer, .model, .block_size,
+    .generate(...) and .continue_midi(...), each returning a list of `remi.Score`)."""
+    from .api import load
+
     return load(path)
 
 
-class _ApiShim:
-    """TEMPORARY stand-in for `pianolm.load(path)` (branch api17a), with the part serve uses."""
-
-    def __init__(self, path):
-        from .checkpoint import load_checkpoint
-
-        self.tokenizer, self.model, _ = load_checkpoint(path)
-        self.block_size = self.model.config.block_size
-
-    def _run(self, prompt_ids, continue_bars, bars, temperature, top_p, seed, max_new_tokens):
-        import torch
-
-        from .generate import finish, make_allowed
-
-        tok = self.tokenizer
-        g = torch.Generator().manual_seed(seed if seed is not None else int(torch.seed() % 2**31))
-        allowed = make_allowed(tok, len(prompt_ids), True, bars, continue_bars=continue_bars)
-        with torch.no_grad():
-            out = self.model.generate(torch.tensor([prompt_ids]), max_new_tokens or 256 * bars,
-                                      temperature=temperature, top_p=top_p, eos_id=tok.eos_id,
-                                      allowed=allowed, generator=g)
-        ids, _ = finish(tok, out[0].tolist(), len(prompt_ids), bars)
-        return [tok.decode_score(ids)]
-
-    def generate(self, n=1, bars=16, temperature=1.0, top_p=None, seed=None, max_new_tokens=None, **_):
-        return self._run([self.tokenizer.bos_id], False, bars, temperature, top_p, seed, max_new_tokens)
-
-    def continue_midi(self, prompt, prompt_bars=4, bars=12, temperature=1.0, top_p=None, seed=None,
-                      max_new_tokens=None, n=1, **_):
-        (p,) = load_prompts(self.tokenizer, prompt, prompt_bars, self.block_size)
-        return self._run(p.ids, True, bars, temperature, top_p, seed, max_new_tokens)
-
-
-def generate_one(m, params: dict, prompt: Path | None, max_new_tokens: int | None) -> remi.Score:
+def generate_one(m, params: dict, prompt: bytes | None, max_new_tokens: int | None) -> remi.Score:
     """One piece with the page's settings: from scratch, or continuing the prompt file."""
     kwargs = dict(n=1, bars=params["bars"], temperature=params["temperature"], top_p=params["top_p"],
                   seed=params["seed"], max_new_tokens=max_new_tokens)
@@ -174,7 +138,7 @@ class Job:
     id: str
     params: dict
     folder: Path
-    prompt: Path | None = None
+    prompt: bytes | None = None  # the uploaded MIDI file
     prompt_end_tick: int | None = None
     state: str = "queued"  # queued -> running -> done | error
     error: str | None = None
@@ -219,38 +183,27 @@ class Studio:
                                                  "max_prompt_bars": self.limits.max_prompt_bars,
                                                  "max_temperature": self.limits.max_temperature}}
 
-    def check_prompt(self, data: bytes, name: str, folder: Path, prompt_bars: int) -> tuple[Path, int | None]:
-        """Write an uploaded prompt into `folder` and check it as `sample.py` checks prompts
-        (parses as MIDI, has notes, its bars fit the context); PromptError names the upload."""
+    def check_prompt(self, data: bytes, name: str, prompt_bars: int) -> int | None:
+        """Check an uploaded prompt as the API checks prompts (parses as MIDI, has notes, its bars
+        fit the context), before anything is queued; returns the tick where its bars end.
+        PromptError names the upload."""
+        what = f"the uploaded prompt {name}"
         if not data:
-            raise PromptError(f"the uploaded prompt {name} is empty (0 bytes); choose a .mid file")
+            raise PromptError(f"{what} is empty (0 bytes); choose a .mid file")
         if len(data) > self.limits.max_upload_bytes:
-            raise PromptError(f"the uploaded prompt {name} is {len(data):,} bytes, more than the "
-                              f"{self.limits.max_upload_bytes:,} this server accepts")
+            raise PromptError(f"{what} is {len(data):,} bytes, more than the {self.limits.max_upload_bytes:,} "
+                              "this server accepts")
         if data[:4] != b"MThd":
-            raise PromptError(f"the uploaded prompt {name} is not a MIDI file (it does not start with 'MThd'); "
-                              "choose a .mid file")
-        path = folder / "prompt.mid"
-        path.write_bytes(data)
-        try:
-            (prompt,) = load_prompts(self.model.tokenizer, path, prompt_bars, int(self.model.block_size))
-        except PromptError as e:  # its message names the file by its path here: name the upload instead
-            raise PromptError(str(e).replace(str(path), name)) from None
-        return path, prompt.end_tick
+            raise PromptError(f"{what} is not a MIDI file (it does not start with 'MThd'); choose a .mid file")
+        return prompt_from(self.model.tokenizer, data, prompt_bars, int(self.model.block_size), what=what).end_tick
 
     def submit(self, params: dict, prompt: bytes | None = None) -> Job:
         """Queue one generation; a bad prompt raises PromptError before anything is queued."""
+        end_tick = None if prompt is None else self.check_prompt(prompt, params["name"], params["prompt_bars"])
         job_id = uuid.uuid4().hex[:12]
         folder = self.workdir / job_id
         folder.mkdir(parents=True)
-        job = Job(job_id, params, folder)
-        try:
-            if prompt is not None:
-                job.prompt, job.prompt_end_tick = self.check_prompt(prompt, params["name"], folder,
-                                                                    params["prompt_bars"])
-        except InputError:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        job = Job(job_id, params, folder, prompt=prompt, prompt_end_tick=end_tick)
         with self._lock:
             self.jobs[job_id] = job
             self._forget_old()
@@ -299,8 +252,7 @@ class Studio:
 
     def _write(self, job: Job, score: remi.Score) -> dict:
         """piece.mid, piece.png and (with a renderer) the audio file of one generated score."""
-        midi = job.folder / "piece.mid"
-        score_to_midifile(score).save(str(midi))
+        midi = score.to_midi(job.folder / "piece.mid")
         title = (f"T={job.params['temperature']:g}" + (f", top-p={job.params['top_p']:g}" if job.params["top_p"] else "")
                  + (f", continuing {job.params['prompt_bars']} bars of {job.params['name']}" if job.prompt else ""))
         save_pianoroll(score, job.folder / "piece.png", title=title, prompt_end_tick=job.prompt_end_tick)
@@ -319,13 +271,22 @@ class Studio:
         return {"files": files, "midi": url + "piece.mid", "png": url + "piece.png",
                 "audio": url + audio if audio else None, "audio_note": note,
                 "notes": len(score), "bars": count_bars(self.model.tokenizer, ids),
-                "seconds": round(score.seconds(), 2), "tokens": self._counter.count}
+                "seconds": round(score.seconds(), 2), "tokens": self._counter.count,
+                "seed": _seed_used(self.model)}
+
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._counter.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _seed_used(m) -> str | None:
+    """The seed the API drew (or was given) for the last piece, as text: seeds reach 2**63,
+    past the integers a JavaScript number holds exactly."""
+    seed = (getattr(m, "last", None) or [{}])[0].get("seed")
+    return None if seed is None else str(seed)
 
 
 # ---------------------------------------------------------------- HTTP

@@ -11,7 +11,7 @@ import mido
 import numpy as np
 
 from .midi_read import DRUM_CHANNEL, MidiReadError, _pedal_intervals
-from .score import KeySignature, Score, Tempo, TimeSignature, sort_notes
+from .score import KeySignature, Score, Tempo, TimeSignature, install_midi_writer, sort_notes
 
 # A Standard MIDI File stores a delta time in at most 4 bytes of 7 bits; mido writes longer ones,
 # which readers (ours included) refuse.
@@ -82,6 +82,14 @@ def score_to_midifile(score: Score, program: int = 0) -> mido.MidiFile:
         msgs = _split_long_deltas(msgs)
     piano = mido.MidiTrack(msgs)
     return mido.MidiFile(type=1, ticks_per_beat=tpq, tracks=[conductor, piano])
+
+
+def _write(score: Score, program: int = 0) -> mido.MidiFile:
+    with gc_paused():
+        return score_to_midifile(score, program)
+
+
+install_midi_writer(_write)  # Score.to_midifile / Score.to_midi
 
 
 def _delta(events: list[tuple[int, int, object]]) -> list:

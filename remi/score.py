@@ -6,12 +6,23 @@ returns and what the music metrics measure. It is plain data (numpy + tuples), n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 # Column layout of `Score.notes`.
 START, END, PITCH, VELOCITY = 0, 1, 2, 3
+
+# The MIDI writer behind `Score.to_midifile`: `remi.midi_io` (the one module that imports mido)
+# installs it when it is imported, and `import remi` imports it. This leaf module stays free of
+# any MIDI library, and `remi.midi_io` depends on it, never the other way round.
+_midi_writer: Callable[["Score", int], Any] | None = None
+
+
+def install_midi_writer(writer: Callable[["Score", int], Any]) -> None:
+    global _midi_writer
+    _midi_writer = writer
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,20 @@ class Score:
     def seconds(self) -> float:
         """Length of the piece in seconds, following the tempo map (120 bpm before the first tempo)."""
         return ticks_to_seconds(self.end_tick, self.ticks_per_beat, self.tempos)
+
+    def to_midifile(self, program: int = 0):
+        """This score as a `mido.MidiFile`: type 1, track 0 tempo/meter/key, track 1 the notes on
+        channel 0 with General MIDI `program` (0: acoustic grand piano); see
+        `remi.midi_io.score_to_midifile`."""
+        if _midi_writer is None:
+            raise RuntimeError("Score.to_midifile needs remi.midi_io; `import remi` installs it")
+        return _midi_writer(self, program)
+
+    def to_midi(self, path: str | Path, program: int = 0) -> Path:
+        """Write this score as a Standard MIDI File at `path` (see `to_midifile`); returns the path."""
+        path = Path(path)
+        self.to_midifile(program).save(str(path))
+        return path
 
 
 def sort_notes(notes: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def _cfg(**overrides):
     ({"temperature": -1}, r"temperature=-1: must be a finite number >= 0"),
 ])
 def test_bad_sampling_options_fail_before_the_checkpoint_is_read(monkeypatch, override, message):
-    monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: pytest.fail("checkpoint loaded before the options were checked"))
+    monkeypatch.setattr(sample.PianoLM, "load", lambda *a, **k: pytest.fail("checkpoint loaded before the options were checked"))
     with pytest.raises(InputError, match=message):
         sample.sample(_cfg(**override))
 

@@ -81,7 +81,7 @@ def test_generate_from_scratch_gives_a_midi_that_remi_reads(client):
     status = wait_done(client, r.json()["job"])
     assert status["state"] == "done", status
     result = status["result"]
-    assert result["bars"] <= 2 and result["tokens"] > 1
+    assert result["bars"] <= 2 and result["tokens"] > 1 and result["seed"] == "7"
     midi = client.get(result["midi"])
     assert midi.status_code == 200 and midi.headers["content-type"] == "audio/midi"
     score = remi.read_midi(midi.content)
@@ -101,6 +101,10 @@ def test_the_same_seed_gives_the_same_piece(client):
         job = client.post("/api/generate?temperature=1.2&bars=1&seed=123").json()["job"]
         pieces.append(client.get(wait_done(client, job)["result"]["midi"]).content)
     assert remi.read_midi(pieces[0]).notes.tolist() == remi.read_midi(pieces[1]).notes.tolist()
+    # Without a seed the API draws one; the result reports it (as text), and it gives the piece again.
+    drawn = wait_done(client, client.post("/api/generate?temperature=1.2&bars=1").json()["job"])["result"]
+    again = wait_done(client, client.post(f"/api/generate?temperature=1.2&bars=1&seed={drawn['seed']}").json()["job"])
+    assert client.get(drawn["midi"]).content == client.get(again["result"]["midi"]).content
 
 
 def test_a_prompt_is_continued_and_kept(client):

@@ -96,7 +96,8 @@ function show(s) {
     $("audio-note").hidden = false;
   }
   $("download").href = r.midi;
-  $("summary").textContent = `${r.bars} bars · ${r.notes} notes · ${r.seconds} s · ${r.tokens} tokens in ${s.seconds} s`;
+  $("summary").textContent = `${r.bars} bars · ${r.notes} notes · ${r.seconds} s · ${r.tokens} tokens in ${s.seconds} s`
+    + (r.seed !== null && r.seed !== undefined ? ` · seed ${r.seed}` : "");
   $("progress-box").hidden = true;
   $("result").hidden = false;
   $("generate").disabled = false;
