@@ -32,7 +32,6 @@ async function loadInfo() {
   $("model").textContent = `${info.checkpoint} · context ${info.block_size} tokens · vocabulary ${info.vocab_size}`
     + (info.audio ? ` · audio by ${info.audio_engine}` : " · no audio");
   $("temperature").max = info.limits.max_temperature;
-  $("bars").max = Math.min(info.limits.max_bars, 64);
   $("prompt_bars").max = info.limits.max_prompt_bars;
   if (!info.audio) { $("audio-note").textContent = info.audio_note; }
 }
