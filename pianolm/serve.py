@@ -55,6 +55,11 @@ class Limits:
     max_temperature: float = 2.0
     max_new_tokens: int | None = None  # None: the model's own default for the bars asked for
     jobs_kept: int = 16  # finished jobs whose files stay on disk (oldest dropped first)
+    max_waiting: int = 8  # queued jobs beyond the running one; more are refused (HTTP 429)
+
+
+class Busy(InputError):
+    """The queue is full: the page says so and the user tries again (HTTP 429)."""
 
 
 DEFAULTS = {"temperature": 1.0, "top_p": 0.95, "bars": 8, "prompt_bars": 4}
@@ -202,9 +207,12 @@ class Studio:
         end_tick = None if prompt is None else self.check_prompt(prompt, params["name"], params["prompt_bars"])
         job_id = uuid.uuid4().hex[:12]
         folder = self.workdir / job_id
-        folder.mkdir(parents=True)
         job = Job(job_id, params, folder, prompt=prompt, prompt_end_tick=end_tick)
         with self._lock:
+            waiting = sum(j.state == "queued" for j in self.jobs.values())
+            if waiting >= self.limits.max_waiting:
+                raise Busy(f"{waiting} pieces are already waiting to be generated; try again when one is done")
+            folder.mkdir(parents=True)
             self.jobs[job_id] = job
             self._forget_old()
         self._pool.submit(self._run, job)
@@ -317,7 +325,7 @@ def build_app(studio: Studio):
             has_prompt = "name" in request.query_params or bool(body)
             job = studio.submit(params, body if has_prompt else None)
         except InputError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
+            return JSONResponse({"error": str(e)}, status_code=429 if isinstance(e, Busy) else 400)
         return JSONResponse({"job": job.id}, status_code=202)
 
     async def job_status(request):

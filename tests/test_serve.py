@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 import remi
 from model import GPT, GPTConfig
 from pianolm.errors import InputError
-from pianolm.serve import Limits, Studio, build_app, load_model, parse_params
+from pianolm.serve import Busy, Limits, Studio, build_app, load_model, parse_params
 from remi.audio import find_renderer
 from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 
@@ -202,3 +203,41 @@ def test_pianolm_works_without_the_serve_extra_and_serve_says_what_to_install(tm
 
     assert main(["serve", str(tiny_checkpoint(tmp_path / "tiny.ckpt"))]) == 2
     assert "pianolm serve: error: the web page needs the `serve` extra: pip install 'pianolm[serve]'" in capsys.readouterr().err
+
+
+class HeldModel:
+    """A stand-in for `pianolm.PianoLM` whose generate waits until the test lets it go: the
+    queue's behaviour without timing luck."""
+
+    def __init__(self, real):
+        self.tokenizer, self.model, self.block_size = real.tokenizer, real.model, real.block_size
+        self.release = threading.Event()
+        self.score = real.generate(n=1, bars=1, seed=0)[0]
+
+    def generate(self, **kwargs):
+        self.release.wait(timeout=60)
+        return [self.score]
+
+
+def test_a_full_queue_is_refused_with_429_and_the_queue_drains(tmp_path):
+    if MISSING:
+        pytest.skip(f"{', '.join(MISSING)} not installed")
+    from starlette.testclient import TestClient
+
+    model = HeldModel(load_model(tiny_checkpoint(tmp_path / "tiny.ckpt")))
+    studio = Studio(model, None, Limits(max_waiting=2), workdir=tmp_path / "jobs")
+    with TestClient(build_app(studio)) as client:
+        jobs = [client.post("/api/generate?bars=1").json()["job"]]  # this one runs (and is held)
+        while client.get(f"/api/jobs/{jobs[0]}").json()["state"] != "running":
+            time.sleep(0.01)
+        jobs += [client.post("/api/generate?bars=1").json()["job"] for _ in range(2)]  # these two wait
+        assert [client.get(f"/api/jobs/{j}").json()["state"] for j in jobs] == ["running", "queued", "queued"]
+        refused = client.post("/api/generate?bars=1")
+        assert refused.status_code == 429 and "2 pieces are already waiting" in refused.json()["error"]
+        with pytest.raises(Busy):
+            studio.submit(parse_params({}))
+        model.release.set()
+        states = [wait_done(client, j) for j in jobs]
+        assert [s["state"] for s in states] == ["done"] * 3
+        assert all(s["result"]["audio"] is None and "no audio" in s["result"]["audio_note"] for s in states)
+        assert client.post("/api/generate?bars=1").status_code == 202  # room again
