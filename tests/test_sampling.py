@@ -302,3 +302,23 @@ def test_penalty_breaks_greedy_loops_and_only_touches_the_given_ids():
         gpt.generate(prompt, 5, repetition_penalty=1.2, repetition_window=0)
     with pytest.raises(ValueError, match=r"repetition_ids must lie in \[0, 41\)"):
         gpt.generate(prompt, 5, repetition_penalty=1.2, repetition_ids=[3, 41])
+
+
+def test_logit_bias_shifts_without_forbidding_and_keeps_the_mask():
+    from model.sampling import add_logit_bias, next_token
+
+    logits = torch.zeros(2, 4)
+    bias = torch.tensor([0.0, -3.0, 0.0, 0.0])
+    out = add_logit_bias(logits.masked_fill(torch.tensor([[False, False, True, False]] * 2), float("-inf")), bias)
+    assert out[0, 1] == -3.0 and out[0, 2] == float("-inf") and out[0, 0] == 0.0
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        add_logit_bias(logits, torch.zeros(3))
+    with pytest.raises(ValueError, match="finite"):
+        add_logit_bias(logits, torch.tensor([0.0, float("-inf"), 0.0, 0.0]))
+    # drawn many times: the biased id comes e^3 ~ 20 times less often than each other one, never 0 times
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([next_token(torch.zeros(256, 4), bias=bias, generator=gen) for _ in range(20)])
+    counts = torch.bincount(draws, minlength=4).float()
+    assert 0 < counts[1] < counts[0] / 8
+    assert torch.equal(next_token(torch.zeros(1, 4), temperature=0.0, bias=torch.tensor([0.0, 0.0, 1.0, 0.0])),
+                       torch.tensor([2]))
