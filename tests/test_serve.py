@@ -241,3 +241,13 @@ def test_a_full_queue_is_refused_with_429_and_the_queue_drains(tmp_path):
         assert [s["state"] for s in states] == ["done"] * 3
         assert all(s["result"]["audio"] is None and "no audio" in s["result"]["audio_note"] for s in states)
         assert client.post("/api/generate?bars=1").status_code == 202  # room again
+
+
+def test_serve_with_a_missing_checkpoint_is_one_line_and_status_2(tmp_path, capsys):
+    if MISSING:
+        pytest.skip(f"{', '.join(MISSING)} not installed")
+    from pianolm.__main__ import main
+
+    assert main(["serve", str(tmp_path / "missing.ckpt"), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"pianolm serve: error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
