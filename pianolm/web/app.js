@@ -111,4 +111,4 @@ for (const name of SLIDERS) {
 $("clear-prompt").addEventListener("click", () => { $("prompt").value = ""; });
 $("controls").addEventListener("submit", generate);
 setState("idle");
-loadInfo();
+loadInfo().catch((e) => showError(`the server cannot be reached (${e.message})`));
