@@ -51,7 +51,15 @@ def export(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint, "export": export}
+def serve(argv: Sequence[str]) -> int:
+    """A local web page to generate pieces and listen to them (needs the `serve` extra)."""
+    from .serve import main as serve_main  # starlette and uvicorn are imported only here
+
+    return serve_main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"info": info, "fingerprint": fingerprint, "export": export,
+                                                   "serve": serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

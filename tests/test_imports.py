@@ -5,7 +5,8 @@
 - `model` never imports `remi`, mido or `pianolm` (it knows tensors and ids only);
 - no library (`remi`, `model`, `pianolm`) imports an entry point (`train.py`, `sample.py`) or
   `experiments/`, and nothing but the tests imports an entry point;
-- mido is imported by `remi/midi_io.py` alone.
+- mido is imported by `remi/midi_io.py` alone;
+- starlette and uvicorn (the optional `serve` extra) are imported by `pianolm/serve.py` alone.
 
 Only `if TYPE_CHECKING:` blocks are skipped: they never run.
 """
@@ -21,6 +22,7 @@ PACKAGES = ("remi", "model", "pianolm", "experiments")
 SCRIPTS = ("train.py", "sample.py")
 ENTRY_POINTS = ("train", "sample")
 MIDO_HOME = "remi.midi_io"
+WEB_HOME, WEB_PACKAGES = "pianolm.serve", {"starlette", "uvicorn"}  # the optional `serve` extra
 FORBIDDEN = {  # importer's top package -> top-level names it must not import
     "remi": {"torch", "lightning", "model", "pianolm", "experiments", *ENTRY_POINTS},
     "model": {"remi", "mido", "pianolm", "experiments", *ENTRY_POINTS},
@@ -153,6 +155,8 @@ def violations(root: Path = ROOT) -> list[str]:
                 bad.append(f"{where} ({top} must not import {head})")
             if head == "mido" and me != MIDO_HOME:
                 bad.append(f"{where} (only {MIDO_HOME} imports mido)")
+            if head in WEB_PACKAGES and me != WEB_HOME:
+                bad.append(f"{where} (only {WEB_HOME} imports the serve extra's {head})")
     return bad
 
 
@@ -196,10 +200,13 @@ def test_checker_finds_forbidden_arrows_but_skips_type_checking(tmp_path):
         "model/z.py": "from remi.x import q\n",
         "pianolm/__init__.py": "",
         "pianolm/w.py": "from sample import load\n",
+        "pianolm/serve.py": "def app():\n    from starlette.routing import Route\n",
+        "pianolm/v.py": "def run():\n    import uvicorn\n",
     })
     found = violations(root)
     assert sorted(v.split(" (")[0] for v in found) == [
         "model/z.py:1 imports remi.x",
+        "pianolm/v.py:2 imports uvicorn",
         "pianolm/w.py:1 imports sample",
         "remi/x.py:1 imports torch",
         "remi/y.py:2 imports mido",

@@ -1,0 +1,185 @@
+"""Drive `python -m pianolm serve` in a real headless browser (selenium + Debian's chromium and
+chromium-driver): used by tests/test_serve_browser.py, and runnable for the docs' screenshot:
+
+    python -m tests.browser CKPT docs/img/serve.png [--bars 8] [--seed 3] [--temperature 0.9]
+
+Starts the real server (uvicorn, in a subprocess, on a free port), opens the page, sets the
+sliders, clicks Generate and waits for the piece. Imports selenium only when a browser is made.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+DRIVER_NAMES = ("chromedriver",)
+
+
+def find_browser() -> tuple[str | None, str | None]:
+    """(chromium, chromedriver) executables, $CHROMIUM / $CHROMEDRIVER first; None where absent."""
+    def first(env: str, names) -> str | None:
+        found = [os.environ.get(env)] + [shutil.which(n) for n in names]
+        return next((p for p in found if p and Path(p).is_file()), None)
+
+    return first("CHROMIUM", CHROMIUM_NAMES), first("CHROMEDRIVER", DRIVER_NAMES)
+
+
+def missing_browser() -> str | None:
+    """Why the browser test cannot run here, or None when it can."""
+    for module, hint in (("selenium", "pip install selenium (in the dev extra)"),
+                         ("uvicorn", "pip install 'pianolm[serve]'"), ("starlette", "pip install 'pianolm[serve]'")):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed ({hint})"
+    chromium, driver = find_browser()
+    if chromium is None or driver is None:
+        return ("no " + ("chromium" if chromium is None else "chromedriver") + " found: "
+                "apt-get install chromium chromium-driver (.ci/run does), or set $CHROMIUM and $CHROMEDRIVER")
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def running_server(ckpt: str | Path, *args: str, timeout: float = 180.0, log: Path | None = None):
+    """`python -m pianolm serve CKPT --port P ARGS...` until the block ends; yields its base URL.
+    Fails with the server's own output if it does not answer within `timeout` seconds."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    out = open(log, "w+b") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "pianolm", "serve", str(ckpt), "--port", str(port),
+                             "--threads", "1", *args], cwd=ROOT, env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited with status {proc.returncode}: {_tail(log)}")
+            try:
+                get_json(url + "/api/info", timeout=2.0)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not answer within {timeout:.0f} s: {_tail(log)}") from None
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log:
+            out.close()
+
+
+def _tail(log: Path | None) -> str:
+    return log.read_text(errors="replace")[-2000:] if log and log.is_file() else "(no log kept)"
+
+
+def chrome(width: int = 1000, height: int = 1250):
+    """A headless chromium under selenium, driven through the system's chromedriver (no download)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = find_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
+def set_value(driver, element_id: str, value) -> None:
+    """Set a slider or input as a person would (the page listens to `input` events)."""
+    driver.execute_script("const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+                          "e.dispatchEvent(new Event('input', {bubbles: true}));", element_id, str(value))
+
+
+def wait_state(driver, states: tuple[str, ...], timeout: float) -> str:
+    """Wait until the page's body[data-state] is one of `states`; returns it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: d.find_element("tag name", "body").get_attribute("data-state") in states)
+    return driver.find_element("tag name", "body").get_attribute("data-state")
+
+
+def open_page(driver, url: str, timeout: float = 30.0) -> None:
+    """Load the page and wait until it has read the model's details (GET /api/info)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url + "/")
+    WebDriverWait(driver, timeout).until(lambda d: "context" in d.find_element("id", "model").text)
+
+
+def generate(driver, timeout: float = 300.0, prompt: Path | None = None, **settings) -> str:
+    """Set the page's controls (temperature, top_p, bars, seed, prompt_bars), attach `prompt`,
+    click Generate; returns the page's state once it is done or shows an error."""
+    for key, value in settings.items():
+        set_value(driver, key, value)
+    if prompt is not None:
+        driver.find_element("id", "prompt").send_keys(str(Path(prompt).resolve()))
+    driver.find_element("id", "generate").click()
+    return wait_state(driver, ("done", "error"), timeout)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.browser", description="A screenshot of the page after a generation.")
+    p.add_argument("ckpt")
+    p.add_argument("out", type=Path)
+    p.add_argument("--bars", type=int, default=8)
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=0.9)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--prompt", type=Path, default=None)
+    p.add_argument("--prompt-bars", type=int, default=4)
+    args = p.parse_args(argv)
+    reason = missing_browser()
+    if reason:
+        print(f"cannot take the screenshot: {reason}", file=sys.stderr)
+        return 2
+    with running_server(args.ckpt) as url:
+        driver = chrome()
+        try:
+            open_page(driver, url)
+            extra = {"prompt_bars": args.prompt_bars} if args.prompt else {}
+            state = generate(driver, prompt=args.prompt, temperature=args.temperature, top_p=args.top_p,
+                             bars=args.bars, seed=args.seed, **extra)
+            if state != "done":
+                print(f"the page shows an error: {driver.find_element('id', 'error').text}", file=sys.stderr)
+                return 1
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1000, height + 40)
+            driver.save_screenshot(str(args.out))
+            print(f"wrote {args.out}", file=sys.stderr)
+        finally:
+            driver.quit()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
