@@ -168,6 +168,8 @@ def test_sequences_sampled_under_the_mask_decode_with_nothing_skipped(seed, monk
         seq.append(int(rng.choice(choices)))
         if seq[-1] == TOK.eos_id:
             break
+    while TOK.vocab.types[seq[-1]] in (PITCH, VELOCITY):  # cut at 300 inside a note group: no note yet
+        seq.pop()
     assert TOK.token_errors(seq) == 0.0
     # Every note group becomes a note ...
     import remi.decode
