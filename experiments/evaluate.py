@@ -98,22 +98,35 @@ def stop_after_bars(tok, total_bars: int):
 
 def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_new_tokens: int,
              temperature: float, seed: int, top_k: int | None = None, top_p: float | None = None,
-             keep_prompt: bool = False, min_p: float | None = None) -> list[list[int]]:
+             keep_prompt: bool = False, min_p: float | None = None,
+             logit_bias: torch.Tensor | None = None) -> list[list[int]]:
     """`n` rows continuing `prompt` (BOS first) until `total_bars` bars are complete, EOS or
     `max_new_tokens`; each row's ids cut to those bars (prompt included, EOS dropped).
-    `keep_prompt` pins the prompt (at most half the context: its start) in every window."""
+    `keep_prompt` pins the prompt (at most half the context: its start) in every window;
+    `logit_bias` (V,) is added to every step's logits (`follow_key_bias`)."""
     gen = torch.Generator().manual_seed(seed)
     idx = torch.tensor([list(prompt)] * n, dtype=torch.long)
     keep = min(len(prompt), gpt.config.block_size // 2) if keep_prompt else 0
     out = gpt.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        eos_id=tok.eos_id, allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep,
-                       min_p=min_p)
+                       min_p=min_p, logit_bias=logit_bias)
     rows = []
     for row in out.tolist():
         if tok.eos_id in row[len(prompt):]:
             row = row[: len(prompt) + row[len(prompt):].index(tok.eos_id)]
         rows.append(row)
     return rows
+
+
+def follow_key_bias(tok, prompt: Sequence[int], penalty: float) -> torch.Tensor | None:
+    """The logit bias that keeps a continuation in its prompt's key: the prompt's
+    Krumhansl-Schmuckler key (`remi.keys.find_key`), then `penalty` logits off every Pitch outside
+    that key's scale (`pianolm.control`'s soft key constraint). None when the prompt has no key."""
+    from pianolm.control import fixed
+    from remi.keys import find_key
+
+    key = find_key(tok.decode_score(list(prompt)))
+    return None if key is None else fixed(tok, key=key, key_penalty=penalty).bias_tensor()
 
 
 def _generated_counts(count, tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> dict[str, int]:
@@ -159,7 +172,8 @@ def grammar_error_kinds(tok, rows: Sequence[Sequence[int]], skip: Sequence[int])
 def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, bars: int = 16,
              temperature: float = 1.0, max_new_tokens: int = 2048, continuations: bool = True,
              top_k: int | None = None, top_p: float | None = None, progress: bool = False,
-             likelihood: bool = True, keep_prompt: bool = False, min_p: float | None = None) -> dict:
+             likelihood: bool = True, keep_prompt: bool = False, min_p: float | None = None,
+             follow_key: float | None = None) -> dict:
     """Every number of the evaluation, and the generated pieces (ids) for whoever renders them.
     `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep."""
     t0 = time.time()
@@ -193,8 +207,9 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
             if count_bars(tok, ids) < PROMPT_BARS + CONTINUATION_BARS:
                 continue  # too short to hold a prompt and a real continuation
             prompt = cut_bars(tok, ids, PROMPT_BARS)[0]
+            bias = follow_key_bias(tok, prompt, follow_key) if follow_key else None
             row = generate(gpt, tok, prompt, 1, PROMPT_BARS + CONTINUATION_BARS, max_new_tokens,
-                           temperature, seed + 1 + i, top_k, top_p, keep_prompt, min_p)[0]
+                           temperature, seed + 1 + i, top_k, top_p, keep_prompt, min_p, bias)[0]
             row = cut_bars(tok, row, PROMPT_BARS + CONTINUATION_BARS)[0]
             cont_rows.append(row)
             prompts.append((f, prompt))
@@ -233,7 +248,8 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                    "tokens": int(sum(len(s) for s in seqs)), "sampled": n, "continued": len(cont_rows)},
         "settings": {"n": n, "seed": seed, "bars": bars, "temperature": temperature, "top_k": top_k,
                      "top_p": top_p, "min_p": min_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
-                     "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt},
+                     "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt,
+                     "follow_key": follow_key},
         "seconds": {"bits_per_note": round(t_nll - t0, 1), "sampling": round(t_free - t_nll, 1),
                     "continuations": round(t_cont - t_free, 1), "total": round(t_cont - t0, 1)},
         "_generated": {"free": free, "continuations": cont_rows, "prompts": prompts},
@@ -346,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-continuations", action="store_true")
     p.add_argument("--keep-prompt", action="store_true",
                    help="pin each continuation's prompt (up to half the context) in every window")
+    p.add_argument("--follow-key", type=float, default=None, metavar="PENALTY",
+                   help="continuations: PENALTY logits off every pitch outside the prompt's key (a sampling control, not the model)")
     p.add_argument("--baselines", type=Path, default=None, metavar="TRAIN_SHARDS",
                    help="also score a unigram model of this shard folder's train split and the step-0 network")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -359,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(gpt, tok, files, n=args.n, seed=args.seed, bars=args.bars, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, continuations=not args.no_continuations,
                       top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt,
-                      min_p=args.min_p)
+                      min_p=args.min_p, follow_key=args.follow_key)
     if args.baselines is not None:
         from remi.shards import ShardError
 

@@ -94,3 +94,17 @@ def test_grammar_errors_count_only_the_generated_tokens_by_both_definitions():
     assert kinds["type"] >= 2                                 # the strict grammar counts them too
     # errors inside the prompt are not the model's: skipping past them removes them
     assert sum(grammar_errors(TOK, [bad_row], [14]).values()) == 0
+
+
+def test_follow_key_biases_pitches_outside_the_prompts_key():
+    from experiments.evaluate import follow_key_bias
+    from tests.test_tokenizer import small_midi
+
+    prompt = TOK.encode(small_midi())[:-1]  # C, E, G, C: C major
+    bias = follow_key_bias(TOK, prompt, 3.0)
+    pitch = {t: i for i, t in enumerate(TOK.vocab.tokens) if t.startswith("Pitch_")}
+    assert bias is not None and bias.shape == (TOK.vocab_size,)
+    assert bias[pitch["Pitch_60"]] == 0 and bias[pitch["Pitch_67"]] == 0      # C and G: in the key
+    assert bias[pitch["Pitch_61"]] == -3.0 and bias[pitch["Pitch_66"]] == -3.0  # C# and F#: outside
+    assert float(bias[[i for t, i in pitch.items()]].min()) == -3.0 and int((bias < 0).sum()) > 0
+    assert follow_key_bias(TOK, [TOK.bos_id], 3.0) is None  # no notes, no key
