@@ -27,7 +27,7 @@ A runnable example (a tiny untrained model, so the music is random):
     >>> m.generate(meter="5/8")
     Traceback (most recent call last):
     ...
-    pianolm.errors.InputError: meter='5/8': the tokenizer has no TimeSig_5/8; choose one of ['3/8', '6/8', '12/8', '1/4', '2/4', '3/4', '4/4', '5/4', '6/4']
+    pianolm.errors.InputError: meter='5/8': the tokenizer has no TimeSig_5/8; choose one of ['3/8', '6/8', '12/8', '2/4', '3/4', '4/4', '5/4', '6/4']
 """
 from __future__ import annotations
 
