@@ -18,7 +18,7 @@ def test_lean_reader_equals_mido_reader_on_a_spread_of_real_files():
     assert_reads_equal_mido(REAL[::50])
 
 
-@pytest.mark.slow  # mido parses ~110 MB of MIDI in Python: about 190 CPU-seconds
+@pytest.mark.slow  # mido parses ~110 MB of MIDI in Python: about 215 CPU-seconds
 @pytest.mark.shared_midi
 @pytest.mark.skipif(not REAL, reason="../shared/midi is absent")
 def test_lean_reader_equals_mido_reader_on_every_real_file():
