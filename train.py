@@ -19,7 +19,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
@@ -27,13 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from model.callbacks import NonFiniteLossError, SampleCallback
 from model.ckptio import AtomicCheckpointIO
-from model.data import WindowConfig, WindowDataModule, spread_songs, take_songs
 from model.gpt import GPT
 from model.lit import LitGPT, OptimConfig, TokenizerMismatchError
 from pianolm.checkpoint import check_resume
 from pianolm.config import ConfigError, check_config, model_config
 from pianolm.runinfo import code_fingerprint, gather, weights_digest
-from pianolm.training import build_callbacks, build_loggers, prepare_data, wandb_save
+from pianolm.training import build_callbacks, build_datamodule, build_loggers, prepare_data, validation_set, wandb_save
 from remi.datasets import DatasetMissingError
 
 # ----------------------------------------------------------------------------- train
@@ -60,17 +58,10 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         gpt.compile(backend="inductor" if cfg.compile is True else str(cfg.compile))
     extra = {"tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": gpt_config.to_dict(),
              "cfg": OmegaConf.to_container(cfg, resolve=True)}
-    # The fixed validation set: every val song, or `scale.val_songs` of them spread evenly.
-    songs = spread_songs(len(val_split.offsets) - 1, cfg.scale.get("val_songs"))
-    val_tokens, val_offsets = take_songs(val_split.tokens, val_split.offsets, songs)
-    val_notes = int(np.asarray(val_split.notes)[songs].sum())
+    val = validation_set(cfg, val_split)
     lit = LitGPT(gpt, OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True)),
-                 val_notes=val_notes, checkpoint_extra=extra)
-    dm = WindowDataModule(train_split.tokens, val_tokens, val_offsets,
-                          WindowConfig(block_size=gpt_config.block_size, batch_size=cfg.scale.batch_size,
-                                       seed=cfg.seed, val_batch_size=cfg.scale.get("val_batch_size"),
-                                       song_start_share=float(cfg.scale.get("song_start_share") or 0.0)),
-                          train_offsets=train_split.offsets)
+                 val_notes=val.notes, checkpoint_extra=extra)
+    dm = build_datamodule(cfg, train_split, val)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
@@ -111,10 +102,10 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
         "n_layer": gpt_config.n_layer, "n_embd": gpt_config.n_embd, "block_size": gpt_config.block_size,
         "vocab_size": tok.vocab_size, "tokenizer_hash": tok.hash, "bpe": bool(cfg.tokenizer.get("bpe_vocab_size")),
         "train_songs": len(train_split.offsets) - 1, "train_tokens": int(len(train_split.tokens)),
-        "train_notes": int(train_split.notes.sum()), "val_songs": len(songs),
-        "val_tokens": int(len(val_tokens)), "val_notes": val_notes,
+        "train_notes": int(train_split.notes.sum()), "val_songs": len(val.songs),
+        "val_tokens": int(len(val.tokens)), "val_notes": val.notes,
         "steps": trainer.global_step, "world_size": trainer.world_size,
-        "tokens_per_step": cfg.scale.batch_size * gpt_config.block_size * trainer.world_size * trainer.accumulate_grad_batches,
+        "tokens_per_step": dm.config.batch_size * gpt_config.block_size * trainer.world_size * trainer.accumulate_grad_batches,
         "wall_time_s": round(time.time() - start, 2), "prepare_time_s": round(prepared - start, 2),
         "data_position": dm.position(),
         "rank_weight_digests": digests, "rank_first_batch_digests": first_batches,

@@ -1,6 +1,6 @@
-"""The pieces train.py assembles: data (tokenizer + token shards), loggers and callbacks from the
-config, and what a finished run reports. Behaviour follows the configured classes' types
-(`issubclass(cls, WandbLogger)`), never their names.
+"""The pieces train.py assembles: data (tokenizer + token shards, the fixed validation set, the
+data module with every batch size from the config), loggers and callbacks from the config.
+Behaviour follows the configured classes' types (`issubclass(cls, WandbLogger)`), never their names.
 """
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ import fcntl
 import netrc
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 import remi
 from model.callbacks import SampleCallback
+from model.data import WindowConfig, WindowDataModule, spread_songs, take_songs
 from remi.prepare import prepare_for_training
 from remi.shards import ShardSplit, load_split
 
@@ -51,6 +54,35 @@ def prepare_data(cfg: DictConfig) -> tuple[remi.Tokenizer, Path, ShardSplit, Sha
         raise ValueError(f"the validation split of {shard_dir} is empty; raise data.val_fraction "
                          f"or data.limit so at least one song is held out")
     return tok, Path(shard_dir), train, val
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The fixed validation set: every val song, or `scale.val_songs` of them spread evenly."""
+
+    songs: np.ndarray    # indices into the val split
+    tokens: np.ndarray   # those songs' tokens, concatenated
+    offsets: np.ndarray  # their offsets into `tokens` (len(songs) + 1)
+    notes: int           # their notes (the denominator of bits per note)
+
+
+def validation_set(cfg: DictConfig, val: ShardSplit) -> Validation:
+    songs = spread_songs(len(val.offsets) - 1, cfg.scale.get("val_songs"))
+    tokens, offsets = take_songs(val.tokens, val.offsets, songs)
+    return Validation(songs, tokens, offsets, int(np.asarray(val.notes)[songs].sum()))
+
+
+def window_config(cfg: DictConfig) -> WindowConfig:
+    """The data module's settings: `model.block_size`, `scale.batch_size`, `scale.val_batch_size`
+    (null: batch_size), `scale.song_start_share` (null: 0) and `seed`."""
+    return WindowConfig(block_size=int(cfg.model.block_size), batch_size=int(cfg.scale.batch_size), seed=int(cfg.seed),
+                        val_batch_size=cfg.scale.get("val_batch_size"),
+                        song_start_share=float(cfg.scale.get("song_start_share") or 0.0))
+
+
+def build_datamodule(cfg: DictConfig, train: ShardSplit, val: Validation) -> WindowDataModule:
+    """Training windows over the train split, the fixed validation set, settings from `window_config`."""
+    return WindowDataModule(train.tokens, val.tokens, val.offsets, window_config(cfg), train_offsets=train.offsets)
 
 
 # ----------------------------------------------------------------------------- loggers

@@ -37,9 +37,10 @@ class DataConfig:
     """One `conf/data/*.yaml`; keys equal these fields.
 
     sources: corpus names from SOURCES, or folders of MIDI files.
-    round1_sources: the sources round 1 uses (subset: round1); null -> a fixed half of every
-        source, chosen by a stable hash of file content.
-    subset: "all" or "round1".
+    only_sources: read only these of `sources` (in `sources` order); null: all of them.
+    fraction: the share of each source's files to read, chosen by a hash of file content and
+        `fraction_seed` (so the choice is fixed, and adding files never moves old ones); 1: all.
+    fraction_seed: a string or integer; another seed chooses another, equally fixed, subset.
     limit: at most this many files per source (sorted order; for tests), null = all.
     val_fraction / test_fraction: share of songs per split for hash-split sources (MAESTRO keeps
         its official split).
@@ -50,8 +51,9 @@ class DataConfig:
 
     name: str = "bundled"
     sources: tuple[str, ...] = ("bundled",)
-    round1_sources: tuple[str, ...] | None = None
-    subset: str = "all"
+    only_sources: tuple[str, ...] | None = None
+    fraction: float = 1.0
+    fraction_seed: str | int = 0
     limit: int | None = None
     val_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -59,12 +61,22 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
-        if self.round1_sources is not None:
-            object.__setattr__(self, "round1_sources", tuple(str(s) for s in self.round1_sources))
-        if self.subset not in ("all", "round1"):
-            raise ValueError(f"data.subset must be 'all' or 'round1', got {self.subset!r}")
         if not self.sources:
             raise ValueError("data.sources is empty")
+        if self.only_sources is not None:
+            only = tuple(str(s) for s in self.only_sources)
+            object.__setattr__(self, "only_sources", only)
+            unknown = [s for s in only if s not in self.sources]
+            if unknown or not only:
+                raise ValueError(f"data.only_sources={list(only)}: " + (f"{unknown} not in " if unknown else "empty; ")
+                                 + f"choose among data.sources {list(self.sources)} (null: all of them)")
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"data.fraction must be a number in (0, 1] (the share of files read; 1: all), got {f!r}")
+        object.__setattr__(self, "fraction", float(f))  # 1 and 1.0: one shard key
+        seed = self.fraction_seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, str)) or seed == "split":  # "split": the split's own hash
+            raise ValueError(f"data.fraction_seed must be a string (not 'split') or an integer, got {seed!r}")
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"data.val_fraction + test_fraction must be in [0, 1), got {self.val_fraction} + {self.test_fraction}")
         if self.limit is not None and self.limit < 1:
@@ -89,7 +101,7 @@ class DataConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown data config keys {unknown}; known: {sorted(known)}")
-        for k in ("sources", "round1_sources"):
+        for k in ("sources", "only_sources"):
             if d.get(k) is not None and isinstance(d[k], str):
                 d[k] = [d[k]]
             if d.get(k) is not None:
@@ -97,9 +109,9 @@ class DataConfig:
         return cls(**d)
 
     def active_sources(self) -> tuple[str, ...]:
-        """The sources this selection reads (round 1 with round1_sources reads only those)."""
-        if self.subset == "round1" and self.round1_sources is not None:
-            return tuple(s for s in self.sources if s in self.round1_sources)
+        """The sources this selection reads: `only_sources` (in `sources` order), else all."""
+        if self.only_sources is not None:
+            return tuple(s for s in self.sources if s in self.only_sources)
         return self.sources
 
     def to_dict(self) -> dict:

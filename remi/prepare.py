@@ -86,8 +86,9 @@ def hash_split(sha: str, val_fraction: float, test_fraction: float) -> str:
     return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
-def in_round1_half(sha: str) -> bool:
-    return _unit("round1", sha) < 0.5
+def in_fraction(sha: str, fraction: float, seed: str | int = 0) -> bool:
+    """Whether a file with content hash `sha` is among the `fraction` that `data.fraction` keeps."""
+    return fraction >= 1 or _unit(str(seed), sha) < fraction
 
 
 def collect(
@@ -102,7 +103,6 @@ def collect(
     seen: dict[str, FileEntry] = {}
     duplicates: dict[str, list[list[str]]] = {}
     folders: dict[str, str] = {}
-    half = cfg.subset == "round1" and cfg.round1_sources is None
     for name in cfg.active_sources():
         if name == BUNDLED:
             folder = bundled_dir(cache_dir)
@@ -119,7 +119,7 @@ def collect(
         for path in files:
             rel = path.relative_to(folder).as_posix()
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
-            if half and not in_round1_half(sha):
+            if not in_fraction(sha, cfg.fraction, cfg.fraction_seed):
                 continue
             if sha in seen:
                 first = seen[sha]

@@ -162,18 +162,25 @@ def coarse() -> remi.Tokenizer:
     return remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
 
 
-@pytest.fixture(scope="module")
-def real_base_ids() -> list[list[int]]:
+def encode_real_files(at_most: int | None = None) -> list[list[int]]:
+    """Base ids of the readable shared MIDI files in sorted order (the first `at_most` of them)."""
     files = shared_midi_files()
     if not files:
         pytest.skip("../shared/midi is absent: the real-MIDI BPE checks need it")
     tok, out = coarse(), []
     for p in files:
+        if at_most is not None and len(out) == at_most:
+            break
         try:
             out.append(tok.encode(p))
         except remi.MidiReadError:
             continue
     return out
+
+
+@pytest.fixture(scope="module")
+def real_base_ids() -> list[list[int]]:
+    return encode_real_files()
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +229,8 @@ def write_base_shards(folder, tok, songs):
 
 
 @pytest.mark.shared_midi
-def test_training_from_a_shard_folder_streams_the_train_split(real_base_ids, tmp_path, capsys):
-    tok, songs = coarse(), real_base_ids[:40]
+def test_training_from_a_shard_folder_streams_the_train_split(tmp_path, capsys):
+    tok, songs = coarse(), encode_real_files(40)  # not the whole-corpus fixture: 40 songs are enough
     folder = write_base_shards(tmp_path / "base", tok, songs)
     from_dir = tok.train_bpe(folder, vocab_size=600)
     from_seqs = tok.train_bpe(songs[:30], 600)

@@ -236,13 +236,25 @@ def test_maestro_official_split_from_csv(tmp_path):
 
 def test_data_config_from_mapping_and_validation():
     cfg = DataConfig.from_mapping({"name": "piano", "sources": ["maestro", "giantmidi", "tegridy", "adl"],
-                                   "round1_sources": ["maestro", "giantmidi"], "subset": "round1"})
-    assert cfg.active_sources() == ("maestro", "giantmidi")
-    assert replace(cfg, subset="all").active_sources() == ("maestro", "giantmidi", "tegridy", "adl")
+                                   "only_sources": ["giantmidi", "maestro"]})
+    assert cfg.active_sources() == ("maestro", "giantmidi")          # in `sources` order
+    assert replace(cfg, only_sources=None).active_sources() == ("maestro", "giantmidi", "tegridy", "adl")
+    assert DataConfig.from_mapping({"sources": ["maestro", "adl"], "only_sources": "adl"}).active_sources() == ("adl",)
     with pytest.raises(ValueError, match="unknown data config keys \\['sauces'\\]"):
         DataConfig.from_mapping({"sauces": ["x"]})
-    with pytest.raises(ValueError, match="subset"):
-        DataConfig(subset="half")
+    # a name the data set does not read: the key, the name and the valid names
+    with pytest.raises(ValueError, match=r"data.only_sources=\['maestro_v2'\]: \['maestro_v2'\] not in "
+                                         r"choose among data.sources \['maestro', 'giantmidi', 'tegridy', 'adl'\]"):
+        replace(cfg, only_sources=("maestro_v2",))
+    with pytest.raises(ValueError, match="data.only_sources=\\[\\]: empty"):
+        replace(cfg, only_sources=())
+    for bad in (0, 0.0, 1.5, -0.1, True, "half"):
+        with pytest.raises(ValueError, match="data.fraction must be a number in \\(0, 1\\]"):
+            replace(cfg, fraction=bad)
+    assert replace(cfg, fraction=1).fraction == 1.0 and isinstance(replace(cfg, fraction=1).fraction, float)
+    for bad in (None, 1.5, False, "split"):
+        with pytest.raises(ValueError, match="data.fraction_seed"):
+            replace(cfg, fraction_seed=bad)
 
 
 def test_every_data_yaml_composes(repo_root):
@@ -256,4 +268,4 @@ def test_every_data_yaml_composes(repo_root):
             assert s in datasets.SOURCES or s == datasets.BUNDLED, (p, s)
     piano = DataConfig.from_mapping(OmegaConf.load(repo_root / "conf" / "data" / "piano.yaml"))
     assert set(piano.sources) == {"maestro", "giantmidi", "tegridy", "adl"}
-    assert piano.round1_sources == ("maestro", "giantmidi")
+    assert piano.only_sources is None and piano.fraction == 1.0         # a data yaml reads all of itself

@@ -43,6 +43,7 @@ def test_stop_after_bars_allows_only_eos_once_the_bars_are_complete():
     assert mask[1].sum() == 1 and mask[1, TOK.eos_id]            # a third Bar started: only EOS
 
 
+@pytest.mark.slow  # end to end: train.py (the ckpt fixture, here trained again) and evaluate.py, each a process
 def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     real = tmp_path / "real"
     real.mkdir()

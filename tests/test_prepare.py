@@ -222,18 +222,66 @@ def test_identical_files_across_sources_are_kept_once(tmp_path, tok, small_folde
     assert r.manifest["total"]["duplicates"] == 4
 
 
-def test_round1_half_is_fixed_by_content(tmp_path, tok, small_folder):
-    cfg = DataConfig(name="half", sources=(str(small_folder),), subset="round1")
-    col = prepare.collect(cfg, progress=False)
-    full = prepare.collect(replace(cfg, subset="all"), progress=False)
-    kept = {e.sha256 for e in col.entries}
-    assert kept < {e.sha256 for e in full.entries}
-    assert kept == {e.sha256 for e in full.entries if prepare.in_round1_half(e.sha256)}
-    # over many hashes the half is a half
+def test_fraction_is_fixed_by_content_and_seed(tmp_path, tok, small_folder):
+    cfg = DataConfig(name="half", sources=(str(small_folder),), fraction=0.5, fraction_seed=3)
+    full = {e.sha256 for e in prepare.collect(replace(cfg, fraction=1.0), progress=False).entries}
+    kept = {e.sha256 for e in prepare.collect(cfg, progress=False).entries}
+    assert kept < full and kept == {s for s in full if prepare.in_fraction(s, 0.5, 3)}
+    # the choice depends on the content alone: renamed and reordered files are chosen alike
+    moved = tmp_path / "moved"
+    for i, f in enumerate(sorted(small_folder.glob("*.mid"), reverse=True)):
+        (moved / str(i)).mkdir(parents=True)
+        shutil.copy(f, moved / str(i) / f"renamed_{i}.mid")
+    assert {e.sha256 for e in prepare.collect(replace(cfg, sources=(str(moved),)), progress=False).entries} == kept
+    # over many hashes: the share is the fraction, a smaller fraction keeps a subset, another seed another set
     import hashlib
 
-    share = np.mean([prepare.in_round1_half(hashlib.sha256(bytes([i, j])).hexdigest()) for i in range(40) for j in range(50)])
-    assert 0.45 < share < 0.55
+    shas = [hashlib.sha256(bytes([i, j])).hexdigest() for i in range(40) for j in range(50)]
+    half, third = ({s for s in shas if prepare.in_fraction(s, f, 3)} for f in (0.5, 0.3))
+    assert 0.45 < len(half) / len(shas) < 0.55 and 0.25 < len(third) / len(shas) < 0.35 and third < half
+    other = {s for s in shas if prepare.in_fraction(s, 0.5, "other")}
+    assert 0.4 < len(half & other) / len(half) < 0.6
+    assert all(prepare.in_fraction(s, 1.0, 3) for s in shas)
+
+
+def _round1_data(data: str) -> DataConfig:
+    """`data` as `+experiment=round1` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return DataConfig.from_mapping(compose("train", overrides=["+experiment=round1", f"data={data}"]).data)
+
+
+def _old_round1_half(sha: str) -> bool:
+    """The rule round 1 used before `data.fraction` (remi.prepare.in_round1_half), from its definition."""
+    import hashlib
+
+    return int(hashlib.sha256(f"round1:{sha}".encode()).hexdigest()[:15], 16) / 16**15 < 0.5
+
+
+def test_round1_reads_what_it_read_before_on_bundled_and_real(tmp_path, monkeypatch):
+    """Before: `data.subset: round1` read `round1_sources` where the data set named them (real:
+    maestro_v2) and otherwise a fixed half (`in_round1_half`). The generic keys that
+    conf/experiment/round1.yaml sets select the same files."""
+    # bundled: its conversion (minutes) stands in for a folder of written pieces here; the slow
+    # test below checks the real bundled corpus
+    fake = _pieces(tmp_path, range(40), "bundled")
+    monkeypatch.setattr(prepare, "bundled_dir", lambda cache_dir=None: fake)
+    monkeypatch.setattr(prepare, "bundled_files", lambda *a, **k: sorted(fake.glob("*.mid")))
+    cfg = _round1_data("bundled")
+    every = prepare.collect(replace(cfg, fraction=1.0), progress=False).entries
+    chosen = prepare.collect(cfg, progress=False).entries
+    assert [e.rel for e in chosen] == [e.rel for e in every if _old_round1_half(e.sha256)]
+    assert 10 < len(chosen) < 30
+    # real: five sources under one root, round 1 reads every MAESTRO file and nothing else
+    root = tmp_path / "midi"
+    for k, folder in enumerate(["maestro-v2.0.0", "pop909", "piano-midi-de", "asap-scores", "tegridy-piano"]):
+        _pieces(root, range(100 + 10 * k, 106 + 10 * k), folder)
+    cfg = _round1_data("real")
+    every = prepare.collect(replace(cfg, only_sources=None), data_dir=root, progress=False).entries
+    assert {e.source for e in every} == {"maestro_v2", "pop909", "pianomidi", "asap", "tegridy"}
+    chosen = prepare.collect(cfg, data_dir=root, progress=False).entries
+    assert chosen == [e for e in every if e.source == "maestro_v2"] and len(chosen) == 6
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path, tok):
@@ -258,7 +306,7 @@ def test_cli_json(tmp_path, small_folder, capsys):
 
 
 def test_prepare_for_training_with_bpe(tmp_path, tok, small_folder, monkeypatch):
-    cfg = {"name": "small", "sources": [str(small_folder)], "round1_sources": None, "subset": "all",
+    cfg = {"name": "small", "sources": [str(small_folder)], "only_sources": None, "fraction": 1.0,
            "limit": None, "val_fraction": 0.1, "test_fraction": 0.1}
     bpe_tok = remi.Tokenizer(replace(tok.config, bpe_vocab_size=tok.vocab_size + 40))
     final, shard_dir = prepare.prepare_for_training(cfg, bpe_tok, tmp_path, tmp_path / "cache", workers=1, progress=False)
@@ -314,9 +362,11 @@ def test_bundled_from_fresh_cache_offline_has_1500_pieces(bundled_cache, tok):
     r = prepare.prepare(DataConfig(name="bundled", sources=("bundled",)), tok, cache_dir=cache, progress=False)
     assert r.manifest["total"]["files"] >= 1500
     assert min(r.manifest["splits"][s]["songs"] for s in shards.SPLITS) > 50
-    # round 1 on bundled: a fixed half
-    half = prepare.prepare(DataConfig(name="bundled", sources=("bundled",), subset="round1"), tok, cache_dir=cache, progress=False)
-    assert 0.4 < half.manifest["total"]["files"] / r.manifest["total"]["files"] < 0.6
+    # round 1 on bundled: a fixed half, the same files as the old rule chose (_old_round1_half)
+    every = prepare.collect(DataConfig(name="bundled", sources=("bundled",)), cache_dir=cache, progress=False).entries
+    half = prepare.collect(_round1_data("bundled"), cache_dir=cache, progress=False).entries
+    assert [e.rel for e in half] == [e.rel for e in every if _old_round1_half(e.sha256)]
+    assert 0.4 < len(half) / len(every) < 0.6
     # Bach chorales keep their key signatures (the key-finding check reads them)
     chorales = [f for f in conv["files"] if f.parent.name == "bach"][:20]
     assert chorales and all(remi.read_midi(f).key_signatures for f in chorales)

@@ -32,10 +32,22 @@ def assert_round_trip(tok: Tokenizer, score: Score, label: str = "") -> list[int
 
 @pytest.mark.skipif(not REAL, reason="../shared/midi is absent")
 @pytest.mark.parametrize("name", NAMES)
+def test_a_spread_of_real_files_round_trips(name):
+    """Every 50th real file (about 60, from every corpus): the fast tier's share of the test below."""
+    assert_real_files_round_trip(TOKS[name], REAL[::50])
+
+
+@pytest.mark.slow  # ~3,000 files x 3 tokenizers: about 165 CPU-seconds (55 each)
+@pytest.mark.shared_midi
+@pytest.mark.skipif(not REAL, reason="../shared/midi is absent")
+@pytest.mark.parametrize("name", NAMES)
 def test_every_readable_real_file_round_trips(name):
-    tok = TOKS[name]
+    assert_real_files_round_trip(TOKS[name], REAL)
+
+
+def assert_real_files_round_trip(tok: Tokenizer, paths: list[Path]) -> None:
     done = 0
-    for path in REAL:
+    for path in paths:
         try:
             score = read_midi(path)
         except MidiReadError:
@@ -50,7 +62,7 @@ def test_every_readable_real_file_round_trips(name):
         assert tok.count_notes(ids) <= in_range, path
         assert tok.count_notes(ids) == len(np.unique(q[:, [0, 2]], axis=0)), path
         done += 1
-    assert done >= len(REAL) - 1
+    assert done >= len(paths) - 1
 
 
 @pytest.mark.skipif(not REAL, reason="../shared/midi is absent")

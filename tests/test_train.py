@@ -258,7 +258,7 @@ def test_every_logger_choice_trains_and_leaves_its_record(logger, tmp_path, cach
 def test_a_missing_corpus_stops_with_one_line_naming_it_and_the_fetch_command(tmp_path):
     # round 4 reads the four real corpora (data=piano); none is under this empty data folder
     proc = _cli(["+experiment=round4", f"paths.data_dir={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}",
-                 f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], tmp_path, timeout=120)
+                 f"hydra.run.dir={tmp_path / 'run'}", "logger=csv"], tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("[train] stopped:"))

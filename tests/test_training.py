@@ -1,0 +1,61 @@
+"""pianolm.training: the data module built from the config alone (every batch size a key), the
+fixed validation set; train.py only calls these."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pianolm.training import build_datamodule, validation_set, window_config
+from remi.shards import ShardSplit
+from tests.conftest import ROOT
+
+
+def cfg_of(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=["paths.output_dir=/tmp/pianolm-unused", *overrides])
+
+
+def split(lengths, first_note_count=3) -> ShardSplit:
+    """Songs of the given lengths (token i of song s is 1000 * s + i), song s with s + first_note_count notes."""
+    tokens = np.concatenate([1000 * s + np.arange(n) for s, n in enumerate(lengths)]).astype(np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return ShardSplit(tokens, offsets, np.arange(len(lengths), dtype=np.int64) + first_note_count)
+
+
+@pytest.mark.parametrize("overrides, batch, val_batch, share", [
+    ([], 16, 16, 0.0625),                                              # tiny: val_batch_size null -> batch_size
+    (["scale.batch_size=6", "scale.val_batch_size=5", "scale.song_start_share=0.5"], 6, 5, 0.5),
+    (["scale.song_start_share=null"], 16, 16, 0.0),
+])
+def test_every_batch_size_is_a_key_that_reaches_the_data_module(overrides, batch, val_batch, share):
+    cfg = cfg_of("scale=tiny", "seed=11", "scale.block_size=8", *overrides)
+    wc = window_config(cfg)
+    assert (wc.block_size, wc.batch_size, wc.seed, wc.song_start_share) == (8, batch, 11, share)
+    assert (wc.val_batch_size or wc.batch_size) == val_batch
+    train, val = split([40, 30, 50]), split([20] * 12)
+    dm = build_datamodule(cfg, train, validation_set(cfg, val))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (batch, 8)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])               # y is x shifted by one
+    vx, vy = next(iter(dm.val_dataloader()))
+    assert vx.shape == (val_batch, 8)
+
+
+def test_validation_set_is_the_fixed_spread_of_val_songs():
+    val = split([10 + s for s in range(9)])                          # song s: 10 + s tokens, s + 3 notes
+    everything = validation_set(cfg_of("scale=tiny", "scale.val_songs=null"), val)
+    np.testing.assert_array_equal(everything.songs, np.arange(9))
+    assert everything.tokens is val.tokens and everything.notes == sum(s + 3 for s in range(9))
+    three = validation_set(cfg_of("scale=tiny", "scale.val_songs=3"), val)
+    np.testing.assert_array_equal(three.songs, [0, 4, 8])             # spread evenly, first and last kept
+    np.testing.assert_array_equal(three.tokens, np.concatenate([val.song(s) for s in (0, 4, 8)]))
+    np.testing.assert_array_equal(three.offsets, [0, 10, 24, 42])
+    assert three.notes == 3 + 7 + 11
+
+
+def test_train_py_builds_no_data_settings_by_hand():
+    source = (ROOT / "train.py").read_text()
+    assert "build_datamodule(" in source and "validation_set(" in source
+    for name in ("WindowConfig", "WindowDataModule", "batch_size=", "spread_songs"):
+        assert name not in source, f"train.py wires {name} itself; pianolm.training builds it from cfg"
