@@ -194,6 +194,6 @@ def test_cli_encode_decode_info(tmp_path):
     assert dec.returncode == 0, dec.stderr
     assert tok.encode(tmp_path / "o.mid") == tok.encode(src)
     info = run("info")
-    assert "vocab_size 202" in info.stdout and "Position" in info.stdout  # default: coarse
+    assert "vocab_size 201" in info.stdout and "Position" in info.stdout  # default: coarse
     bad = run("encode", str(tmp_path / "t.txt"))
     assert bad.returncode == 2 and "t.txt" in bad.stderr
