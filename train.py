@@ -61,7 +61,7 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     val = validation_set(cfg, val_split)
     lit = LitGPT(gpt, OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True)),
                  val_notes=val.notes, checkpoint_extra=extra)
-    dm = build_datamodule(cfg, train_split, val)
+    dm = build_datamodule(cfg, train_split, val, tok)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:

@@ -35,6 +35,13 @@ class WindowConfig:
     # Random crops almost never put BOS at position 0, so without these a model has not learned
     # how a piece begins from BOS alone, which is how generation from scratch starts.
     song_start_share: float = 0.0
+    # Random transposition of each training window by up to this many semitones either way (0:
+    # none), drawn so that every pitch stays in range. Needs `pitch_ids`: the first and last id
+    # of the vocabulary's contiguous Pitch tokens (so a vocabulary without BPE: a merged token
+    # holds a pitch that cannot be shifted alone). Every key then appears equally often, and the
+    # key of a window can only be learned from what it plays, not from which keys are common.
+    transpose: int = 0
+    pitch_ids: tuple[int, int] | None = None
 
 
 def _as_int64(a: np.ndarray) -> torch.Tensor:
@@ -50,7 +57,8 @@ class TrainWindows(IterableDataset):
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, position: Callable[[], int] = lambda: 0,
-                 song_starts: np.ndarray | None = None, song_start_share: float = 0.0):
+                 song_starts: np.ndarray | None = None, song_start_share: float = 0.0,
+                 transpose: int = 0, pitch_ids: tuple[int, int] | None = None):
         if len(tokens) < block_size + 1:
             raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                              f"block_size + 1 = {block_size + 1}; use more data or a smaller scale.block_size")
@@ -59,6 +67,11 @@ class TrainWindows(IterableDataset):
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.position = seed, rank, position
         self.song_start_share = song_start_share
+        if transpose < 0:
+            raise ValueError(f"augment.transpose must be >= 0 semitones, got {transpose}")
+        if transpose and (pitch_ids is None or pitch_ids[0] > pitch_ids[1]):
+            raise ValueError("augment.transpose > 0 needs the vocabulary's Pitch token ids (first, last)")
+        self.transpose, self.pitch_ids = int(transpose), pitch_ids
         # song starts whose whole window fits (windows may run on into the next song, as any window)
         starts = np.asarray(song_starts if song_starts is not None else [], dtype=np.int64)
         self.song_starts = starts[starts <= len(tokens) - block_size - 1]
@@ -75,7 +88,10 @@ class TrainWindows(IterableDataset):
             at_start = rng.random(self.batch_size) < self.song_start_share
             starts[at_start] = self.song_starts[rng.integers(0, len(self.song_starts), size=int(at_start.sum()))]
         idx = starts[:, None] + np.arange(self.block_size + 1)     # (B, T+1)
-        w = _as_int64(self.tokens[idx])
+        w = self.tokens[idx].astype(np.int64)
+        if self.transpose:  # drawn only then, so no transposition keeps the old stream
+            w = transpose_windows(w, rng, self.transpose, *self.pitch_ids)
+        w = torch.from_numpy(w)
         return w[:, :-1], w[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -83,6 +99,18 @@ class TrainWindows(IterableDataset):
         while True:
             yield self.batch(k)
             k += 1
+
+
+def transpose_windows(w: np.ndarray, rng: np.random.Generator, semitones: int, first: int, last: int) -> np.ndarray:
+    """Each row of `w` (B, n) with its Pitch ids (`first`..`last`, one id a semitone) shifted by
+    its own uniform draw from [-semitones, semitones], narrowed so that no pitch leaves the range."""
+    is_pitch = (w >= first) & (w <= last)
+    lowest = np.where(is_pitch, w, last).min(axis=1)   # a row without pitches may shift by anything
+    highest = np.where(is_pitch, w, first).max(axis=1)
+    lo = np.maximum(-semitones, first - lowest)
+    hi = np.minimum(semitones, last - highest)
+    shift = rng.integers(lo, hi + 1)                   # (B,): lo <= 0 <= hi always
+    return w + is_pitch * shift[:, None]
 
 
 def val_windows(offsets: np.ndarray, block_size: int) -> np.ndarray:
@@ -166,7 +194,8 @@ class WindowDataModule(L.LightningDataModule):
         ds = TrainWindows(self.train_tokens, self.config.block_size, self.config.batch_size,
                           self.config.seed, rank=rank, position=self.position,
                           song_starts=None if self.train_offsets is None else np.asarray(self.train_offsets)[:-1],
-                          song_start_share=self.config.song_start_share)
+                          song_start_share=self.config.song_start_share,
+                          transpose=self.config.transpose, pitch_ids=self.config.pitch_ids)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

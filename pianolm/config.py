@@ -68,6 +68,13 @@ def check_config(cfg: DictConfig) -> None:
             _number(cfg, key, int, pos_int, "an integer >= 1, or null")
     if OmegaConf.select(cfg, "scale.song_start_share") is not None:
         _number(cfg, "scale.song_start_share", float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    transpose = OmegaConf.select(cfg, "augment.transpose")
+    if transpose is not None:
+        _number(cfg, "augment.transpose", int, lambda v: 0 <= v <= 12, "an integer in [0, 12] (semitones), or 0 for none")
+        if transpose and OmegaConf.select(cfg, "tokenizer.bpe_vocab_size"):
+            raise ConfigError(f"augment.transpose={transpose} with tokenizer.bpe_vocab_size="
+                              f"{OmegaConf.select(cfg, 'tokenizer.bpe_vocab_size')}: transposition needs a vocabulary without "
+                              "BPE (a merged token holds pitches that cannot be shifted alone); set one of them to 0")
     _number(cfg, "model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
     lr = _number(cfg, "optim.lr", float, lambda v: 0 < v < float("inf"), "a finite number > 0 (the peak learning rate)")
     _number(cfg, "optim.min_lr", float, lambda v: 0 <= v <= lr, f"a number in [0, optim.lr={lr}]")

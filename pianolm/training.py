@@ -72,17 +72,29 @@ def validation_set(cfg: DictConfig, val: ShardSplit) -> Validation:
     return Validation(songs, tokens, offsets, int(np.asarray(val.notes)[songs].sum()))
 
 
-def window_config(cfg: DictConfig) -> WindowConfig:
+def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowConfig:
     """The data module's settings: `model.block_size`, `scale.batch_size`, `scale.val_batch_size`
-    (null: batch_size), `scale.song_start_share` (null: 0) and `seed`."""
+    (null: batch_size), `scale.song_start_share` (null: 0), `augment.transpose` (null or absent: 0;
+    its Pitch ids come from `tok`, which must then be given and have no BPE) and `seed`."""
+    transpose = int(OmegaConf.select(cfg, "augment.transpose") or 0)
+    pitch_ids = None
+    if transpose:
+        if tok is None:
+            raise ValueError("augment.transpose > 0: window_config needs the tokenizer (its Pitch token ids)")
+        if tok.bpe is not None:
+            raise ValueError(f"augment.transpose={transpose} needs a vocabulary without BPE (tokenizer.bpe_vocab_size=0): "
+                             "a merged token holds pitches that cannot be shifted alone")
+        pitch_ids = tok.pitch_id_range
     return WindowConfig(block_size=int(cfg.model.block_size), batch_size=int(cfg.scale.batch_size), seed=int(cfg.seed),
                         val_batch_size=cfg.scale.get("val_batch_size"),
-                        song_start_share=float(cfg.scale.get("song_start_share") or 0.0))
+                        song_start_share=float(cfg.scale.get("song_start_share") or 0.0),
+                        transpose=transpose, pitch_ids=pitch_ids)
 
 
-def build_datamodule(cfg: DictConfig, train: ShardSplit, val: Validation) -> WindowDataModule:
+def build_datamodule(cfg: DictConfig, train: ShardSplit, val: Validation,
+                     tok: remi.Tokenizer | None = None) -> WindowDataModule:
     """Training windows over the train split, the fixed validation set, settings from `window_config`."""
-    return WindowDataModule(train.tokens, val.tokens, val.offsets, window_config(cfg), train_offsets=train.offsets)
+    return WindowDataModule(train.tokens, val.tokens, val.offsets, window_config(cfg, tok), train_offsets=train.offsets)
 
 
 # ----------------------------------------------------------------------------- loggers

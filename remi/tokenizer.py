@@ -23,7 +23,7 @@ from .bpe import BPEModel, shard_songs, train_bpe
 from .config import TokenizerConfig
 from .midi_read import read_midi
 from .score import Score
-from .vocab import BAR, Vocab
+from .vocab import BAR, PITCH, Vocab
 
 FORMAT_VERSION = 1
 
@@ -105,6 +105,12 @@ class Tokenizer:
     @property
     def bar_id(self) -> int:
         return self.vocab.first[BAR]
+
+    @property
+    def pitch_id_range(self) -> tuple[int, int]:
+        """(first, last) id of the base vocabulary's Pitch tokens: contiguous, one id a semitone."""
+        first = self.vocab.first[PITCH]
+        return first, first + self.config.pitch_range[1] - self.config.pitch_range[0]
 
     @cached_property
     def hash(self) -> str:

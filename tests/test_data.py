@@ -125,3 +125,46 @@ def test_val_songs_subset_is_fixed_spread_and_keeps_whole_songs():
     offsets = np.array([0, 2, 5, 10])                             # songs [0,1] [2,3,4] [5..9]
     t, o = take_songs(tokens, offsets, np.array([0, 2]))
     assert t.tolist() == [0, 1, 5, 6, 7, 8, 9] and o.tolist() == [0, 2, 7]
+
+
+def test_transposition_shifts_each_windows_pitches_alone_and_keeps_them_in_range():
+    first, last = 30, 41                                            # twelve Pitch ids: 30..41
+    tokens, _ = songs_array([400, 400, 400])                        # ids 3..49: some pitches, some not
+    plain = TrainWindows(tokens, 32, 256, seed=5)
+    moved = TrainWindows(tokens, 32, 256, seed=5, transpose=3, pitch_ids=(first, last))
+    x0, y0 = plain.batch(2)
+    x, y = moved.batch(2)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(moved.batch(2)[0], x)                        # still a function of the batch number
+    w0, w = torch.cat([x0, y0[:, -1:]], 1), torch.cat([x, y[:, -1:]], 1)
+    is_pitch = (w0 >= first) & (w0 <= last)
+    assert torch.equal(w[~is_pitch], w0[~is_pitch])                 # only pitches move
+    assert bool(((w[is_pitch] >= first) & (w[is_pitch] <= last)).all())
+    shifts = set()
+    for row0, row, p in zip(w0, w, is_pitch):
+        d = (row - row0)[p].unique()
+        assert len(d) <= 1                                          # one shift per window
+        if len(d):
+            shifts.add(int(d))
+            lo, hi = int(row0[p].min()), int(row0[p].max())
+            assert max(-3, first - lo) <= int(d) <= min(3, last - hi)
+    assert shifts <= set(range(-3, 4)) and len(shifts) >= 6          # shifts drawn across the range
+
+
+def test_transposition_near_the_range_edge_and_its_errors():
+    from model.data import transpose_windows
+    w = np.array([[5, 40, 41, 7], [30, 31, 9, 9], [1, 2, 3, 4]], dtype=np.int64)  # pitches 30..41
+    rng = np.random.default_rng(0)
+    seen = [set(), set(), set()]
+    for _ in range(200):
+        out = transpose_windows(w, rng, 4, 30, 41)
+        for i in range(3):
+            seen[i].add(int((out[i] - w[i]).max() + (out[i] - w[i]).min()))
+        np.testing.assert_array_equal(out[2], w[2])                 # no pitch: nothing moves
+    assert seen[0] == {-4, -3, -2, -1, 0}                           # at the top: only down
+    assert seen[1] == {0, 1, 2, 3, 4}                               # at the bottom: only up
+    tokens, _ = songs_array([300])
+    with pytest.raises(ValueError, match="Pitch token ids"):
+        TrainWindows(tokens, 16, 4, seed=0, transpose=2)
+    with pytest.raises(ValueError, match="transpose"):
+        TrainWindows(tokens, 16, 4, seed=0, transpose=-1, pitch_ids=(30, 41))

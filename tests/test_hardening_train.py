@@ -50,10 +50,18 @@ def no_work(monkeypatch):
     ("tokenizer.num_velocities=0", r"tokenizer: TokenizerConfig.num_velocities must be in 1..127"),
     ("tokenizer.bpe_vocab_size=10", r"tokenizer.bpe_vocab_size=10: must be 0 \(no BPE\) or larger than the base vocabulary"),
     ("data.val_fraction=2", r"data: data.val_fraction \+ test_fraction must be in \[0, 1\)"),
+    ("augment.transpose=13", r"augment.transpose=13: must be an integer in \[0, 12\]"),
+    ("augment.transpose=-1", r"augment.transpose=-1: must be an integer in \[0, 12\]"),
 ])
 def test_bad_values_are_named_before_any_work(tmp_path, no_work, override, message):
     cfg = _cfg(tmp_path, override)
     with pytest.raises(train.ConfigError, match=message):
+        train.train(cfg)
+
+
+def test_transposition_with_bpe_is_refused_before_any_work(tmp_path, no_work):
+    cfg = _cfg(tmp_path, "augment.transpose=5", "tokenizer.bpe_vocab_size=1000")
+    with pytest.raises(train.ConfigError, match=r"augment.transpose=5 with tokenizer.bpe_vocab_size=1000: .*without BPE"):
         train.train(cfg)
 
 

@@ -59,3 +59,20 @@ def test_train_py_builds_no_data_settings_by_hand():
     assert "build_datamodule(" in source and "validation_set(" in source
     for name in ("WindowConfig", "WindowDataModule", "batch_size=", "spread_songs"):
         assert name not in source, f"train.py wires {name} itself; pianolm.training builds it from cfg"
+
+
+def test_augment_transpose_reaches_the_windows_with_the_tokenizers_pitch_ids():
+    import remi
+    from omegaconf import OmegaConf
+    cfg = cfg_of("scale=tiny", "scale.block_size=8", "augment.transpose=5")
+    tok = remi.Tokenizer(remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
+    wc = window_config(cfg, tok)
+    first, last = wc.pitch_ids
+    assert wc.transpose == 5 and tok.tokens([first, last]) == ["Pitch_21", "Pitch_108"]
+    assert last - first == 87                                        # one id a semitone
+    assert window_config(cfg_of("scale=tiny")).transpose == 0        # off by default
+    with pytest.raises(ValueError, match="tokenizer"):
+        window_config(cfg)                                           # the Pitch ids come from the tokenizer
+    bpe = remi.Tokenizer(tok.config).train_bpe([list(range(3, 90)) * 4], tok.base_vocab_size + 8)
+    with pytest.raises(ValueError, match="without BPE"):
+        window_config(cfg, bpe)
