@@ -41,6 +41,7 @@ import torch
 
 import remi
 from model import GPT
+from remi.keys import find_key
 
 from . import control as ctl
 from .checkpoint import load_checkpoint
@@ -156,19 +157,26 @@ class PianoLM:
     def continue_midi(self, prompt, prompt_bars: int | None = 4, bars: int | None = 12, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                       repetition_penalty: float | None = None, seed: int | None = None, grammar: bool = True,
-                      n: int = 1, keep_prompt: bool = False, max_new_tokens: int | None = None) -> list[remi.Score]:
+                      n: int = 1, keep_prompt: bool = False, max_new_tokens: int | None = None,
+                      key: str | None = None) -> list[remi.Score]:
         """`n` continuations of the first `prompt_bars` bars (None: all) of `prompt` by `bars` bars.
 
         prompt: a MIDI file path, its bytes, a `mido.MidiFile` or a `remi.Score`. Each returned
         score holds the prompt's bars (as the tokenizer quantizes them) followed by the new ones;
         the continuation starts on a new bar. keep_prompt: past the context, keep the prompt's
-        start (up to half the context) in every window. Other arguments as in `generate`.
+        start (up to half the context) in every window. key: a key name as in `generate` (a soft
+        penalty of `key_penalty` logits on out-of-key pitches), or "prompt" for the prompt's own
+        key as Krumhansl-Schmuckler measures it (`remi.keys.find_key`; no penalty when the prompt
+        has no notes). Other arguments as in `generate`.
         """
         s = self._sampling(bars, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, grammar,
                            keep_prompt=bool(keep_prompt))
         p = prompt_from(self.tokenizer, prompt, prompt_bars, self.block_size)
-        rows = self.sample_ids(p.ids, self._count(n), s, seed=seed, continue_bars=True)
-        return [self.score(ids) for ids, _ in rows]
+        if isinstance(key, str) and key.strip().lower() == "prompt":
+            key = find_key(self.tokenizer.decode_score(p.ids))
+        control = ctl.fixed(self.tokenizer, key=key, key_penalty=self.key_penalty)
+        rows = self.sample_ids(p.ids, self._count(n), s, seed=seed, continue_bars=True, control=control)
+        return [ctl.carried(self.score(ids), control) for ids, _ in rows]
 
     def sample_ids(self, prompt_ids: Sequence[int], n: int, sampling: Sampling, seed: int | None = None,
                    generator: torch.Generator | None = None, continue_bars: bool = False,

@@ -178,6 +178,27 @@ def test_a_fixed_key_measures_in_that_key_more_often(m):
     assert share(fixed) > share(free)
 
 
+def test_a_continuation_can_keep_its_prompts_key(m, tmp_path):
+    from remi.keys import find_key
+    prompt = piece(n_bars=2, seed=3)
+    measured = find_key(m.tokenizer.decode_score(m.tokenizer.encode_score(prompt)))
+    kw = dict(prompt_bars=2, bars=2, n=12, seed=5, max_new_tokens=80)
+    free, kept = m.continue_midi(prompt, **kw), m.continue_midi(prompt, key="prompt", **kw)
+    assert all(s.key_signatures[0].key == ctl.key_signature_name(measured) for s in kept)
+    in_key = list(ctl.scale_pitch_classes(measured))
+
+    def share(scores):  # the new bars only: the prompt's notes are the same in both
+        from remi.metrics import split_at_bar
+        pcs = np.concatenate([split_at_bar(s, 2)[1].notes[:, 2] % 12 for s in scores])
+        return np.isin(pcs, in_key).mean()
+
+    assert share(kept) > share(free)
+    named = m.continue_midi(prompt, key="E major", **kw)
+    assert all(s.key_signatures[0].key == "E" for s in named)
+    with pytest.raises(InputError, match=r"key='H minor': not a key name"):
+        m.continue_midi(prompt, key="H minor", **kw)
+
+
 @pytest.mark.parametrize("name, tonic, minor", [("D minor", 2, True), ("Dm", 2, True), ("f# major", 6, False),
                                                 ("Bb", 10, False), ("ebm", 3, True), ("C min", 0, True)])
 def test_key_names(name, tonic, minor):
