@@ -109,7 +109,7 @@ def sample(cfg: DictConfig) -> list[dict]:
                                       continue_bars=prompt.path is not None, control=control, batch_size=k)
                 for j, (ids, stop) in enumerate(batch):
                     records.append(write_piece(tok, ids, stop, folder / f"{prompt.name}_{start + j:03d}",
-                                               prompt, cfg, temperature, start + j, media, train_step))
+                                               prompt, cfg, temperature, start + j, media, train_step, control))
                     progress.update(1)
     progress.close()
 
@@ -133,10 +133,13 @@ def sample(cfg: DictConfig) -> list[dict]:
 
 
 def write_piece(tok: remi.Tokenizer, ids: list[int], stop: str, stem: Path, prompt: Prompt, cfg,
-                temperature: float, index: int, media: MediaWriter, train_step: int | None = None) -> dict:
-    """MIDI + PNG (+ WAV) + the JSON of settings and measurements for one piece."""
+                temperature: float, index: int, media: MediaWriter, train_step: int | None = None,
+                control: ctl.Control | None = None) -> dict:
+    """MIDI + PNG (+ WAV) + the JSON of settings and measurements for one piece (a fixed key
+    of `control` written as the MIDI's key signature)."""
     title = f"{stem.name}  (T={temperature:g}" + (f", prompt: {prompt.n_bars} bars)" if prompt.path else ")")
-    out = media.piece(ids, stem, title=title, prompt_end=prompt.end_tick)
+    key = ctl.key_signature_name(control.key) if control is not None and control.key is not None else None
+    out = media.piece(ids, stem, title=title, prompt_end=prompt.end_tick, key_signature=key)
     r = out.rendered
     if out.warning:
         tqdm.write(f"warning: {out.warning}", file=sys.stderr)

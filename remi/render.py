@@ -13,7 +13,7 @@ import numpy as np
 
 from .midi_io import score_to_midifile
 from .pianoroll import save_pianoroll
-from .score import bar_starts
+from .score import KeySignature, bar_starts
 
 
 @dataclass
@@ -78,18 +78,22 @@ def prompt_end_tick(tok, prompt_ids: Sequence[int]) -> int:
 
 
 def render(tok, ids: Sequence[int], stem: str | Path, title: str | None = None,
-           prompt_end: int | None = None) -> Rendered:
+           prompt_end: int | None = None, key_signature: str | None = None) -> Rendered:
     """Write `<stem>.mid` and `<stem>.png` for one id sequence; return paths and measurements.
 
     ids: the raw sequence as sampled (BOS ... EOS, prompt included); the grammar error rate is
     measured on exactly these ids, before the decoder skips anything.
     prompt_end: tick where a prompt ends, drawn as a marker on the roll (None: no marker).
+    key_signature: a MIDI key name ("Dm", "F#") written at tick 0 of the .mid (the tokens carry
+    no key; a sampler that held the piece to a key says so here).
     """
     ids = [int(i) for i in ids]
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     midi_path, png_path = stem.with_suffix(".mid"), stem.with_suffix(".png")
     score = tok.decode_score(ids)  # decoded once: the .mid and the roll both come from it
+    if key_signature is not None:
+        score.key_signatures = [KeySignature(0, key_signature)]
     score_to_midifile(score).save(str(midi_path))
     save_pianoroll(score, png_path, title=title if title is not None else stem.name,
                    prompt_end_tick=prompt_end)

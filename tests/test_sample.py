@@ -445,3 +445,14 @@ def test_bad_stride_or_max_seconds_is_one_clear_error(ckpt, tmp_path):
         sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path, stride=1000, audio=False))
     with pytest.raises(InputError, match="max_seconds must be > 0"):
         sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path, max_seconds=0, audio=False))
+
+
+def test_a_fixed_key_is_written_as_the_midis_key_signature(ckpt, tmp_path):
+    common = dict(ckpt=ckpt, n_samples=2, max_new_tokens=60, audio=False, progress=False, batch_size=2, seed=3)
+    sample_mod.sample(config(out_dir=tmp_path / "dm", key="Dm", **common))
+    sample_mod.sample(config(out_dir=tmp_path / "free", **common))
+    for name in ("sample_000.mid", "sample_001.mid"):
+        keys = [m.key for t in mido.MidiFile(tmp_path / "dm" / name).tracks for m in t if m.type == "key_signature"]
+        assert keys == ["Dm"]
+        free = [m for t in mido.MidiFile(tmp_path / "free" / name).tracks for m in t if m.type == "key_signature"]
+        assert free == []
