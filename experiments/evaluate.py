@@ -145,10 +145,10 @@ def generated_tokens(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) ->
     """Non-special base tokens in the generated parts of the rows."""
     from remi.vocab import SPECIAL
 
-    def n(ids) -> int:
-        return int(np.count_nonzero(tok.vocab.types[tok.base_ids(list(ids))] != SPECIAL)) if len(ids) else 0
+    def count(base, vocab) -> dict[str, int]:
+        return {"tokens": int(np.count_nonzero(vocab.types[base] != SPECIAL))}
 
-    return sum(n(row) - n(row[:k]) for row, k in zip(rows, skip))
+    return _generated_counts(count, tok, rows, skip).get("tokens", 0)
 
 
 def grammar_errors(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> dict[str, int]:

@@ -142,15 +142,16 @@ def load_run(run_dir: str | Path) -> Run:
                continuations=load_pieces(base / CONTINUE_DIR))
 
 
-def test_split_files(shard_dir: str | Path) -> list[Path]:
-    """The held-out test pieces of a shard folder, from its manifest (sources' folders + files)."""
+def test_split_files(shard_dir: str | Path, split: str = "test") -> list[Path]:
+    """The held-out test pieces of a shard folder (or those of another `split`: "val", "train"),
+    from its manifest (sources' folders + files)."""
     manifest = read_json(Path(shard_dir) / "manifest.json")
     if manifest is None:
         raise FileNotFoundError(f"{shard_dir}/manifest.json is missing or unreadable")
     folders = {name: Path(s["folder"]) for name, s in manifest.get("sources", {}).items() if s.get("folder")}
     out = []
     for f in manifest.get("files", []):
-        if f.get("split") == "test" and f["source"] in folders:
+        if f.get("split") == split and f["source"] in folders:
             out.append(folders[f["source"]] / f["file"])
     return sorted(p for p in out if p.is_file())
 

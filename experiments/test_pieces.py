@@ -1,10 +1,12 @@
 """Link the held-out test pieces of a shard folder into one folder, for `evaluate.py --real`.
 
-    python experiments/test_pieces.py SHARD_DIR OUT_FOLDER
+    python experiments/test_pieces.py SHARD_DIR OUT_FOLDER [--split val]
 
 The test split is the one `remi.prepare` assigned (MAESTRO's official split, content hash for the
 others) and recorded in the shard manifest; each file is linked as `<source>__<path with / as _>`,
 so a sorted listing groups pieces by source and `evaluate.py --max-pieces` spreads over all.
+`--split val` links the validation pieces instead: choose sampling settings on those, and
+measure the chosen ones once on the test pieces.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ if str(ROOT) not in sys.path:
 from experiments.report import test_split_files  # noqa: E402
 
 
-def link_test_pieces(shard_dir: str | Path, out: str | Path) -> list[Path]:
+def link_test_pieces(shard_dir: str | Path, out: str | Path, split: str = "test") -> list[Path]:
     import json
 
     manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
@@ -26,7 +28,7 @@ def link_test_pieces(shard_dir: str | Path, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     links = []
-    for f in test_split_files(shard_dir):
+    for f in test_split_files(shard_dir, split):
         source = next(name for name, folder in folders.items() if f.resolve().is_relative_to(folder))
         link = out / f"{source}__{f.resolve().relative_to(folders[source]).as_posix().replace('/', '_')}"
         if not link.exists():
@@ -36,6 +38,11 @@ def link_test_pieces(shard_dir: str | Path, out: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__.strip().splitlines()[2].strip())
-    print(f"{len(link_test_pieces(sys.argv[1], sys.argv[2]))} test pieces linked in {sys.argv[2]}")
+    import argparse
+
+    p = argparse.ArgumentParser(description="Link a split's pieces of a shard folder into one folder.")
+    p.add_argument("shard_dir")
+    p.add_argument("out")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    a = p.parse_args()
+    print(f"{len(link_test_pieces(a.shard_dir, a.out, a.split))} {a.split} pieces linked in {a.out}")
