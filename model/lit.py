@@ -79,8 +79,12 @@ class LitGPT(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
+        # Under mixed precision (bf16-mixed, 16-mixed) Lightning clips gradients itself and
+        # refuses a fused optimizer ("performs unscaling of gradients internally"): unfused there.
+        trainer = self._trainer
+        mixed = trainer is not None and "mixed" in str(trainer.precision)
         opt = configure_optimizer(self.gpt, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas),
-                                  device_type=self.device.type)
+                                  device_type=self.device.type, fused=False if mixed else None)
 
         def factor(step: int) -> float:    # a plain function: LambdaLR stores no state for it
             return lr_at(step, o.warmup_steps, o.max_steps, o.lr, o.min_lr) / o.lr

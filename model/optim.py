@@ -13,12 +13,15 @@ def configure_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.95),
     device_type: str = "cpu",
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW where only matmul weights decay; norms, biases and embeddings (wte/wpe) do not.
 
     Parameters are taken once each (the tied wte/lm_head matrix counts as the embedding).
     `fused=True` on CUDA and CPU (PyTorch >= 2.4 has both kernels): one pass over each tensor
     instead of a dozen element-wise ops; elsewhere (e.g. MPS) the default multi-tensor update.
+    `fused=False` forces the multi-tensor update (Lightning refuses to clip the gradients of a
+    fused optimizer under mixed precision); None: fused where the kernel exists.
     """
     decay, no_decay = [], []
     for name, p in gpt.named_parameters():  # named_parameters() yields a shared tensor once
@@ -30,7 +33,7 @@ def configure_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
+    extra = {"fused": True} if device_type in ("cuda", "cpu") and fused is not False else {}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
 
 
