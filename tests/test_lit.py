@@ -40,7 +40,7 @@ def tiny_gpt(seed=0):
     return GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=1, n_head=2, n_embd=16))
 
 
-def make(gpt=None, steps=6, tokenizer_hash="abc", out=None, callbacks=(), ckpt_every=3):
+def make(gpt=None, steps=6, tokenizer_hash="abc", out=None, callbacks=(), ckpt_every=3, precision="32-true"):
     tokens, offsets, notes = synthetic()
     lit = LitGPT(gpt or tiny_gpt(), OptimConfig(lr=1e-2, min_lr=1e-3, warmup_steps=2, max_steps=steps),
                  val_notes=int(notes.sum()),
@@ -54,7 +54,7 @@ def make(gpt=None, steps=6, tokenizer_hash="abc", out=None, callbacks=(), ckpt_e
                         check_val_every_n_epoch=None, num_sanity_val_steps=0, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=cbs,
                         enable_checkpointing=out is not None, plugins=[AtomicCheckpointIO()],
-                        use_distributed_sampler=False, gradient_clip_val=1.0)
+                        use_distributed_sampler=False, gradient_clip_val=1.0, precision=precision)
     return lit, dm, trainer, (tokens, offsets, notes)
 
 
@@ -79,6 +79,20 @@ def test_training_lowers_loss_and_logs_lr_schedule():
     assert sched.get_last_lr()[0] == pytest.approx(1e-3)             # cosine ended at min_lr
     decay, no_decay = trainer.optimizers[0].param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+def test_bf16_mixed_trains_with_gradient_clipping():
+    """trainer=gpu's precision (bf16-mixed), here on the CPU: autocast, fp32 weights and an
+    unfused AdamW (Lightning refuses to clip a fused optimizer's gradients under mixed precision)."""
+    lit, dm, trainer, _ = make(steps=30, precision="bf16-mixed")
+    trainer.fit(lit, datamodule=dm)
+    losses = [loss for _, loss in lit.history]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+    assert all(p.dtype == torch.float32 for p in lit.gpt.parameters())
+    assert not trainer.optimizers[0].defaults.get("fused")
+    plain, _, fp32, _ = make(steps=1)
+    fp32.fit(plain, datamodule=dm)
+    assert fp32.optimizers[0].defaults.get("fused") is True       # fused where nothing forbids it
 
 
 def test_checkpoint_is_plain_data_and_carries_the_extras(tmp_path):
