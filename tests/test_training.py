@@ -62,8 +62,9 @@ def test_train_py_builds_no_data_settings_by_hand():
 
 
 def test_augment_transpose_reaches_the_windows_with_the_tokenizers_pitch_ids():
-    import remi
     from omegaconf import OmegaConf
+
+    import remi
     cfg = cfg_of("scale=tiny", "scale.block_size=8", "augment.transpose=5")
     tok = remi.Tokenizer(remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
     wc = window_config(cfg, tok)
