@@ -122,10 +122,9 @@ def follow_key_bias(tok, prompt: Sequence[int], penalty: float) -> torch.Tensor 
     """The logit bias that keeps a continuation in its prompt's key: the prompt's
     Krumhansl-Schmuckler key (`remi.keys.find_key`), then `penalty` logits off every Pitch outside
     that key's scale (`pianolm.control`'s soft key constraint). None when the prompt has no key."""
-    from pianolm.control import fixed
-    from remi.keys import find_key
+    from pianolm.control import fixed, prompt_key
 
-    key = find_key(tok.decode_score(list(prompt)))
+    key = prompt_key(tok, prompt)
     return None if key is None else fixed(tok, key=key, key_penalty=penalty).bias_tensor()
 
 

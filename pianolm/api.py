@@ -41,7 +41,6 @@ import torch
 
 import remi
 from model import GPT
-from remi.keys import find_key
 
 from . import control as ctl
 from .checkpoint import load_checkpoint
@@ -166,14 +165,14 @@ class PianoLM:
         the continuation starts on a new bar. keep_prompt: past the context, keep the prompt's
         start (up to half the context) in every window. key: a key name as in `generate` (a soft
         penalty of `key_penalty` logits on out-of-key pitches), or "prompt" for the prompt's own
-        key as Krumhansl-Schmuckler measures it (`remi.keys.find_key`; no penalty when the prompt
+        key as Krumhansl-Schmuckler measures it (`pianolm.control.prompt_key`; no penalty when the prompt
         has no notes). Other arguments as in `generate`.
         """
         s = self._sampling(bars, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, grammar,
                            keep_prompt=bool(keep_prompt))
         p = prompt_from(self.tokenizer, prompt, prompt_bars, self.block_size)
         if isinstance(key, str) and key.strip().lower() == "prompt":
-            key = find_key(self.tokenizer.decode_score(p.ids))
+            key = ctl.prompt_key(self.tokenizer, p.ids)
         control = ctl.fixed(self.tokenizer, key=key, key_penalty=self.key_penalty)
         rows = self.sample_ids(p.ids, self._count(n), s, seed=seed, continue_bars=True, control=control)
         return [ctl.carried(self.score(ids), control) for ids, _ in rows]

@@ -70,7 +70,7 @@ def check_config(cfg: DictConfig) -> None:
         _number(cfg, "scale.song_start_share", float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
     transpose = OmegaConf.select(cfg, "augment.transpose")
     if transpose is not None:
-        _number(cfg, "augment.transpose", int, lambda v: 0 <= v <= 12, "an integer in [0, 12] (semitones), or 0 for none")
+        _number(cfg, "augment.transpose", int, lambda v: 0 <= v <= 12, "an integer in [0, 12] (semitones; 0: none)")
         if transpose and OmegaConf.select(cfg, "tokenizer.bpe_vocab_size"):
             raise ConfigError(f"augment.transpose={transpose} with tokenizer.bpe_vocab_size="
                               f"{OmegaConf.select(cfg, 'tokenizer.bpe_vocab_size')}: transposition needs a vocabulary without "

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import remi
-from remi.keys import PITCH_NAMES, Key, parse_key_name
+from remi.keys import PITCH_NAMES, Key, find_key, parse_key_name
 from remi.vocab import PITCH, POSITION, TEMPO, TIMESIG, closest_index
 
 from .errors import InputError
@@ -185,6 +185,11 @@ def fixed(tok: remi.Tokenizer, tempo: float | None = None, meter=None, key: str 
         banned = np.array([any(banned_base[b] for b in e) for e in expansions])
         bias = None if bias_base is None else np.array([sum(bias_base[b] for b in e) for e in expansions])
     return Control(start=start, banned=banned, bias=bias, tempo_bpm=tempo_bpm, meter=sig, key=k)
+
+
+def prompt_key(tok: remi.Tokenizer, prompt_ids: Sequence[int]) -> Key | None:
+    """The prompt's own key, as the Krumhansl-Schmuckler finder measures it (None: no notes)."""
+    return find_key(tok.decode_score(list(prompt_ids)))
 
 
 def carried(score: remi.Score, control: Control | None) -> remi.Score:
