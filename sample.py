@@ -105,7 +105,8 @@ def sample(cfg: DictConfig) -> list[dict]:
         for prompt in prompts:
             for start in range(0, n, bs):
                 k = min(bs, n - start)
-                batch = lm.sample_ids(prompt.ids, k, Sampling.from_cfg(cfg, temperature), generator=generator,
+                told = prompt.ids if control is None else control.tell(tok, prompt.ids)
+                batch = lm.sample_ids(told, k, Sampling.from_cfg(cfg, temperature), generator=generator,
                                       continue_bars=prompt.path is not None, control=control, batch_size=k)
                 for j, (ids, stop) in enumerate(batch):
                     records.append(write_piece(tok, ids, stop, folder / f"{prompt.name}_{start + j:03d}",

@@ -42,6 +42,9 @@ class WindowConfig:
     # key of a window can only be learned from what it plays, not from which keys are common.
     transpose: int = 0
     pitch_ids: tuple[int, int] | None = None
+    # First id of the 24 Key tokens (major tonics 0..11, then minor), which a transposition
+    # moves with the pitches; None when the vocabulary has none.
+    key_first: int | None = None
 
 
 def _as_int64(a: np.ndarray) -> torch.Tensor:
@@ -58,7 +61,7 @@ class TrainWindows(IterableDataset):
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, position: Callable[[], int] = lambda: 0,
                  song_starts: np.ndarray | None = None, song_start_share: float = 0.0,
-                 transpose: int = 0, pitch_ids: tuple[int, int] | None = None):
+                 transpose: int = 0, pitch_ids: tuple[int, int] | None = None, key_first: int | None = None):
         if len(tokens) < block_size + 1:
             raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                              f"block_size + 1 = {block_size + 1}; use more data or a smaller scale.block_size")
@@ -71,7 +74,7 @@ class TrainWindows(IterableDataset):
             raise ValueError(f"augment.transpose must be >= 0 semitones, got {transpose}")
         if transpose and (pitch_ids is None or pitch_ids[0] > pitch_ids[1]):
             raise ValueError("augment.transpose > 0 needs the vocabulary's Pitch token ids (first, last)")
-        self.transpose, self.pitch_ids = int(transpose), pitch_ids
+        self.transpose, self.pitch_ids, self.key_first = int(transpose), pitch_ids, key_first
         # song starts whose whole window fits (windows may run on into the next song, as any window)
         starts = np.asarray(song_starts if song_starts is not None else [], dtype=np.int64)
         self.song_starts = starts[starts <= len(tokens) - block_size - 1]
@@ -90,7 +93,7 @@ class TrainWindows(IterableDataset):
         idx = starts[:, None] + np.arange(self.block_size + 1)     # (B, T+1)
         w = self.tokens[idx].astype(np.int64)
         if self.transpose:  # drawn only then, so no transposition keeps the old stream
-            w = transpose_windows(w, rng, self.transpose, *self.pitch_ids)
+            w = transpose_windows(w, rng, self.transpose, *self.pitch_ids, key_first=self.key_first)
         w = torch.from_numpy(w)
         return w[:, :-1], w[:, 1:]
 
@@ -101,16 +104,25 @@ class TrainWindows(IterableDataset):
             k += 1
 
 
-def transpose_windows(w: np.ndarray, rng: np.random.Generator, semitones: int, first: int, last: int) -> np.ndarray:
+def transpose_windows(w: np.ndarray, rng: np.random.Generator, semitones: int, first: int, last: int,
+                      key_first: int | None = None) -> np.ndarray:
     """Each row of `w` (B, n) with its Pitch ids (`first`..`last`, one id a semitone) shifted by
-    its own uniform draw from [-semitones, semitones], narrowed so that no pitch leaves the range."""
+    its own uniform draw from [-semitones, semitones], narrowed so that no pitch leaves the range;
+    with `key_first` (the first of 24 Key ids: major tonics, then minor), the Key ids of a row
+    name the key its shift leads to (same mode, tonic moved by the same interval)."""
     is_pitch = (w >= first) & (w <= last)
     lowest = np.where(is_pitch, w, last).min(axis=1)   # a row without pitches may shift by anything
     highest = np.where(is_pitch, w, first).max(axis=1)
     lo = np.maximum(-semitones, first - lowest)
     hi = np.minimum(semitones, last - highest)
     shift = rng.integers(lo, hi + 1)                   # (B,): lo <= 0 <= hi always
-    return w + is_pitch * shift[:, None]
+    out = w + is_pitch * shift[:, None]
+    if key_first is not None:
+        value = w - key_first
+        is_key = (value >= 0) & (value < 24)
+        moved = key_first + (value // 12) * 12 + (value % 12 + shift[:, None]) % 12
+        out = np.where(is_key, moved, out)
+    return out
 
 
 def val_windows(offsets: np.ndarray, block_size: int) -> np.ndarray:
@@ -195,7 +207,8 @@ class WindowDataModule(L.LightningDataModule):
                           self.config.seed, rank=rank, position=self.position,
                           song_starts=None if self.train_offsets is None else np.asarray(self.train_offsets)[:-1],
                           song_start_share=self.config.song_start_share,
-                          transpose=self.config.transpose, pitch_ids=self.config.pitch_ids)
+                          transpose=self.config.transpose, pitch_ids=self.config.pitch_ids,
+                          key_first=self.config.key_first)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

@@ -174,7 +174,8 @@ class PianoLM:
         if isinstance(key, str) and key.strip().lower() == "prompt":
             key = ctl.prompt_key(self.tokenizer, p.ids)
         control = ctl.fixed(self.tokenizer, key=key, key_penalty=self.key_penalty)
-        rows = self.sample_ids(p.ids, self._count(n), s, seed=seed, continue_bars=True, control=control)
+        ids = p.ids if control is None else control.tell(self.tokenizer, p.ids)
+        rows = self.sample_ids(ids, self._count(n), s, seed=seed, continue_bars=True, control=control)
         return [ctl.carried(self.score(ids), control) for ids, _ in rows]
 
     def sample_ids(self, prompt_ids: Sequence[int], n: int, sampling: Sampling, seed: int | None = None,

@@ -11,11 +11,13 @@ The tokenizer has Tempo and TimeSig tokens, so tempo and meter are fixed exactly
 The tempo goes to the tokenizer's nearest bin by the encoder's own rule (closest in microseconds
 per quarter, ties to the higher bin); outside `tempo_range` it is an error.
 
-The tokenizer has no key token, so a key cannot be forced honestly: it is a *soft constraint*, a
-negative logit bias of `key_penalty` on every Pitch outside the key's scale (per such pitch in a
-merged id). The major scale; for minor, the natural minor plus its raised 7th (the leading tone of
-harmonic minor). The model may still play chromatic notes, only less often; the returned piece
-carries the key as a MIDI key signature (what was asked, not a measurement).
+A key is a *soft constraint*: a negative logit bias of `key_penalty` on every Pitch outside the
+key's scale (per such pitch in a merged id). The major scale; for minor, the natural minor plus its
+raised 7th (the leading tone of harmonic minor). The model may still play chromatic notes, only
+less often; the returned piece carries the key as a MIDI key signature (what was asked, not a
+measurement). A tokenizer with key tokens (`tokenizer.key_tokens`) is also told the key: every
+other Key token is banned, and a prompt's Key tokens are set to it (`Control.tell`); with
+`key_penalty=0` that is the only control, and the notes are the model's own.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch
 
 import remi
 from remi.keys import PITCH_NAMES, Key, find_key, parse_key_name
-from remi.vocab import PITCH, POSITION, TEMPO, TIMESIG, closest_index
+from remi.vocab import KEY, PITCH, POSITION, TEMPO, TIMESIG, closest_index
 
 from .errors import InputError
 
@@ -136,6 +138,11 @@ class Control:
 
         return allowed
 
+    def tell(self, tok: remi.Tokenizer, prompt_ids: Sequence[int]) -> list[int]:
+        """The prompt as the model reads it: with key tokens and a fixed key, its Key tokens name
+        that key (unchanged otherwise)."""
+        return tok.set_key(prompt_ids, self.key) if self.key is not None else list(prompt_ids)
+
     def bias_tensor(self) -> torch.Tensor | None:
         return None if self.bias is None else torch.from_numpy(self.bias.astype(np.float32))
 
@@ -178,6 +185,9 @@ def fixed(tok: remi.Tokenizer, tempo: float | None = None, meter=None, key: str 
         pitches = np.flatnonzero(v.types == PITCH)
         outside = [i for i in pitches if (lo + int(v.values[i])) % 12 not in in_key]
         bias_base[outside] = -float(key_penalty)
+        if tok.config.key_tokens:
+            banned_base[v.types == KEY] = True
+            banned_base[tok.key_id(k)] = False
     if tok.bpe is None:
         banned, bias = banned_base, bias_base
     else:

@@ -77,7 +77,7 @@ def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowC
     (null: batch_size), `scale.song_start_share` (null: 0), `augment.transpose` (null or absent: 0;
     its Pitch ids come from `tok`, which must then be given and have no BPE) and `seed`."""
     transpose = int(OmegaConf.select(cfg, "augment.transpose") or 0)
-    pitch_ids = None
+    pitch_ids = key_first = None
     if transpose:
         if tok is None:
             raise ValueError("augment.transpose > 0: window_config needs the tokenizer (its Pitch token ids)")
@@ -85,10 +85,11 @@ def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowC
             raise ValueError(f"augment.transpose={transpose} needs a vocabulary without BPE (tokenizer.bpe_vocab_size=0): "
                              "a merged token holds pitches that cannot be shifted alone")
         pitch_ids = tok.pitch_id_range
+        key_first = tok.key_id(0) if tok.config.key_tokens else None
     return WindowConfig(block_size=int(cfg.model.block_size), batch_size=int(cfg.scale.batch_size), seed=int(cfg.seed),
                         val_batch_size=cfg.scale.get("val_batch_size"),
                         song_start_share=float(cfg.scale.get("song_start_share") or 0.0),
-                        transpose=transpose, pitch_ids=pitch_ids)
+                        transpose=transpose, pitch_ids=pitch_ids, key_first=key_first)
 
 
 def build_datamodule(cfg: DictConfig, train: ShardSplit, val: Validation,

@@ -48,6 +48,12 @@ class TokenizerConfig:
     special_tokens: names of the special tokens, emitted as `NAME_None`, ids 0.. in this order;
         must contain PAD, BOS, EOS and MASK.
     bpe_vocab_size: 0 = no BPE; > 0 = train BPE to this size before preparing shards.
+    key_tokens: False, or True: after every bar's TimeSig (after its Bar without time signatures)
+        a `Key_*` token names the piece's key (one of 24, Krumhansl-Schmuckler over the quantized
+        notes, weighted by duration), the same in every bar, so any training window states it and
+        a continuation is told its prompt's key rather than left to infer it. Derived from the
+        notes like the rest of the stream (decoding ignores it; `encode(decode(ids)) == ids`
+        holds). A prompt cut from a piece is re-keyed to its own notes (`Tokenizer.set_key`).
     """
 
     pitch_range: tuple[int, int] = (21, 108)
@@ -64,6 +70,7 @@ class TokenizerConfig:
     max_empty_bars: int = 16
     special_tokens: tuple[str, ...] = ("PAD", "BOS", "EOS", "MASK")
     bpe_vocab_size: int = 0
+    key_tokens: bool = False
 
     def __post_init__(self) -> None:
         # Normalise containers (yaml lists, JSON string keys) so equal configs compare and hash equal.
@@ -122,6 +129,8 @@ class TokenizerConfig:
         missing = {"PAD", "BOS", "EOS", "MASK"} - set(self.special_tokens)
         if missing or len(set(self.special_tokens)) != len(self.special_tokens):
             raise ValueError(f"TokenizerConfig.special_tokens must list PAD, BOS, EOS, MASK once each, got {self.special_tokens}")
+        if not isinstance(self.key_tokens, bool):
+            raise ValueError(f"TokenizerConfig.key_tokens must be true or false, got {self.key_tokens!r}")
         if self.bpe_vocab_size < 0:
             raise ValueError(f"TokenizerConfig.bpe_vocab_size must be >= 0 (0 = no BPE), got {self.bpe_vocab_size}")
 
@@ -144,6 +153,10 @@ class TokenizerConfig:
         d["special_tokens"] = list(self.special_tokens)
         # JSON object keys are strings; from_dict turns them back into ints.
         d["time_signature_range"] = {str(k): list(v) for k, v in self.time_signature_range.items()}
+        if not self.key_tokens:
+            # Added after shards and checkpoints were written: left out at its default so a config
+            # without key tokens keeps the hash (and the shard folders) it always had.
+            del d["key_tokens"]
         return d
 
     @classmethod

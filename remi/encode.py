@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .keys import key_correlations
 from .score import END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, merge_unisons, next_onset_of_pitch, sort_notes
-from .vocab import BAR, DEFAULT_TIME_SIGNATURE, DURATION, POSITION, TEMPO, Vocab, closest_index
+from .vocab import BAR, DEFAULT_TIME_SIGNATURE, DURATION, KEY, POSITION, TEMPO, Vocab, closest_index
 from .vocab import PITCH as PITCH_T
 from .vocab import VELOCITY as VELOCITY_T
 
@@ -245,6 +246,32 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
     return one_voice_per_pitch_grid(_cap_empty_bars(grid, vocab), vocab)
 
 
+def _beat_ticks(grid: Grid, onsets: np.ndarray) -> np.ndarray:
+    """(N,) ticks per beat of the meter in force at each onset (a beat is tpq*4/den ticks)."""
+    ts_ticks, dens = grid.time_sigs[:, 0], grid.time_sigs[:, 2]
+    return grid.tpq * 4 // dens[np.maximum(np.searchsorted(ts_ticks, onsets, side="right") - 1, 0)]
+
+
+def grid_durations(grid: Grid, vocab: Vocab, notes: np.ndarray | None = None) -> np.ndarray:
+    """(N,) length in grid ticks of each note of `notes` (default: the grid's), by the meter at its onset."""
+    notes = grid.notes if notes is None else notes
+    tpb = _beat_ticks(grid, notes[:, 0])
+    dur = np.empty(len(notes), dtype=np.int64)
+    for t in np.unique(tpb).tolist():
+        m = tpb == t
+        dur[m] = vocab.duration_ticks(int(t))[notes[m, 1]]
+    return dur
+
+
+def key_of_notes(pitches: np.ndarray, durations: np.ndarray) -> int | None:
+    """Key token value (tonic, + 12 if minor) of notes by Krumhansl-Schmuckler (`remi.keys`'s
+    default profiles), each pitch class weighted by how long it sounds; None without notes."""
+    if len(pitches) == 0:
+        return None
+    profile = np.bincount(np.asarray(pitches) % 12, weights=np.maximum(durations, 1).astype(float), minlength=12)
+    return int(np.argmax(key_correlations(profile)))
+
+
 def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
     """`remi.score.one_voice_per_pitch` on the token grid, so that no id sequence the encoder
     writes describes two sounding notes of one pitch (a MIDI file could not carry them back):
@@ -257,20 +284,15 @@ def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
         return grid
     # Sorted by (onset, pitch, duration, velocity): columns as merge_unisons expects.
     notes = merge_unisons(grid.notes)
-    # Duration bins in ticks depend on the meter at the onset (a beat is tpq*4/den ticks).
-    ts_ticks, dens = grid.time_sigs[:, 0], grid.time_sigs[:, 2]
-    tpb = grid.tpq * 4 // dens[np.maximum(np.searchsorted(ts_ticks, notes[:, 0], side="right") - 1, 0)]
-    dur = np.empty(len(notes), dtype=np.int64)
-    tables = {int(t): vocab.duration_ticks(int(t)) for t in np.unique(tpb)}
-    for t, table in tables.items():
-        m = tpb == t
-        dur[m] = table[notes[m, 1]]
+    dur = grid_durations(grid, vocab, notes)
     nxt = next_onset_of_pitch(notes[:, 0], notes[:, 2])
     over = np.flatnonzero(notes[:, 0] + dur > nxt)
     if len(over) == 0:
         return grid if notes is grid.notes else Grid(grid.tpq, notes, grid.tempos, grid.time_sigs)
     notes = notes.copy()
     keep = np.ones(len(notes), dtype=bool)
+    tpb = _beat_ticks(grid, notes[:, 0])
+    tables = {int(t): vocab.duration_ticks(int(t)) for t in np.unique(tpb[over])}
     for i in over.tolist():
         fit = int(np.searchsorted(tables[int(tpb[i])], nxt[i] - notes[i, 0], side="right")) - 1
         if fit < 0:
@@ -341,10 +363,13 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
 
     Events are time signatures, tempos and notes, stably sorted by tick (in that order at one
     tick). Before an event at a new tick come the Bar tokens up to its bar (each followed by the
-    TimeSig in force in that bar), then a Position (not for a time signature, whose token is the
-    TimeSig after its Bar), then the event's own tokens.
+    TimeSig in force in that bar, then, with `key_tokens`, the piece's Key), then a Position (not
+    for a time signature, whose token is the TimeSig after its Bar), then the event's own tokens.
     """
     use_ts = vocab.config.use_time_signatures
+    key = None
+    if vocab.config.key_tokens and len(grid.notes):
+        key = key_of_notes(grid.notes[:, 2], grid_durations(grid, vocab))
     first = vocab.first
     ts_ticks = grid.time_sigs[:, 0] if use_ts else np.zeros(0, np.int64)
     times = np.concatenate([ts_ticks, grid.tempos[:, 0], grid.notes[:, 0]])
@@ -363,7 +388,7 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     prev_kind = np.concatenate([[-1], kinds[:-1]])
     new_tick = np.concatenate([[True], times[1:] != times[:-1]])
     need_pos = (kinds != 0) & (new_tick | (prev_kind == 0))
-    w = 2 if use_ts else 1
+    w = (2 if use_ts else 1) + (key is not None)
     ev_len = np.choose(kinds, [0, 1, 3])
     lengths = nb * w + need_pos + ev_len
     offs = np.cumsum(lengths) - lengths
@@ -379,6 +404,8 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
         meters, which = np.unique(grid.time_sigs[:, 1:], axis=0, return_inverse=True)
         ts_ids = np.array([vocab.timesig_id(nn, d) for nn, d in meters.tolist()], dtype=np.int64)[which.reshape(-1)]
         out[bar_pos + 1] = ts_ids[bars.section_of_bar(np.arange(n_bars))]
+    if key is not None:
+        out[bar_pos + w - 1] = first[KEY] + key
 
     pos_at = offs + nb * w
     sec = bars.section_of_tick(times)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vocab import BAR, DURATION, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG, VELOCITY, Vocab
+from .vocab import BAR, DURATION, KEY, PITCH, POSITION, SPECIAL, TEMPO, TIMESIG, VELOCITY, Vocab
 
 START = -1   # nothing yet
 AFTER_BOS = -3  # only BOS so far: like START, but a second BOS is an error
@@ -20,13 +20,16 @@ END = -2     # after EOS: only PAD may follow
 def follows_table(vocab: Vocab) -> dict[int, tuple[int, ...]]:
     """Type transition table for this vocabulary. `SPECIAL` in a row means EOS may come next."""
     cfg = vocab.config
-    after_bar = (TIMESIG,) if cfg.use_time_signatures else (POSITION, BAR)
+    after_meter = (POSITION, BAR, SPECIAL)  # what follows a bar's header
+    # With key tokens a Key may close the header (a piece without notes has none).
+    after_ts = (KEY,) + after_meter if cfg.key_tokens else after_meter
+    after_bar = (TIMESIG,) if cfg.use_time_signatures else (KEY, POSITION, BAR) if cfg.key_tokens else (POSITION, BAR)
     after_pos = (TEMPO, PITCH) if cfg.use_tempos else (PITCH,)
-    return {
+    table = {
         START: (BAR, SPECIAL),
         AFTER_BOS: (BAR, SPECIAL),
         BAR: after_bar,
-        TIMESIG: (POSITION, BAR, SPECIAL),
+        TIMESIG: after_ts,
         POSITION: after_pos,
         TEMPO: (PITCH, POSITION, BAR, SPECIAL),
         PITCH: (VELOCITY,),
@@ -34,6 +37,9 @@ def follows_table(vocab: Vocab) -> dict[int, tuple[int, ...]]:
         DURATION: (PITCH, POSITION, BAR, SPECIAL),
         END: (),
     }
+    if cfg.key_tokens:
+        table[KEY] = after_meter
+    return table
 
 
 class GrammarState:

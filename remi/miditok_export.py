@@ -70,6 +70,10 @@ def miditok_params(tokenizer: Tokenizer) -> dict[str, Any]:
         raise ValueError(
             "miditok_params: this tokenizer has BPE, which MidiTok cannot load (its BPE works over its "
             "own byte alphabet); export the base vocabulary with Tokenizer(tokenizer.config) instead")
+    if tokenizer.config.key_tokens:
+        raise ValueError(
+            "miditok_params: this tokenizer has Key tokens (tokenizer.key_tokens), which MidiTok's REMI has "
+            "no setting for; export a tokenizer with key_tokens false")
     return {
         "config": miditok_config(tokenizer),
         "tokenization": "REMI",

@@ -50,7 +50,9 @@ def count_bars(tok, ids: Sequence[int]) -> int:
 def cut_bars(tok, ids: Sequence[int], n_bars: int | None) -> tuple[list[int], int]:
     """The ids up to (not including) the (n_bars+1)-th Bar token, EOS dropped; and the bar count.
 
-    n_bars None keeps every bar. A file with fewer bars keeps all it has.
+    n_bars None keeps every bar. A file with fewer bars keeps all it has. With key tokens, the
+    bars kept are re-keyed to their own notes (the encoder keyed them to the whole piece, which a
+    prompt must not know).
     """
     ids = [int(i) for i in ids]
     if ids and ids[-1] == tok.eos_id:
@@ -58,7 +60,7 @@ def cut_bars(tok, ids: Sequence[int], n_bars: int | None) -> tuple[list[int], in
     starts = bar_ids(tok)
     bars = [i for i, t in enumerate(ids) if t in starts]
     if n_bars is not None and len(bars) > n_bars:
-        return ids[: bars[n_bars]], n_bars
+        return tok.set_key(ids[: bars[n_bars]]), n_bars
     return ids, len(bars)
 
 

@@ -23,7 +23,7 @@ from .bpe import BPEModel, shard_songs, train_bpe
 from .config import TokenizerConfig
 from .midi_read import read_midi
 from .score import Score
-from .vocab import BAR, PITCH, Vocab
+from .vocab import BAR, KEY, PITCH, Vocab
 
 FORMAT_VERSION = 1
 
@@ -191,6 +191,37 @@ class Tokenizer:
 
     def count_notes(self, ids) -> int:
         return _decode.count_notes(self.base_ids(ids), self.vocab)
+
+    # ---- key tokens ------------------------------------------------------------------------
+    def key_id(self, key) -> int:
+        """The base id of the Key token of `key` (a `remi.keys.Key`, or a value 0..23: tonic,
+        + 12 for minor). ValueError when this tokenizer has no key tokens."""
+        if not self.config.key_tokens:
+            raise ValueError("this tokenizer has no Key tokens (tokenizer.key_tokens is false)")
+        value = int(key) if isinstance(key, (int, np.integer)) else key.tonic + 12 * bool(key.minor)
+        if not 0 <= value < 24:
+            raise ValueError(f"a key value is 0..23 (tonic, + 12 for minor), got {value}")
+        return self.vocab.first[KEY] + value
+
+    def set_key(self, ids, key=None) -> list[int]:
+        """`ids` with every Key token naming `key` (a `remi.keys.Key` or 0..23), or, by default,
+        the key of the notes `ids` hold: what a prompt cut from a longer piece must say, since the
+        encoder keyed it to the whole piece. Unchanged without key tokens or without notes."""
+        if not self.config.key_tokens:
+            return [int(i) for i in ids]
+        base = self.base_ids(ids)
+        if key is None:
+            score = _decode.ids_to_score(base, self.vocab)
+            notes = score.notes
+            value = _encode.key_of_notes(notes[:, 2], notes[:, 1] - notes[:, 0])
+            if value is None:
+                return [int(i) for i in ids]
+        else:
+            value = self.key_id(key) - self.vocab.first[KEY]
+        base = base.copy()
+        base[self.vocab.types[base] == KEY] = self.vocab.first[KEY] + value
+        out = base.tolist()
+        return self.bpe.encode(out) if self.bpe is not None else out
 
     # ---- grammar ---------------------------------------------------------------------------
     def token_errors(self, ids) -> float:

@@ -1,7 +1,8 @@
 """The vocabulary, derived from a `TokenizerConfig` alone: token strings, ids, and value tables.
 
 Id layout (contiguous blocks, in REMI reading order after the special tokens):
-    specials (PAD, BOS, EOS, MASK) | Bar | TimeSig* | Position* | Tempo* | Pitch* | Velocity* | Duration*
+    specials (PAD, BOS, EOS, MASK) | Bar | TimeSig* | Position* | Tempo* | Pitch* | Velocity* | Duration* | Key*
+(Key tokens only with `key_tokens`: last, so turning them on moves no other id.)
 Every block's first id and its values are stored here once; encode/decode/grammar use these.
 """
 from __future__ import annotations
@@ -11,10 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TokenizerConfig
+from .keys import PITCH_NAMES
 
 # Token type codes, in the order their blocks appear in the vocabulary.
-SPECIAL, BAR, TIMESIG, POSITION, TEMPO, PITCH, VELOCITY, DURATION = range(8)
-TYPE_NAMES = ("Special", "Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration")
+SPECIAL, BAR, TIMESIG, POSITION, TEMPO, PITCH, VELOCITY, DURATION, KEY = range(9)
+TYPE_NAMES = ("Special", "Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration", "Key")
+# Key token values: tonic pitch class for major keys (0..11), 12 + tonic for minor keys, the index
+# order of `remi.keys.key_correlations`.
 DEFAULT_TEMPO_BPM = 120.0
 DEFAULT_TIME_SIGNATURE = (4, 4)
 
@@ -84,6 +88,8 @@ class Vocab:
             (VELOCITY, [f"Velocity_{v}" for v in velocities]),
             (DURATION, [f"Duration_{b}.{p}.{r}" for b, p, r in durations]),
         ]
+        if config.key_tokens:
+            blocks.append((KEY, [f"Key_{k}" for k in PITCH_NAMES] + [f"Key_{k}m" for k in PITCH_NAMES]))
         tokens, types, values, first = [], [], [], {}
         for code, names in blocks:
             first[code] = len(tokens)
