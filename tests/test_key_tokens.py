@@ -202,3 +202,20 @@ def test_miditok_export_refuses_key_tokens():
     with pytest.raises(ValueError, match="Key tokens"):
         miditok_params(coarse(key_tokens=True))
     assert miditok_params(coarse())["_vocab_base"]["Bar_None"] == coarse().bar_id
+
+
+def test_both_decoders_skip_key_tokens_wherever_they_stand():
+    from remi.decode import ids_to_score, ids_to_score_loop
+    tok = coarse(key_tokens=True)
+    rng = np.random.default_rng(0)
+    ids = np.array(tok.encode_score(cadences((4, False), (9, True))))
+    for _ in range(50):                                            # Key ids dropped in at random places
+        at = np.sort(rng.choice(len(ids), size=6, replace=False))
+        noisy = np.insert(ids, at, tok.key_id(0) + rng.integers(0, 24, size=6))
+        a, b = ids_to_score(noisy, tok.vocab), ids_to_score_loop(noisy, tok.vocab)
+        np.testing.assert_array_equal(a.notes, b.notes)
+        assert a.tempos == b.tempos and a.time_signatures == b.time_signatures
+    random_ids = rng.integers(0, tok.base_vocab_size, size=(40, 150))
+    for row in random_ids:
+        a, b = ids_to_score(row, tok.vocab), ids_to_score_loop(row, tok.vocab)
+        np.testing.assert_array_equal(a.notes, b.notes)

@@ -2,6 +2,7 @@
 on every readable real file and on generated scores (hypothesis)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,10 @@ from remi.midi_io import midifile_to_bytes
 from tests.conftest import shared_midi_files
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("fine", "coarse", "miditok")
-TOKS = {n: Tokenizer.from_yaml(ROOT / f"conf/tokenizer/{n}.yaml") for n in NAMES}
+NAMES = ("fine", "coarse", "miditok", "coarse+key")
+TOKS = {n: Tokenizer.from_yaml(ROOT / f"conf/tokenizer/{n}.yaml") for n in NAMES[:3]}
+# the recipe's tokenizer: coarse with a Key token in every bar (tokenizer.key_tokens=true)
+TOKS["coarse+key"] = Tokenizer(dataclasses.replace(TOKS["coarse"].config, key_tokens=True))
 REAL = shared_midi_files()
 
 
@@ -37,7 +40,7 @@ def test_a_spread_of_real_files_round_trips(name):
     assert_real_files_round_trip(TOKS[name], REAL[::50])
 
 
-@pytest.mark.slow  # ~3,000 files x 3 tokenizers: about 165 CPU-seconds (55 each)
+@pytest.mark.slow  # ~3,000 files x 4 tokenizers: about 220 CPU-seconds (55 each)
 @pytest.mark.shared_midi
 @pytest.mark.skipif(not REAL, reason="../shared/midi is absent")
 @pytest.mark.parametrize("name", NAMES)
