@@ -87,11 +87,13 @@ def export_folder(ckpt: str | Path, out_dir: str | Path, miditok: bool = True) -
                            "checkpoint": str(path)}, indent=1, default=str)
     extra: dict[str, Any] = {TOKENIZER_NAME: tokenizer_json, RUN_CONFIG_NAME: run_json}
     notes = []
-    if miditok and tok.bpe is None:
+    if miditok and tok.bpe is None and not tok.config.key_tokens:
         extra[MIDITOK_NAME] = json.dumps(miditok_params(tok), indent=1) + "\n"
     elif miditok:
-        notes.append(f"No `{MIDITOK_NAME}`: this tokenizer uses BPE ({tok.vocab_size} ids), which MidiTok "
-                     "cannot load; `tokenizer.json` is the tokenizer.")
+        why = (f"uses BPE ({tok.vocab_size} ids)" if tok.bpe is not None else
+               "has Key tokens (`key_tokens`), which MidiTok's REMI has no setting for")
+        notes.append(f"No `{MIDITOK_NAME}`: this tokenizer {why}, so MidiTok cannot load it; "
+                     "`tokenizer.json` is the tokenizer.")
     tc = tok.config
     card = {
         "name": f"pianolm {run.name or path.stem}",

@@ -334,3 +334,35 @@ def test_export_of_a_bpe_model_leaves_out_miditok_and_says_why(tmp_path, bpe_tok
 def test_export_bad_input_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path / "gone.ckpt"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"pianolm export: error: checkpoint {tmp_path / 'gone.ckpt'} does not exist"
+
+
+def test_a_key_token_model_is_told_the_key_and_exports_without_miditok(tmp_path, tok):
+    import dataclasses
+    ktok = remi.Tokenizer(dataclasses.replace(tok.config, key_tokens=True))
+    run = tmp_path / "run"
+    save_ckpt(run / "checkpoints" / "last.ckpt", ktok, tiny_gpt(ktok, block_size=160))
+    km = pianolm.load(run)
+    assert km.tokenizer.config.key_tokens and km.tokenizer.hash == ktok.hash
+    km.key_penalty = 0.0                                             # the Key tokens are the only control
+    kw = dict(prompt_bars=2, bars=3, n=6, seed=2, max_new_tokens=120)
+    km.continue_midi(piece(n_bars=3, seed=1), key="F# minor", **kw)
+    f_sharp_minor = ktok.vocab.tokens[ktok.key_id(18)]
+    new_keys = 0
+    for row in km.last:
+        keys = [t for t in ktok.tokens(row["ids"]) if t.startswith("Key_")]
+        assert keys and set(keys) == {f_sharp_minor}                 # the prompt's bars re-keyed, the new ones held
+        new_keys += len(keys) - 2                                    # 2 in the prompt
+    assert new_keys >= 1                                             # the model did write some (masked to F# minor)
+    km.continue_midi(piece(n_bars=3, seed=1), **kw)                  # no key: the prompt says its own
+    from remi.keys import find_key
+    from remi.render import cut_bars
+    whole = ktok.encode_score(piece(n_bars=3, seed=1))
+    prompt, _ = cut_bars(ktok, whole, 2)
+    own = ktok.vocab.tokens[ktok.key_id(find_key(ktok.decode_score(prompt)))]
+    assert km.last[0]["ids"][:len(prompt)] == prompt
+    assert {t for t in ktok.tokens(prompt) if t.startswith("Key_")} == {own}
+    out = tmp_path / "hf"
+    assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(out)]) == 0
+    assert not (out / "miditok.json").exists()
+    assert "has Key tokens" in (out / "README.md").read_text()
+    assert pianolm.load(out).tokenizer.hash == ktok.hash
