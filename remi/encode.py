@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .keys import key_correlations
+from .keys import best_key, duration_profile
 from .score import END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, merge_unisons, next_onset_of_pitch, sort_notes
 from .vocab import BAR, DEFAULT_TIME_SIGNATURE, DURATION, KEY, POSITION, TEMPO, Vocab, closest_index
 from .vocab import PITCH as PITCH_T
@@ -263,15 +263,6 @@ def grid_durations(grid: Grid, vocab: Vocab, notes: np.ndarray | None = None) ->
     return dur
 
 
-def key_of_notes(pitches: np.ndarray, durations: np.ndarray) -> int | None:
-    """Key token value (tonic, + 12 if minor) of notes by Krumhansl-Schmuckler (`remi.keys`'s
-    default profiles), each pitch class weighted by how long it sounds; None without notes."""
-    if len(pitches) == 0:
-        return None
-    profile = np.bincount(np.asarray(pitches) % 12, weights=np.maximum(durations, 1).astype(float), minlength=12)
-    return int(np.argmax(key_correlations(profile)))
-
-
 def one_voice_per_pitch_grid(grid: Grid, vocab: Vocab) -> Grid:
     """`remi.score.one_voice_per_pitch` on the token grid, so that no id sequence the encoder
     writes describes two sounding notes of one pitch (a MIDI file could not carry them back):
@@ -369,7 +360,7 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     use_ts = vocab.config.use_time_signatures
     key = None
     if vocab.config.key_tokens and len(grid.notes):
-        key = key_of_notes(grid.notes[:, 2], grid_durations(grid, vocab))
+        key = best_key(duration_profile(grid.notes[:, 2], grid_durations(grid, vocab))).index
     first = vocab.first
     ts_ticks = grid.time_sigs[:, 0] if use_ts else np.zeros(0, np.int64)
     times = np.concatenate([ts_ticks, grid.tempos[:, 0], grid.notes[:, 0]])

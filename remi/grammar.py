@@ -20,10 +20,10 @@ END = -2     # after EOS: only PAD may follow
 def follows_table(vocab: Vocab) -> dict[int, tuple[int, ...]]:
     """Type transition table for this vocabulary. `SPECIAL` in a row means EOS may come next."""
     cfg = vocab.config
-    after_meter = (POSITION, BAR, SPECIAL)  # what follows a bar's header
-    # With key tokens a Key may close the header (a piece without notes has none).
-    after_ts = (KEY,) + after_meter if cfg.key_tokens else after_meter
-    after_bar = (TIMESIG,) if cfg.use_time_signatures else (KEY, POSITION, BAR) if cfg.key_tokens else (POSITION, BAR)
+    # With key tokens a Key may close a bar's header (a piece without notes has none).
+    key = (KEY,) if cfg.key_tokens else ()
+    after_ts = key + (POSITION, BAR, SPECIAL)
+    after_bar = (TIMESIG,) if cfg.use_time_signatures else key + (POSITION, BAR)
     after_pos = (TEMPO, PITCH) if cfg.use_tempos else (PITCH,)
     table = {
         START: (BAR, SPECIAL),
@@ -38,7 +38,7 @@ def follows_table(vocab: Vocab) -> dict[int, tuple[int, ...]]:
         END: (),
     }
     if cfg.key_tokens:
-        table[KEY] = after_meter
+        table[KEY] = (POSITION, BAR, SPECIAL)
     return table
 
 

@@ -55,6 +55,12 @@ class Key:
         return PITCH_NAMES[self.tonic] + (" minor" if self.minor else " major")
 
     @property
+    def index(self) -> int:
+        """0..23: the tonic for a major key, 12 + the tonic for a minor one (`key_correlations`'
+        order, and the order of the tokenizer's Key tokens)."""
+        return self.tonic + 12 * bool(self.minor)
+
+    @property
     def fifths(self) -> int:
         """Key signature as sharps (> 0) or flats (< 0), in -5..6 (F# major, not Gb major)."""
         return key_signature_fifths(self.tonic, self.minor)
@@ -105,14 +111,17 @@ def pitch_class_profile(score: Score, weight: str = "duration") -> np.ndarray:
     that they are not ignored. weight="count" counts notes.
     """
     notes = score.notes
-    pcs = notes[:, PITCH] % 12
     if weight == "duration":
-        w = np.maximum(notes[:, END] - notes[:, START], 1).astype(float)
-    elif weight == "count":
-        w = np.ones(len(notes))
-    else:
-        raise ValueError(f"weight must be 'duration' or 'count', got {weight!r}")
-    return np.bincount(pcs, weights=w, minlength=12).astype(float)
+        return duration_profile(notes[:, PITCH], notes[:, END] - notes[:, START])
+    if weight == "count":
+        return np.bincount(notes[:, PITCH] % 12, minlength=12).astype(float)
+    raise ValueError(f"weight must be 'duration' or 'count', got {weight!r}")
+
+
+def duration_profile(pitches: np.ndarray, durations: np.ndarray) -> np.ndarray:
+    """(12,) summed durations per pitch class of notes given as arrays (a zero length counts 1)."""
+    w = np.maximum(np.asarray(durations), 1).astype(float)
+    return np.bincount(np.asarray(pitches, dtype=np.int64) % 12, weights=w, minlength=12).astype(float)
 
 
 def key_correlations(profile: np.ndarray, profiles: str = DEFAULT_PROFILE) -> np.ndarray:
@@ -141,8 +150,12 @@ def find_key(score: Score, weight: str = "duration", profiles: str = DEFAULT_PRO
     """The Krumhansl–Schmuckler key of a score; None when it has no notes."""
     if len(score) == 0:
         return None
-    corr = key_correlations(pitch_class_profile(score, weight), profiles)
-    best = int(np.argmax(corr))
+    return best_key(pitch_class_profile(score, weight), profiles)
+
+
+def best_key(profile: np.ndarray, profiles: str = DEFAULT_PROFILE) -> Key:
+    """The key whose profile correlates best with a pitch-class profile (ties: the lower index)."""
+    best = int(np.argmax(key_correlations(profile, profiles)))
     return Key(best % 12, best >= 12)
 
 

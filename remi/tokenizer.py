@@ -21,6 +21,7 @@ from . import encode as _encode
 from . import grammar as _grammar
 from .bpe import BPEModel, shard_songs, train_bpe
 from .config import TokenizerConfig
+from .keys import find_key
 from .midi_read import read_midi
 from .score import Score
 from .vocab import BAR, KEY, PITCH, Vocab
@@ -194,32 +195,29 @@ class Tokenizer:
 
     # ---- key tokens ------------------------------------------------------------------------
     def key_id(self, key) -> int:
-        """The base id of the Key token of `key` (a `remi.keys.Key`, or a value 0..23: tonic,
+        """The base id of the Key token of `key` (a `remi.keys.Key`, or its index 0..23: tonic,
         + 12 for minor). ValueError when this tokenizer has no key tokens."""
         if not self.config.key_tokens:
             raise ValueError("this tokenizer has no Key tokens (tokenizer.key_tokens is false)")
-        value = int(key) if isinstance(key, (int, np.integer)) else key.tonic + 12 * bool(key.minor)
+        value = int(key) if isinstance(key, (int, np.integer)) else key.index
         if not 0 <= value < 24:
-            raise ValueError(f"a key value is 0..23 (tonic, + 12 for minor), got {value}")
+            raise ValueError(f"a key index is 0..23 (tonic, + 12 for minor), got {value}")
         return self.vocab.first[KEY] + value
 
     def set_key(self, ids, key=None) -> list[int]:
         """`ids` with every Key token naming `key` (a `remi.keys.Key` or 0..23), or, by default,
-        the key of the notes `ids` hold: what a prompt cut from a longer piece must say, since the
-        encoder keyed it to the whole piece. Unchanged without key tokens or without notes."""
+        the key of the notes `ids` hold (`remi.keys.find_key`, the encoder's rule): what a prompt
+        cut from a longer piece must say, since the encoder keyed it to the whole piece.
+        Unchanged without key tokens or without notes."""
         if not self.config.key_tokens:
             return [int(i) for i in ids]
         base = self.base_ids(ids)
         if key is None:
-            score = _decode.ids_to_score(base, self.vocab)
-            notes = score.notes
-            value = _encode.key_of_notes(notes[:, 2], notes[:, 1] - notes[:, 0])
-            if value is None:
+            key = find_key(_decode.ids_to_score(base, self.vocab))
+            if key is None:
                 return [int(i) for i in ids]
-        else:
-            value = self.key_id(key) - self.vocab.first[KEY]
         base = base.copy()
-        base[self.vocab.types[base] == KEY] = self.vocab.first[KEY] + value
+        base[self.vocab.types[base] == KEY] = self.key_id(key)
         out = base.tolist()
         return self.bpe.encode(out) if self.bpe is not None else out
 
