@@ -3,22 +3,26 @@
     python experiments/ablate.py scale=tiny data=bundled [seeds=[0,1]] [out=DIR] [key=value ...]
 
 Steps (each a subprocess of the repository's own entry points, so what is measured is exactly
-what a user runs):
+what a user runs), seed by seed: every round of seed 0 is trained and evaluated before seed 1
+starts, so a study stopped part-way already compares the rounds:
 1. `train.py +experiment=roundN seed=S hydra.run.dir=OUT/runs/roundN-seedS` for every round
-   and seed (a run folder that already holds metrics.json and checkpoints/last.ckpt is kept,
-   so an interrupted ablation resumes);
+   (a run folder that holds metrics.json and checkpoints/last.ckpt is kept; one with only a
+   last.ckpt, a run stopped part-way, resumes from it with `ckpt_path=`). Progress lines, at
+   most one a minute, say the step, the time left in the run and in the whole study;
 2. one folder of real pieces for every run: `real=FOLDER`, or the test split of the runs' shards
-   (remi.prepare's content-hash split, the same for every round), `eval_pieces` of them spread
-   evenly and copied to OUT/test-pieces/;
-3. `experiments/evaluate.py` on each run's last checkpoint into RUN/eval/ (bits per note of
-   those pieces, `eval_n` pieces from scratch, a continuation of every piece's first 4 bars by
-   12, grammar constraint off, one `temperature` and `sample_seed`); an evaluation newer than its
+   (remi.prepare's content-hash split, the same for every round), linked into OUT/test-pieces/;
+3. `experiments/evaluate.py` on each run's last checkpoint into RUN/eval/ with the recipe's
+   protocol (bits per note of `eval_pieces` real pieces, `eval_n` pieces from scratch, a
+   continuation of every piece's first 4 bars by 12 with the prompt kept in the window, grammar
+   constraint off, one `temperature` and `sample_seed`); an evaluation newer than its
    checkpoint, on the same folder, is kept;
 4. experiments/report.py `build_ablation_report`: OUT/report.md and OUT/report.json, per round the
-   mean and spread over seeds of every number, and the original findings judged claim by claim.
+   mean, seed spread and a bootstrap interval over pieces of every number, and the original
+   findings judged claim by claim.
 
 Every step resumes: an interrupted ablation is run again with the same command.
-Round 4 trains `steps / round4_step_cost` steps (equal compute for its 1.5x layers).
+With `steps=N`, round 4 trains `N / round4_step_cost` steps (equal compute for its 1.5x layers);
+without it every round trains the scale's own max_steps (equal steps, as the original work).
 
 Keys of this script (everything else goes to train.py as a Hydra override, e.g. `scale=tiny`,
 `data=bundled`, `logger=none`, `data.limit=200`, `trainer.max_steps=300`):
@@ -26,6 +30,7 @@ Keys of this script (everything else goes to train.py as a Hydra override, e.g. 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -33,12 +38,14 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 if __package__ in (None, ""):  # run as `python experiments/ablate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omegaconf import OmegaConf  # noqa: E402
+
+from model.callbacks import clock  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +64,7 @@ class AblationConfig:
     prompt_bars: int = 4
     max_bars: int = 4  # bars generated after each prompt (the real reference uses as many)
     n_real: int = 64  # held-out real pieces the metrics are compared with
-    temperature: float = 1.0
+    temperature: float = 0.9  # the recipe's evaluation temperature (docs/training.md's sweep)
     sample_seed: int = 0
     grammar: bool = False  # constrain sampling by the REMI grammar (False: errors are measured)
     # Cap per piece (free pieces also stop after free_bars bars). Past the context (256 tokens at
@@ -70,7 +77,8 @@ class AblationConfig:
     # The evaluation (experiments/evaluate.py) of every run on one folder of real pieces. None: the
     # test split of the runs' shards, `eval_pieces` of them spread evenly, copied to OUT/test-pieces.
     real: str | None = None
-    eval_n: int = 16  # pieces sampled from scratch per run
+    eval_n: int = 48  # pieces sampled from scratch per run (the recipe's evaluation: 48)
+    keep_prompt: bool = True  # continuations keep the prompt in the window (evaluate.py --keep-prompt)
     eval_pieces: int = 48  # real pieces (each also continued: 4 bars of prompt, 12 generated)
     eval_bars: int = 16
     eval_max_new_tokens: int = 2048
@@ -119,16 +127,98 @@ def train_commands(cfg: AblationConfig) -> list[TrainCommand]:
     return cmds
 
 
-def run_logged(argv: list[str], log: Path, what: str) -> None:
-    """Run a command with its output in `log`; on failure, show the log's tail and stop."""
+def run_logged(argv: list[str], log: Path, what: str, on_line: Callable[[str], None] | None = None) -> None:
+    """Run a command with its output in `log` (appended: a resumed run keeps the first part's
+    lines), each line also handed to `on_line`; on failure, show the log's tail and stop."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
+    with open(log, "a") as f:
         f.write("$ " + shlex.join(argv) + "\n")
         f.flush()
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                                text=True, errors="replace", bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            f.flush()
+            if on_line is not None:
+                on_line(line)
+        proc.wait()
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-25:])
         raise SystemExit(f"ablate: {what} failed (exit {proc.returncode}); its log {log} ends:\n{tail}")
+
+
+PROGRESS = re.compile(r"\[train\] step (\d+)/(\d+)")
+
+
+class Progress:
+    """What the ablation prints while it trains: each run's progress lines (at most one a
+    minute) with the time left in that run and in the whole study.
+
+    The study's estimate: every run's steps times its step cost (`round4_step_cost` for round 4,
+    1 for the others) times the seconds per unit step measured so far (the current run's own rate
+    once it has one), plus, per evaluation still to run, the mean evaluation time measured so far.
+    """
+
+    def __init__(self, cfg: AblationConfig, commands: Sequence[TrainCommand], every_s: float = 60.0):
+        self.cfg, self.every_s = cfg, every_s
+        self.todo = {c.run_dir.name: c for c in commands if not finished(c.run_dir) or cfg.retrain}
+        self.evals_left = len(commands)
+        self.rate: float | None = None       # seconds per unit step, from the runs so far
+        self.eval_times: list[float] = []
+        self.current: TrainCommand | None = None
+        self.step = self.max_steps = 0
+        self._last_print = 0.0
+        self._t0 = self._step0 = None
+
+    def cost(self, c: TrainCommand) -> float:
+        return self.cfg.round4_step_cost if c.label == "round4" else 1.0
+
+    def steps_of(self, c: TrainCommand) -> int | None:
+        for a in reversed(c.argv):
+            if a.startswith("trainer.max_steps="):
+                return int(a.split("=", 1)[1])
+        return self.max_steps or None      # the scale's own: as the run in progress reports it
+
+    def start(self, c: TrainCommand) -> None:
+        self.current, self._t0, self._step0, self.step = c, None, None, 0
+
+    def line(self, text: str) -> None:
+        m = PROGRESS.search(text)
+        if m is None or self.current is None:
+            return
+        self.step, self.max_steps = int(m.group(1)), int(m.group(2))
+        now = time.time()
+        if self._t0 is None:
+            self._t0, self._step0 = now, self.step
+        elif self.step > self._step0:
+            self.rate = (now - self._t0) / (self.step - self._step0) / self.cost(self.current)
+        if now - self._last_print >= self.every_s or self.step == self.max_steps:
+            self._last_print = now
+            left = self.study_left()
+            print(f"[ablate] {self.current.run_dir.name}: {text.strip().removeprefix('[train] ')}"
+                  + (f"; study left ~{clock(left)}" if left is not None else ""), file=sys.stderr, flush=True)
+
+    def done(self, c: TrainCommand) -> None:
+        self.todo.pop(c.run_dir.name, None)
+        self.current = None
+
+    def evaluated(self, seconds: float | None) -> None:
+        self.evals_left -= 1
+        if seconds is not None:
+            self.eval_times.append(seconds)
+
+    def study_left(self) -> float | None:
+        if self.rate is None:
+            return None
+        left = 0.0
+        for name, c in self.todo.items():
+            steps = self.steps_of(c) or 0
+            done = self.step if self.current is not None and name == self.current.run_dir.name else 0
+            left += max(0, steps - done) * self.cost(c) * self.rate
+        if self.eval_times:
+            left += self.evals_left * sum(self.eval_times) / len(self.eval_times)
+        return left
 
 
 def finished(run_dir: Path) -> bool:
@@ -246,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {f.name}={default}")
         return 0
     cfg = parse_args(argv)
-    from experiments.report import build_ablation_report, load_run
+    from experiments.ablation_report import build_ablation_report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,28 +346,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pianolm.runinfo import code_fingerprint  # imported here: it pulls in torch
 
     current_code = code_fingerprint(ROOT)
-    for c in commands:
-        if finished(c.run_dir) and not cfg.retrain:
-            print(kept_message(c.run_dir, current_code), file=sys.stderr)
-            continue
-        t = time.time()
-        print(f"[ablate] training {c.run_dir.name} ...", file=sys.stderr, flush=True)
-        run_logged(c.argv, c.run_dir.parent / f"{c.run_dir.name}.train.log", f"training {c.run_dir.name}")
-        timings[f"train {c.run_dir.name}"] = round(time.time() - t, 1)
-
-    real = real_folder(cfg, [load_run(c.run_dir) for c in commands], out)
-    for c in commands:
-        t = time.time()
-        if evaluated(c.run_dir, real) and not cfg.retrain:
-            print(f"[ablate] {c.run_dir.name}: already evaluated on {real}, kept", file=sys.stderr)
-            continue
-        print(f"[ablate] evaluating {c.run_dir.name} ...", file=sys.stderr, flush=True)
-        run_logged(evaluate_argv(cfg, c.run_dir, real), c.run_dir / "eval.log", f"evaluating {c.run_dir.name}")
-        timings[f"evaluate {c.run_dir.name}"] = round(time.time() - t, 1)
+    progress = Progress(cfg, commands)
+    # Seed by seed: every round of one seed is trained and evaluated before the next seed starts,
+    # so a study stopped part-way already compares all rounds on its first seeds.
+    for seed in cfg.seeds:
+        batch = [c for c in commands if c.seed == int(seed)]
+        for c in batch:
+            train_run(cfg, c, progress, current_code, timings)
+        real = real_folder(cfg, [c.run_dir for c in commands], out)
+        for c in batch:
+            evaluate_run(cfg, c, real, progress, timings)
 
     command = "python experiments/ablate.py " + shlex.join(argv)
     settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "round4_step_cost", "eval_n",
-                                             "eval_pieces", "eval_bars", "temperature", "sample_seed")}
+                                             "eval_pieces", "eval_bars", "temperature", "keep_prompt",
+                                             "sample_seed")}
     settings["train_overrides"] = cfg.overrides
     t = time.time()
     result = build_ablation_report([c.run_dir for c in commands], out, command=command, settings=settings)
@@ -289,12 +372,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def real_folder(cfg: AblationConfig, runs, out: Path) -> Path:
-    """The folder of real pieces every run is evaluated on: `real`, or the runs' test split
-    (the largest among their shard folders: splits are fixed by content, so it holds the others'),
-    `eval_pieces` of them spread evenly and copied flat into OUT/test-pieces (kept when present,
-    so a resumed ablation evaluates on the same pieces)."""
-    from experiments.report import real_files_for
+def train_run(cfg: AblationConfig, c: TrainCommand, progress: Progress, current_code: str,
+              timings: dict[str, float]) -> None:
+    """Train one run; a run folder with a last.ckpt but no metrics.json (a run stopped part-way)
+    resumes from that checkpoint (`ckpt_path=`), so a killed study loses at most `ckpt_every` steps."""
+    if finished(c.run_dir) and not cfg.retrain:
+        print(kept_message(c.run_dir, current_code), file=sys.stderr)
+        return
+    argv, last = list(c.argv), c.run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file() and not cfg.retrain:
+        import torch
+
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+        print(f"[ablate] resuming {c.run_dir.name} from {last} (step {step}) ...", file=sys.stderr, flush=True)
+        argv.append(f"ckpt_path={last}")
+    else:
+        print(f"[ablate] training {c.run_dir.name} ...", file=sys.stderr, flush=True)
+    t = time.time()
+    progress.start(c)
+    run_logged(argv, c.run_dir.parent / f"{c.run_dir.name}.train.log", f"training {c.run_dir.name}", progress.line)
+    progress.done(c)
+    timings[f"train {c.run_dir.name}"] = round(time.time() - t, 1)
+
+
+def evaluate_run(cfg: AblationConfig, c: TrainCommand, real: Path, progress: Progress,
+                 timings: dict[str, float]) -> None:
+    if evaluated(c.run_dir, real) and not cfg.retrain:
+        print(f"[ablate] {c.run_dir.name}: already evaluated on {real}, kept", file=sys.stderr)
+        progress.evaluated(None)
+        return
+    print(f"[ablate] evaluating {c.run_dir.name} ...", file=sys.stderr, flush=True)
+    t = time.time()
+    (c.run_dir / "eval.log").unlink(missing_ok=True)
+    run_logged(evaluate_argv(cfg, c.run_dir, real), c.run_dir / "eval.log", f"evaluating {c.run_dir.name}")
+    timings[f"evaluate {c.run_dir.name}"] = round(time.time() - t, 1)
+    progress.evaluated(time.time() - t)
+
+
+def real_folder(cfg: AblationConfig, run_dirs: Sequence[Path], out: Path) -> Path:
+    """The folder of real pieces every run is evaluated on: `real`, or the test split of the
+    trained runs' shards (the largest among their shard folders: splits are fixed by content, so
+    it holds the others'), linked into OUT/test-pieces as `experiments/test_pieces.py` links them,
+    so `evaluate.py --max-pieces` picks the same pieces as for the recipe (kept when present, so a
+    resumed ablation evaluates on the same pieces; links, never copies of the corpus)."""
+    from experiments.report import test_split_files
+    from experiments.test_pieces import link_test_pieces
 
     if cfg.real is not None:
         folder = Path(cfg.real)
@@ -302,15 +424,19 @@ def real_folder(cfg: AblationConfig, runs, out: Path) -> Path:
             raise SystemExit(f"ablate: real={cfg.real} is not a folder of MIDI files")
         return folder
     folder = out / "test-pieces"
-    if folder.is_dir() and any(folder.glob("*.mid")):
+    if folder.is_dir() and any(folder.iterdir()):
         return folder
-    test_files = real_files_for(runs)
-    if not test_files:
+    best, best_n = None, 0
+    for d in run_dirs:
+        if finished(d):
+            shard_dir = json.loads((d / "metrics.json").read_text()).get("shard_dir")
+            n = len(test_split_files(shard_dir)) if shard_dir and Path(shard_dir).is_dir() else 0
+            if n > best_n:
+                best, best_n = shard_dir, n
+    if best is None:
         raise SystemExit("ablate: the runs' shard manifests list no test-split pieces; "
                          "raise data.test_fraction or data.limit, or pass real=FOLDER")
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, p in enumerate(spread(test_files, cfg.eval_pieces)):
-        shutil.copyfile(p, folder / f"{i:03d}_{p.parent.name}_{p.stem}.mid")
+    link_test_pieces(best, folder)
     return folder
 
 
@@ -319,7 +445,7 @@ def evaluate_argv(cfg: AblationConfig, run_dir: Path, real: Path) -> list[str]:
             "--real", str(real), "--n", str(cfg.eval_n), "--seed", str(cfg.sample_seed),
             "--max-pieces", str(cfg.eval_pieces), "--bars", str(cfg.eval_bars),
             "--temperature", str(cfg.temperature), "--max-new-tokens", str(cfg.eval_max_new_tokens),
-            "--out", str(run_dir / "eval")]
+            "--out", str(run_dir / "eval")] + (["--keep-prompt"] if cfg.keep_prompt else [])
 
 
 def evaluated(run_dir: Path, real: Path) -> bool:

@@ -4,18 +4,21 @@
 
 What it measures (docs/experiments.md says why each):
 - `bits_per_note`: the summed negative log-likelihood of those pieces (whole pieces, cut into
-  consecutive windows of the model's context as validation is), in bits, over their notes.
+  consecutive windows of the model's context as validation is), in bits, over their notes;
+  `bits_per_second` the same bits over the files' length in seconds (both independent of the
+  tokenizer's vocabulary).
 - N pieces sampled from scratch (default 16, fixed seed, no grammar constraint), each cut to
   `--bars` bars, and for every real piece a continuation of its first 4 bars by 12 bars (the setup
   of the MIREX 2025 symbolic piano continuation task). Sampled pieces are measured with
   `remi.metrics` against the real pieces cut to the same number of bars (after the tokenizer's
-  quantization, so both sides are on one grid): each metric's mean and its overlapping area with
-  the real distribution; the grammar error rate over generated tokens; the empty pieces.
+  quantization, so both sides are on one grid): each metric's mean, its overlapping area with
+  the real distribution and the KL divergence from it (the same kernel density estimates); the grammar error rate over generated tokens; the empty pieces.
 - Continuations against the real continuations of the same prompts: key agreement with the
   prompt, tempo ratio, note-density ratio and pitch-range overlap, for both.
 
-`--json` prints one JSON object: `bits_per_note`, `metrics` (name -> {"mean", "real_mean",
-"overlap"}), `grammar_error_rate`, `empty_pieces`, `continuation` (name -> value), plus the
+`--json` prints one JSON object: `bits_per_note`, `bits_per_second`, `metrics` (name -> {"mean",
+"real_mean", "overlap", "kl"}), `grammar_error_rate`, `empty_pieces`, `continuation` (name ->
+value), `per_piece` (the same figures piece by piece, for bootstrap intervals), plus the
 settings and timings. `--out DIR` also writes evaluation.json, the pieces as MIDI, piano rolls
 (4 sampled pieces and 4 continuations beside the real ones) and compressed audio where
 FluidSynth is installed. `--baselines TRAIN_SHARDS` adds the references: a unigram token model
@@ -39,7 +42,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from model.gpt import GPT  # noqa: E402
-from pianolm.likelihood import read_pieces, summed_nll_bits  # noqa: E402  (shared with pianolm.api)
+from pianolm.likelihood import nll_bits_per_piece, read_pieces, summed_nll_bits  # noqa: E402  (shared with pianolm.api)
 from remi import metrics as M  # noqa: E402
 from remi.render import bar_ids, count_bars, cut_bars  # noqa: E402
 
@@ -150,6 +153,21 @@ def generated_tokens(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) ->
     return _generated_counts(count, tok, rows, skip).get("tokens", 0)
 
 
+def row_errors(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> list[tuple[int, int]]:
+    """(syntax errors, generated tokens) of each row alone: what `grammar_errors` and
+    `generated_tokens` sum over the rows."""
+    return [(sum(grammar_errors(tok, [r], [k]).values()), generated_tokens(tok, [r], [k]))
+            for r, k in zip(rows, skip)]
+
+
+def file_seconds(path: Path) -> float:
+    """Length in seconds of a MIDI file as written (its own tempo map), the denominator of bits
+    per second: the same for every tokenizer, unlike the notes and tokens it keeps."""
+    import remi
+
+    return float(remi.read_midi(path).seconds())
+
+
 def grammar_errors(tok, rows: Sequence[Sequence[int]], skip: Sequence[int]) -> dict[str, int]:
     """The generated parts' token syntax errors by kind (remi.grammar.SYNTAX_KINDS: MidiTok's
     `tokens_errors` rules): what `grammar_error_rate` counts."""
@@ -180,8 +198,12 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
     if not pieces:
         raise SystemExit(f"evaluate: none of the {len(files)} real files is readable: {skipped[:3]}")
     seqs = [ids for _, ids in pieces]
-    notes = sum(tok.count_notes(s) for s in seqs)
-    bits = summed_nll_bits(gpt, seqs) if likelihood else M.NAN
+    piece_notes = [tok.count_notes(s) for s in seqs]
+    notes = sum(piece_notes)
+    # Seconds of each real file as written (its own tempo map), the same for every tokenizer.
+    piece_seconds = [file_seconds(f) for f, _ in pieces]
+    piece_bits = nll_bits_per_piece(gpt, seqs) if likelihood else np.full(len(seqs), M.NAN)
+    bits = float(piece_bits.sum())
     t_nll = time.time()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     say(f"[evaluate] bits/note {bits / notes:.4f} over {len(seqs)} pieces ({t_nll - t0:.0f} s)")
@@ -197,10 +219,11 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
     syntax = grammar_errors(tok, free, [1] * len(free))
     kinds = grammar_error_kinds(tok, free, [1] * len(free))
     total = generated_tokens(tok, free, [1] * len(free))
+    free_errors = row_errors(tok, free, [1] * len(free))
     t_free = time.time()
     say(f"[evaluate] {n} pieces from scratch ({t_free - t_nll:.0f} s)")
 
-    cont_rows, prompts, cont_gen, cont_real = [], [], [], []
+    cont_rows, prompts, cont_gen, cont_real, cont_errors = [], [], [], [], []
     if continuations:
         for i, (f, ids) in enumerate(pieces):
             if count_bars(tok, ids) < PROMPT_BARS + CONTINUATION_BARS:
@@ -217,6 +240,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
             cont_real.append(M.continuation_consistency(real16, PROMPT_BARS))
         skip = [len(p) for _, p in prompts]
         total += generated_tokens(tok, cont_rows, skip)
+        cont_errors = row_errors(tok, cont_rows, skip)
         for mine, more in ((syntax, grammar_errors(tok, cont_rows, skip)),
                            (kinds, grammar_error_kinds(tok, cont_rows, skip))):
             for name, count in more.items():
@@ -225,6 +249,7 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
     say(f"[evaluate] {len(cont_rows)} continuations ({t_cont - t_free:.0f} s)")
 
     overlap = M.overlap_areas(free_metrics, real_metrics)
+    kl = M.kl_divergences(free_metrics, real_metrics)
     free_summary, real_summary = M.summarize(free_metrics), M.summarize(real_metrics)
     continuation = {}
     for k in CONTINUATION_KEYS:
@@ -234,8 +259,9 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
     continuation["n"] = len(cont_gen)
     return {
         "bits_per_note": bits / notes,
+        "bits_per_second": bits / sum(piece_seconds),
         "metrics": {name: {"mean": free_summary.get(name, M.NAN), "real_mean": real_summary.get(name, M.NAN),
-                           "overlap": overlap[name]} for name in M.PIECE_METRICS},
+                           "overlap": overlap[name], "kl": kl[name]} for name in M.PIECE_METRICS},
         # MidiTok's token syntax errors (one per token, no cascade); the strict canonical grammar beside
         "grammar_error_rate": sum(syntax.values()) / total if total else 0.0,
         "canonical_error_rate": sum(kinds.values()) / total if total else 0.0,
@@ -251,6 +277,19 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                      "follow_key": follow_key},
         "seconds": {"bits_per_note": round(t_nll - t0, 1), "sampling": round(t_free - t_nll, 1),
                     "continuations": round(t_cont - t_free, 1), "total": round(t_cont - t0, 1)},
+        # Piece by piece, so a report can resample pieces (bootstrap intervals) and pool seeds.
+        "per_piece": {
+            "real": {"file": [f.name for f, _ in pieces], "bits": [float(b) for b in piece_bits],
+                     "notes": piece_notes, "seconds": piece_seconds,
+                     "metrics": {k: [m[k] for m in real_metrics] for k in M.PIECE_METRICS}},
+            "free": {"metrics": {k: [m[k] for m in free_metrics] for k in M.PIECE_METRICS},
+                     "errors": [e for e, _ in free_errors], "tokens": [t for _, t in free_errors],
+                     "empty": [len(sc) == 0 for sc in free_scores]},
+            "continuations": {"file": [f.name for f, _ in prompts],
+                              "errors": [e for e, _ in cont_errors], "tokens": [t for _, t in cont_errors],
+                              **{k: [c[k] for c in cont_gen] for k in CONTINUATION_KEYS},
+                              **{f"{k}_real": [c[k] for c in cont_real] for k in CONTINUATION_KEYS}},
+        },
         "_generated": {"free": free, "continuations": cont_rows, "prompts": prompts},
         "_real": seqs,  # the real pieces' ids, for the baselines
     }
@@ -420,6 +459,8 @@ def render_report(r: dict, argv: Sequence[str]) -> str:
 
 def render_text(r: dict) -> str:
     lines = [f"bits per note: {r['bits_per_note']:.4f}  ({r['pieces']['real']} real pieces, {r['pieces']['notes']:,} notes)"]
+    if "bits_per_second" in r:
+        lines.append(f"bits per second of music: {r['bits_per_second']:.2f}")
     if "baselines" in r:
         b = r["baselines"]
         lines.append(f"  unigram: {b['unigram_bits_per_note']:.4f}   step 0: {b['step0_bits_per_note']:.4f}")
@@ -431,9 +472,9 @@ def render_text(r: dict) -> str:
         lines.append(f"canonical-order error rate (strict grammar): {r['canonical_error_rate']:.4%}")
     if any((g.get("by_rule") or {}).values()):
         lines.append("  by rule: " + ", ".join(f"{k} {v}" for k, v in g["by_rule"].items() if v))
-    lines.append(f"{'metric':<24}{'sampled':>10}{'real':>10}{'overlap':>9}")
+    lines.append(f"{'metric':<24}{'sampled':>10}{'real':>10}{'overlap':>9}{'KL':>8}")
     for k, v in r["metrics"].items():
-        lines.append(f"{k:<24}{v['mean']:>10.3f}{v['real_mean']:>10.3f}{v['overlap']:>9.3f}")
+        lines.append(f"{k:<24}{v['mean']:>10.3f}{v['real_mean']:>10.3f}{v['overlap']:>9.3f}{v.get('kl', M.NAN):>8.3f}")
     lines.append("continuations (model | real):")
     c = r["continuation"]
     for k in CONTINUATION_KEYS:

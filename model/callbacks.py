@@ -5,6 +5,8 @@
 - `LastCheckpoint` is Lightning's ModelCheckpoint that also writes `last.ckpt` when training
   ends between two periodic saves, so a finished run's last.ckpt is its final state.
 - `Throughput` logs tokens/s and, where the accelerator's peak is known, model FLOPs utilisation.
+- `ProgressLog` prints one plain line every N steps (step / max, loss, tokens/s, time left) when
+  standard output is not a terminal, where Lightning's progress bar writes nothing readable.
 - `SampleCallback` generates a few pieces every N steps (and at the end) and hands the ids to a
   `render(samples, out_dir) -> dict` callable supplied by the caller (train.py, which knows MIDI);
   whatever files it reports are logged to wandb as media, its scalars to every logger.
@@ -82,6 +84,64 @@ class Throughput(L.Callback):
             metrics["perf/mfu"] = tps * flops_per_token(gpt.config) / (peak * trainer.world_size)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
         self._t0, self._tokens = now, 0
+
+
+def clock(seconds: float) -> str:
+    """12s, 4m05s, 1h02m: a duration as a person reads it."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class ProgressLog(L.Callback):
+    """`[train] step 250/2500  loss 3.214  12,104 tokens/s  left 25m10s` every `every` steps.
+
+    Printed by rank 0 when standard output is not a terminal (`make train-real > log`, a job
+    scheduler, experiments/ablate.py, which reads these lines), or always with `always=True`.
+    Tokens/s and time left are measured over this process's steps, so a resumed run's estimate
+    does not count the steps it did not run.
+    """
+
+    def __init__(self, every: int = 25, always: bool = False, stream: Any = None):
+        self.every, self.always, self.stream = max(1, int(every)), bool(always), stream
+        self._start: tuple[float, int] | None = None   # (time, global step) after the first step
+        self._tokens = 0
+        self._printed = -1               # with gradient accumulation a step ends several batches
+
+    def _out(self) -> Any:
+        import sys
+
+        return self.stream if self.stream is not None else sys.stdout
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        out = self._out()
+        if not self.always and getattr(out, "isatty", lambda: False)():
+            return
+        now, step = time.perf_counter(), trainer.global_step
+        if self._start is None:         # the first step includes start-up: measure after it
+            self._start = (now, step)
+            return
+        self._tokens += batch[0].numel() * trainer.world_size
+        if (step % self.every and step != trainer.max_steps) or step == self._printed:
+            return
+        self._printed = step
+        t0, step0 = self._start
+        elapsed, done = now - t0, step - step0
+        line = f"[train] step {step}/{trainer.max_steps}"
+        loss = _loss_of(outputs)
+        if loss is not None:
+            line += f"  loss {float(loss.detach()):.4f}"
+        if done > 0 and elapsed > 0:
+            line += f"  {self._tokens / elapsed:,.0f} tokens/s"
+            if trainer.max_steps and trainer.max_steps > 0:
+                line += f"  left {clock((trainer.max_steps - step) * elapsed / done)}"
+        print(line, file=out, flush=True)
 
 
 class SampleCallback(L.Callback):

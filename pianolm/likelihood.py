@@ -46,27 +46,34 @@ def midi_files(folder: str | Path) -> list[Path]:
 
 
 @torch.no_grad()
-def summed_nll_bits(gpt: GPT, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> float:
-    """Summed NLL in bits of every token after the first of each sequence, each sequence cut
-    into consecutive windows of the model's context (`model.data.ValWindows`, as validation)."""
+def nll_bits_per_piece(gpt: GPT, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
+    """Summed NLL in bits of every token after the first, per sequence (float64, one per
+    sequence), each sequence cut into consecutive windows of the model's context
+    (`model.data.ValWindows`, as validation)."""
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ds = ValWindows(tokens, offsets, gpt.config.block_size)
     device = next(gpt.parameters()).device
-    total = 0.0
+    out = np.zeros(len(sequences), dtype=np.float64)
     was_training = gpt.training
     gpt.eval()
     try:
         for lo in range(0, len(ds), batch_size):
-            rows = [ds[i] for i in range(lo, min(len(ds), lo + batch_size))]
+            hi = min(len(ds), lo + batch_size)
+            rows = [ds[i] for i in range(lo, hi)]
             x = torch.stack([r[0] for r in rows]).to(device)
             y = torch.stack([r[1] for r in rows]).to(device)
-            _, nll = gpt(x, y, reduction="sum")  # nats, over targets that are not -1
-            total += float(nll)
+            _, nll = gpt(x, y, reduction="none")  # (B, T) nats (or flat B*T), 0 where the target is -1
+            np.add.at(out, ds.rows[lo:hi, 0], nll.double().reshape(len(rows), -1).sum(dim=1).cpu().numpy())
     finally:
         gpt.train(was_training)
-    return total / math.log(2)
+    return out / math.log(2)
+
+
+def summed_nll_bits(gpt: GPT, sequences: Sequence[Sequence[int]], batch_size: int = 16) -> float:
+    """Summed NLL in bits of every token after the first of each sequence (`nll_bits_per_piece`)."""
+    return float(nll_bits_per_piece(gpt, sequences, batch_size).sum())
 
 
 def bits_per_note(gpt: GPT, tok: remi.Tokenizer, sequences: Sequence[Sequence[int]]) -> float:

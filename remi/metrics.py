@@ -326,20 +326,18 @@ def scott_bandwidth(values: np.ndarray) -> float:
     return float(values.std(ddof=1) * len(values) ** (-0.2)) if len(values) > 1 else 0.0
 
 
-def overlap_area(a: Sequence[float], b: Sequence[float], grid_points: int = 2048) -> float:
-    """Overlapping area of the smoothed distributions of two samples (Yang & Lerch 2020).
+def _densities(a: Sequence[float], b: Sequence[float], grid_points: int):
+    """(x, density of a, density of b) on one grid, or None if either sample has no finite value.
 
-    Each sample becomes a Gaussian KDE (Scott's bandwidth); the result is the integral of the
-    pointwise minimum of the two densities: 1 for identical distributions, 0 for disjoint ones.
-    NaN/inf values are dropped; NaN if either sample is then empty. A constant sample borrows
-    the other's bandwidth, and two constant samples use 5% of the span between them, so that
-    identical constants give 1 and distinct constants give ~0.
+    Each sample becomes a Gaussian KDE (Scott's bandwidth). A constant sample borrows the other's
+    bandwidth, and two constant samples use 5% of the span between them, so that identical
+    constants coincide and distinct constants barely touch.
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) == 0 or len(b) == 0:
-        return NAN
+        return None
     ha, hb = scott_bandwidth(a), scott_bandwidth(b)
     span = max(a.max(), b.max()) - min(a.min(), b.min())
     fallback = 0.05 * span if span > 0 else 1.0
@@ -348,8 +346,64 @@ def overlap_area(a: Sequence[float], b: Sequence[float], grid_points: int = 2048
     lo = min(a.min() - 5 * ha, b.min() - 5 * hb)
     hi = max(a.max() + 5 * ha, b.max() + 5 * hb)
     x = np.linspace(lo, hi, grid_points)
-    overlap = np.minimum(gaussian_kde(a, ha)(x), gaussian_kde(b, hb)(x))
-    return float(min(1.0, np.trapezoid(overlap, x) if hasattr(np, "trapezoid") else np.trapz(overlap, x)))
+    return x, gaussian_kde(a, ha)(x), gaussian_kde(b, hb)(x)
+
+
+def _integral(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.trapezoid(y, x) if hasattr(np, "trapezoid") else np.trapz(y, x))
+
+
+def overlap_area(a: Sequence[float], b: Sequence[float], grid_points: int = 2048) -> float:
+    """Overlapping area of the smoothed distributions of two samples (Yang & Lerch 2020).
+
+    The integral of the pointwise minimum of the two densities (`_densities`): 1 for identical
+    distributions, 0 for disjoint ones. NaN/inf values are dropped; NaN if either sample is then
+    empty.
+    """
+    d = _densities(a, b, grid_points)
+    if d is None:
+        return NAN
+    x, pa, pb = d
+    return min(1.0, _integral(np.minimum(pa, pb), x))
+
+
+# The generated density is floored at this share of its peak before the log, so a real value the
+# model never produces costs a large but finite divergence (MGEval's KDEs face the same zero).
+KL_FLOOR = 1e-6
+
+
+def kl_divergence(real: Sequence[float], generated: Sequence[float], grid_points: int = 2048) -> float:
+    """KL(real || generated) in nats between the same smoothed distributions `overlap_area` uses
+    (MGEval; Lehmkuhl et al. 2025 report it beside the overlap): 0 for identical distributions,
+    larger as the model puts less probability where real pieces lie. Both densities are
+    renormalised on the grid; NaN if either sample has no finite value."""
+    d = _densities(real, generated, grid_points)
+    return NAN if d is None else _kl(*d)
+
+
+def _kl(x: np.ndarray, p: np.ndarray, q: np.ndarray) -> float:
+    p = p / _integral(p, x)
+    q = np.maximum(q, KL_FLOOR * q.max()) if q.max() > 0 else np.full_like(q, KL_FLOOR)
+    q = q / _integral(q, x)
+    mask = p > 0
+    return max(0.0, _integral(np.where(mask, p * np.log(np.where(mask, p, 1.0) / q), 0.0), x))
+
+
+def overlap_and_kl(real: Sequence[float], generated: Sequence[float], grid_points: int = 2048) -> tuple[float, float]:
+    """(overlap_area, kl_divergence(real, generated)) from one pair of density estimates."""
+    d = _densities(real, generated, grid_points)
+    if d is None:
+        return NAN, NAN
+    x, p, q = d
+    return min(1.0, _integral(np.minimum(p, q), x)), _kl(x, p, q)
+
+
+def kl_divergences(
+    generated: Sequence[dict[str, float]], real: Sequence[dict[str, float]], names: Iterable[str] | None = None
+) -> dict[str, float]:
+    """kl_divergence(real, generated) of each metric's values (the argument order of overlap_areas)."""
+    names = list(names if names is not None else PIECE_METRICS)
+    return {n: kl_divergence([p.get(n, NAN) for p in real], [p.get(n, NAN) for p in generated]) for n in names}
 
 
 def overlap_areas(

@@ -293,3 +293,19 @@ def test_key_accuracy_counts_relative_keys_and_skips_unstated():
     assert (r["n"], r["agree"], r["skipped"]) == (3, 2, 1)
     assert r["accuracy"] == pytest.approx(2 / 3)
     assert r["misses"] == [("c-as-G", "G major", "C major")]
+
+
+def test_kl_divergence_is_zero_for_one_distribution_and_grows_with_the_distance():
+    rng = np.random.default_rng(0)
+    real = rng.normal(0, 1, 300)
+    kls = [M.kl_divergence(real, rng.normal(shift, 1, 300)) for shift in (0.0, 1.0, 2.0, 4.0)]
+    assert kls[0] < 0.1 and kls == sorted(kls) and kls[-1] > 3
+    assert M.kl_divergence(real, real) == pytest.approx(0.0, abs=1e-6)  # the floor's share only
+    # not symmetric: a narrow model misses most of a wide real distribution, not the reverse
+    wide, narrow = rng.normal(0, 3, 300), rng.normal(0, 0.3, 300)
+    assert M.kl_divergence(wide, narrow) > 2 * M.kl_divergence(narrow, wide)
+    # one density estimate serves both figures
+    assert M.overlap_and_kl(real, wide) == (M.overlap_area(real, wide), M.kl_divergence(real, wide))
+    # a value the model never produces costs a large but finite divergence; no data: NaN
+    assert 5 < M.kl_divergence(real, [40.0, 40.0]) < 100
+    assert np.isnan(M.kl_divergence([], real)) and np.isnan(M.kl_divergence(real, [np.nan]))

@@ -1,0 +1,415 @@
+"""The ablation report from experiments/evaluate.py's results (one RUN/eval/evaluation.json per run).
+
+Per round: every number as its mean over seeds, the spread over seeds (sample standard
+deviation) and a 95% bootstrap interval over pieces (`ci95`), then the original work's four
+findings judged by one rule (`judge`). Seed 0's pieces of every round are copied beside the
+report (MIDI, compressed audio, piano rolls), so a reader hears what the numbers say.
+
+The bootstrap: each resample draws the real pieces with replacement once (the same draw for
+every seed, since every run is scored on the same pieces) and, for each seed, that seed's
+pieces from scratch and continuations with replacement; every number is recomputed per seed
+as evaluate.py computes it (overlaps and KL divergences on a coarser grid of `BOOTSTRAP_GRID`
+points) and averaged over seeds, as the reported mean is. `ci95` is the 2.5th and 97.5th
+percentiles of `BOOTSTRAP_RESAMPLES` resamples.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from experiments.report import REPORT_JSON, REPORT_MD, _plain, aggregate, fmt, markdown_table, read_json
+from remi import metrics as M
+
+EVAL_DIR = "eval"  # evaluate.py --out of each run folder
+EVALUATION_JSON = "evaluation.json"
+MEDIA_DIR = "media"  # seed 0's pieces of each round, copied beside the report
+RUN_FIGURES = ("steps", "wall_time_s", "train_tokens", "non_embedding_params", "vocab_size", "val_bits_per_note",
+               "train_compute")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_GRID = 512
+SHOWN = 2  # pieces from scratch and continuations of each round copied beside the report
+
+# The original work's findings, each as comparisons of two rounds on one number of evaluate.py.
+# (name of the number, "lower"/"higher" = which way the finding says the first round should
+# differ from the second.)
+CLAIMS = (
+    ("Round 1 sounds like keys being slammed: big chords, rapid taps, erratic rhythm (round 1 vs round 2)",
+     "round1", "round2",
+     [("metrics.big_chord_share.mean", "higher"), ("metrics.notes_per_onset.mean", "higher"),
+      ("metrics.short_ioi_share.mean", "higher"), ("metrics.groove_consistency.overlap", "lower")]),
+    ("Round 1 has long pauses; trimming leading silence removes them (round 2 vs round 1)",
+     "round2", "round1",
+     [("metrics.longest_gap_bars.mean", "lower"), ("metrics.leading_silence_beats.mean", "lower"),
+      ("metrics.longest_gap_bars.overlap", "higher")]),
+    ("Dropping BPE helps (round 3 vs round 2)",
+     "round3", "round2",
+     [("bits_per_note", "lower"), ("bits_per_second", "lower"), ("mean_overlap", "higher"),
+      ("grammar_error_rate", "lower")]),
+    ("A model 1.5x larger helps (round 4 vs round 3)",
+     "round4", "round3",
+     [("bits_per_note", "lower"), ("bits_per_second", "lower"), ("mean_overlap", "higher"),
+      ("grammar_error_rate", "lower")]),
+)
+RULE = ("A comparison *holds* when the difference goes the claimed way by more than the two rounds' "
+        "seed spreads added and their 95% intervals do not overlap; it is *reversed* when the same is "
+        "true the other way; otherwise it *cannot be told* at this budget. A claim holds when every "
+        "one of its comparisons holds, is reversed when every one is reversed, holds *partly* when "
+        "some hold, and otherwise cannot be told.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+
+
+def key_metrics() -> tuple[str, ...]:
+    from experiments.evaluate import KEY_METRICS
+
+    return KEY_METRICS
+
+
+def evaluation_numbers(evaluation: dict) -> dict[str, float]:
+    """evaluate.py's JSON flattened to `name -> number` (metric means, overlaps and KL divergences
+    as `metrics.<name>.mean` / `.overlap` / `.kl`; `mean_overlap` over the 9 key metrics)."""
+    out = {"bits_per_note": evaluation.get("bits_per_note"), "bits_per_second": evaluation.get("bits_per_second"),
+           "grammar_error_rate": evaluation.get("grammar_error_rate"),
+           "empty_pieces": evaluation.get("empty_pieces")}
+    for name, m in (evaluation.get("metrics") or {}).items():
+        for field in ("mean", "real_mean", "overlap", "kl"):
+            if field in m:
+                out[f"metrics.{name}.{field}"] = m[field]
+    out["mean_overlap"] = _mean_finite(out.get(f"metrics.{k}.overlap") for k in key_metrics())
+    if any(f"metrics.{k}.kl" in out for k in key_metrics()):
+        out["mean_kl"] = _mean_finite(out.get(f"metrics.{k}.kl") for k in key_metrics())
+    for name, v in (evaluation.get("continuation") or {}).items():
+        out[f"continuation.{name}"] = v
+    for name, v in (evaluation.get("baselines") or {}).items():
+        out[f"baselines.{name}"] = v
+    return out
+
+
+def _mean_finite(values) -> float:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else M.NAN
+
+
+def train_compute(metrics: dict) -> float | None:
+    """Training FLOPs as 6 x non-embedding parameters x tokens seen (the usual estimate)."""
+    try:
+        return 6.0 * metrics["non_embedding_params"] * metrics["steps"] * metrics["tokens_per_step"]
+    except (KeyError, TypeError):
+        return None
+
+
+def load_evaluated_run(run_dir: str | Path) -> dict:
+    """A run folder's training figures (metrics.json) and evaluation (eval/evaluation.json)."""
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    evaluation = read_json(run_dir / EVAL_DIR / EVALUATION_JSON)
+    if metrics is None or evaluation is None:
+        missing = "metrics.json" if metrics is None else f"{EVAL_DIR}/{EVALUATION_JSON}"
+        raise FileNotFoundError(f"{run_dir}: {missing} is missing (train it / run experiments/evaluate.py "
+                                f"CKPT --real FOLDER --out {run_dir / EVAL_DIR})")
+    run = {k: metrics.get(k) for k in RUN_FIGURES}
+    run["train_compute"] = train_compute(metrics)
+    return {"label": str(metrics.get("round") or run_dir.name), "seed": metrics.get("seed"), "dir": str(run_dir),
+            "run": run, "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
+            "media": evaluation.get("media") or {}, "settings": evaluation.get("settings") or {},
+            "real_folder": evaluation.get("real_folder"), "per_piece": evaluation.get("per_piece")}
+
+
+def _arr(values) -> np.ndarray:
+    return np.asarray([M.NAN if v is None else v for v in values], dtype=float)
+
+
+def _numbers_of(pp: dict, r: np.ndarray, f: np.ndarray, c: np.ndarray, grid: int) -> dict[str, float]:
+    """One seed's numbers from its per-piece figures (evaluate.py's `per_piece`), with the real
+    pieces `r`, pieces from scratch `f` and continuations `c` (index arrays, drawn with replacement)."""
+    real, free, cont = pp["real"], pp["free"], pp["continuations"]
+    bits = _arr(real["bits"])[r]
+    out = {"bits_per_note": bits.sum() / _arr(real["notes"])[r].sum(),
+           "bits_per_second": bits.sum() / _arr(real["seconds"])[r].sum()}
+    for k in M.PIECE_METRICS:
+        gen, ref = _arr(free["metrics"][k])[f], _arr(real["metrics"][k])[r]
+        out[f"metrics.{k}.mean"] = M.nanmean(gen)
+        out[f"metrics.{k}.real_mean"] = M.nanmean(ref)
+        out[f"metrics.{k}.overlap"], out[f"metrics.{k}.kl"] = M.overlap_and_kl(ref, gen, grid)
+    out["mean_overlap"] = _mean_finite(out[f"metrics.{k}.overlap"] for k in key_metrics())
+    out["mean_kl"] = _mean_finite(out[f"metrics.{k}.kl"] for k in key_metrics())
+    errors = _arr(free["errors"])[f].sum() + _arr(cont["errors"])[c].sum()
+    tokens = _arr(free["tokens"])[f].sum() + _arr(cont["tokens"])[c].sum()
+    out["grammar_error_rate"] = errors / tokens if tokens else M.NAN
+    out["empty_pieces"] = float(_arr(free["empty"])[f].sum())
+    for k, v in cont.items():
+        if k not in ("file", "errors", "tokens"):
+            out[f"continuation.{k}"] = M.nanmean(_arr(v)[c])
+    return out
+
+
+def bootstrap_intervals(per_pieces: Sequence[dict], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                        grid: int = BOOTSTRAP_GRID) -> dict[str, list[float]]:
+    """name -> [2.5th, 97.5th percentile] of the seed-averaged number over `resamples` resamples of
+    pieces (see the module's docstring). Every seed's evaluation must cover the same real pieces."""
+    if not per_pieces:
+        return {}
+    files = [tuple(pp["real"]["file"]) for pp in per_pieces]
+    if len(set(files)) != 1:
+        raise ValueError("bootstrap_intervals: the seeds' evaluations cover different real pieces; "
+                         "evaluate every run on the same folder (ablate.py's `real=`)")
+    rng = np.random.default_rng(seed)
+    n_real = len(files[0])
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        r = rng.integers(0, n_real, n_real)
+        per_seed = []
+        for pp in per_pieces:
+            n_free, n_cont = len(pp["free"]["errors"]), len(pp["continuations"]["errors"])
+            per_seed.append(_numbers_of(pp, r, rng.integers(0, n_free, n_free), rng.integers(0, n_cont, n_cont), grid))
+        for k in per_seed[0]:
+            draws.setdefault(k, []).append(_mean_finite(s[k] for s in per_seed))
+    out = {}
+    for k, v in draws.items():
+        v = np.asarray(v, dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[k] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return out
+
+
+def add_intervals(rounds: dict[str, dict], runs: Sequence[dict], **kw) -> None:
+    """`ci95` beside `mean` in every round's numbers, from its runs' per-piece figures (a round
+    whose evaluations predate `per_piece` gets none)."""
+    for label, agg in rounds.items():
+        pps = [r["per_piece"] for r in runs if r["label"] == label]
+        if not pps or any(pp is None for pp in pps):
+            continue
+        for name, ci in bootstrap_intervals(pps, **kw).items():
+            if name in agg["numbers"]:
+                agg["numbers"][name]["ci95"] = ci
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts
+
+
+def judge(a: dict | None, b: dict | None, direction: str) -> tuple[str, float | None]:
+    """Whether `a` differs from `b` in `direction` (RULE): by more than their seed spreads added,
+    with disjoint 95% intervals where both have one. Returns (verdict, a - b): "holds",
+    "reversed", "cannot tell" or "not measured"."""
+    if not a or not b or a.get("mean") is None or b.get("mean") is None:
+        return "not measured", None
+    diff = a["mean"] - b["mean"]
+    margin = (a.get("spread") or 0.0) + (b.get("spread") or 0.0)
+    ca, cb = a.get("ci95"), b.get("ci95")
+    overlapping = bool(ca and cb and ca[0] <= cb[1] and cb[0] <= ca[1])
+    if diff == 0 or abs(diff) <= margin or overlapping:
+        return "cannot tell", diff
+    wanted = diff > 0 if direction == "higher" else diff < 0
+    return ("holds" if wanted else "reversed"), diff
+
+
+def judge_claims(rounds: dict[str, dict]) -> list[dict]:
+    out = []
+    for text, first, second, tests in CLAIMS:
+        if first not in rounds or second not in rounds:
+            continue
+        rows = []
+        for name, direction in tests:
+            a, b = rounds[first]["numbers"].get(name), rounds[second]["numbers"].get(name)
+            verdict, diff = judge(a, b, direction)
+            rows.append({"number": name, "expect": direction, "first": a, "second": b, "diff": diff,
+                         "verdict": verdict})
+        verdicts = {r["verdict"] for r in rows}
+        overall = ("holds" if verdicts == {"holds"} else "reversed" if verdicts == {"reversed"}
+                   else "partly" if "holds" in verdicts else "cannot tell")
+        out.append({"claim": text, "first": first, "second": second, "tests": rows, "overall": overall})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Media: seed 0's pieces of each round, beside the report
+
+
+def copy_media(runs: Sequence[dict], out_dir: Path, shown: int = SHOWN) -> dict[str, dict]:
+    """For each round's lowest seed: `shown` pieces from scratch and continuations (with the real
+    continuations of the same prompts) as MIDI and OGG, and piano rolls of exactly those, into
+    OUT/media/<round>/. Returns round -> {"files": [...], "png": [...], "prompts": [...]} (paths
+    relative to `out_dir`)."""
+    from remi import read_midi
+    from remi.pianoroll import save_comparison
+
+    first: dict[str, dict] = {}
+    for r in sorted(runs, key=lambda r: (r["label"], r["seed"] if r["seed"] is not None else 0)):
+        first.setdefault(r["label"], r)
+    out: dict[str, dict] = {}
+    for label, r in first.items():
+        src, dst = Path(r["dir"]) / EVAL_DIR, out_dir / MEDIA_DIR / label
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
+        stems = [f"samples/sample_{i:02d}" for i in range(shown)]
+        stems += [f"continuations/{kind}_{i:02d}" for i in range(shown) for kind in ("continuation", "real")]
+        files = []
+        for stem in stems:
+            for suffix in (".mid", ".ogg"):
+                if (src / stem).with_suffix(suffix).is_file():
+                    target = dst / Path(stem).with_suffix(suffix).name
+                    shutil.copyfile((src / stem).with_suffix(suffix), target)
+                    files.append(target)
+        png = []
+        samples = [dst / f"sample_{i:02d}.mid" for i in range(shown) if (dst / f"sample_{i:02d}.mid").is_file()]
+        if samples:
+            png.append(save_comparison([read_midi(p) for p in samples], [f"{label}: {p.stem}" for p in samples],
+                                       dst / "pianoroll_samples.png"))
+        pairs = [(dst / f"continuation_{i:02d}.mid", dst / f"real_{i:02d}.mid") for i in range(shown)]
+        pairs = [(g, t) for g, t in pairs if g.is_file() and t.is_file()]
+        if pairs:
+            scores, labels, ends = [], [], []
+            for g, t in pairs:
+                real = read_midi(t)
+                end = M.split_at_bar(real, 4)[2]  # the 4-bar prompt, shaded
+                scores += [read_midi(g), real]
+                labels += [f"{label}: {g.stem}", "real continuation"]
+                ends += [end, end]
+            png.append(save_comparison(scores, labels, dst / "pianoroll_continuations.png", prompt_end_ticks=ends))
+        if not files:
+            shutil.rmtree(dst)
+            continue
+        prompts = ((r.get("per_piece") or {}).get("continuations") or {}).get("file", [])[:shown]
+        out[label] = {"files": [str(p.relative_to(out_dir)) for p in files],
+                      "png": [str(Path(p).relative_to(out_dir)) for p in png], "prompts": list(prompts)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, command: str | None = None,
+                          settings: dict | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                          media: bool = True) -> dict:
+    """report.md and report.json from each run's metrics.json and evaluate.py result: per round
+    the mean, seed spread and `ci95` of every number, and the original findings judged claim by claim."""
+    out_dir = Path(out_dir)
+    runs = [load_evaluated_run(d) for d in run_dirs]
+    if not runs:
+        raise ValueError("no run folders given")
+    rounds = aggregate(runs, sections=("run", "numbers"))
+    add_intervals(rounds, runs, resamples=resamples)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = copy_media(runs, out_dir) if media else {}
+    result = {"command": command, "settings": settings or {}, "rule": RULE,
+              "bootstrap": {"resamples": resamples, "grid_points": BOOTSTRAP_GRID},
+              "rounds": rounds, "claims": judge_claims(rounds), "media": shown,
+              "runs": [{k: v for k, v in r.items() if k != "per_piece"} for r in runs],
+              "real_folder": runs[0]["real_folder"]}
+    (out_dir / REPORT_JSON).write_text(json.dumps(_plain(result), indent=1) + "\n")
+    (out_dir / REPORT_MD).write_text(render_ablation_markdown(result, out_dir))
+    return result
+
+
+def fmt_cell(cell: dict | None, n_seeds: int, digits: int = 3, fixed: bool = False) -> str:
+    """mean ± seed spread [95% interval]."""
+    if not cell or cell.get("mean") is None:
+        return "–"
+    text = fmt(cell["mean"], digits, fixed)
+    if n_seeds > 1:
+        text += f" ± {fmt(cell['spread'], 2, fixed)}"
+    if cell.get("ci95"):
+        lo, hi = cell["ci95"]
+        text += f" [{fmt(lo, digits, fixed)}, {fmt(hi, digits, fixed)}]"
+    return text
+
+
+def _relative(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(path, out_dir)).as_posix()
+
+
+def render_ablation_markdown(result: dict, out_dir: Path) -> str:
+    rounds, s = result["rounds"], result["settings"]
+
+    def cell(label: str, name: str, digits: int = 3, fixed: bool = False, section: str = "numbers") -> str:
+        return fmt_cell(rounds[label][section].get(name), rounds[label]["n_seeds"], digits, fixed)
+
+    lines = ["# Ablation report: the four rounds", ""]
+    if result.get("command"):
+        lines += ["Produced by:", "", "```", result["command"], "```", ""]
+    b = result.get("bootstrap") or {}
+    lines += [f"Every run is evaluated by `experiments/evaluate.py` on the same real pieces "
+              f"(`{result.get('real_folder')}`): bits per note and per second of those pieces, "
+              f"{s.get('eval_n', '?')} pieces sampled from scratch and a continuation of each piece's first 4 bars "
+              f"by 12 (temperature {s.get('temperature', '?')}, prompt kept in the window: "
+              f"{s.get('keep_prompt', '?')}), with the grammar constraint off. Cells: mean ± standard deviation "
+              f"over seeds [95% bootstrap interval over pieces, {b.get('resamples', '?')} resamples, seeds pooled].",
+              "", "## Training", ""]
+    header = ["round", "seeds", "steps", "wall s", "train tokens", "non-emb params", "vocab", "val bits/note",
+              "compute (6ND)"]
+    rows = [[label, ",".join(map(str, agg["seeds"]))] +
+            [fmt_cell(agg["run"].get(k), agg["n_seeds"], 4) for k in RUN_FIGURES] for label, agg in rounds.items()]
+    lines += [markdown_table(header, rows), ""]
+    fingerprints = sorted({r.get("code_fingerprint") or "not recorded" for r in result["runs"]})
+    lines += [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", "", "## Test pieces", ""]
+    header = ["round", "bits/note", "bits/second", "grammar errors", "empty", "mean OA (9 metrics)", "mean KL (9 metrics)"]
+    rows = [[label, cell(label, "bits_per_note", 4), cell(label, "bits_per_second", 4),
+             cell(label, "grammar_error_rate", 2), cell(label, "empty_pieces"),
+             cell(label, "mean_overlap", 2, True), cell(label, "mean_kl", 2, True)] for label in rounds]
+    lines += [markdown_table(header, rows), "", "Each metric: mean of the pieces from scratch; OA (overlapping "
+              "area with the real pieces' distribution, 1 = the same) and KL (divergence of the real from the "
+              "generated distribution, 0 = the same, from the same density estimates):", ""]
+    first = next(iter(rounds))
+    for k in list(key_metrics()) + ["big_chord_share", "short_ioi_share", "leading_silence_beats", "velocity_spread"]:
+        header = [f"{M.PIECE_METRICS[k][1]}", "mean", "OA", "KL"]
+        rows = [[label, cell(label, f"metrics.{k}.mean"), cell(label, f"metrics.{k}.overlap", 2, True),
+                 cell(label, f"metrics.{k}.kl", 2, True)] for label in rounds]
+        rows.append(["real pieces", cell(first, f"metrics.{k}.real_mean"), "", ""])
+        lines += [markdown_table(header, rows), ""]
+    lines += ["## Continuations (4 bars of a real piece, continued by 12)", ""]
+    ckeys = ("key_agree", "tempo_ratio", "density_ratio", "pitch_range_overlap")
+    rows = [[label] + [cell(label, f"continuation.{k}") for k in ckeys] for label in rounds]
+    rows.append(["real continuations"] + [cell(first, f"continuation.{k}_real") for k in ckeys])
+    lines += [markdown_table(["round"] + list(ckeys), rows), "", "## The original findings, claim by claim", "",
+              result.get("rule", RULE), ""]
+    for c in result["claims"]:
+        lines += [f"**{c['claim']}: {c['overall']}.**", ""]
+        header = ["number", "claim", c["first"], c["second"], "difference", "verdict"]
+        rows = [[t["number"], t["expect"], fmt_cell(t["first"], rounds[c["first"]]["n_seeds"]),
+                 fmt_cell(t["second"], rounds[c["second"]]["n_seeds"]), fmt(t["diff"]), t["verdict"]]
+                for t in c["tests"]]
+        lines += [markdown_table(header, rows), ""]
+    lines += render_media(result, out_dir)
+    lines += ["All numbers, per run: `report.json`; each run's own evaluation: `RUN/eval/report.md`.", ""]
+    return "\n".join(lines)
+
+
+def render_media(result: dict, out_dir: Path) -> list[str]:
+    media = result.get("media") or {}
+    if not media:  # no copies: link each round's first run's own files
+        lines = ["## Look and listen (first seed of each round)", ""]
+        shown = set()
+        for r in result["runs"]:
+            if r["label"] in shown:
+                continue
+            shown.add(r["label"])
+            base = Path(r["dir"]) / EVAL_DIR
+            rel = Path(os.path.relpath(base, out_dir))
+            lines += [f"![{r['label']}: {png}]({(rel / png).as_posix()})" for png in r["media"].get("png", [])]
+            lines.append("")
+        return lines
+    prompts = {tuple(m["prompts"]) for m in media.values()}
+    lines = ["## Look and listen (seed 0 of each round)", "",
+             f"{SHOWN} pieces from scratch and {SHOWN} continuations per round; "
+             + ("every round continues the same prompts: " + ", ".join(f"`{p}`" for p in next(iter(prompts)))
+                if len(prompts) == 1 else "the rounds continue different prompts (their tokenizers count bars differently)")
+             + ". Beside each continuation, the real one.", ""]
+    for label, m in media.items():
+        lines += [f"### {label}", ""]
+        lines += [f"![{label}: {Path(p).stem}]({p})" for p in m["png"]]
+        oggs = [p for p in m["files"] if p.endswith(".ogg")]
+        if oggs:
+            lines += ["", "Audio: " + ", ".join(f"[{Path(p).stem}]({p})" for p in oggs)]
+        lines.append("")
+    return lines

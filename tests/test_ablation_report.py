@@ -1,0 +1,224 @@
+"""The ablation report's uncertainty (bootstrap intervals over pieces, the verdict rule), its
+media beside the report, the progress lines of train.py and ablate.py, and a study that is
+killed part-way and resumed."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import remi
+from experiments import ablate
+from experiments import ablation_report as A
+from model.callbacks import ProgressLog
+from remi import metrics as M
+from remi.midi_io import score_to_midifile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_per_piece(rng: np.random.Generator, n_real: int = 48, n_free: int = 48, shift: float = 0.0,
+                   bits_scale: float = 1.0) -> dict:
+    """evaluate.py's `per_piece` for synthetic pieces: every metric drawn from N(shift, 1)."""
+    notes = rng.integers(200, 400, n_real)
+    return {
+        "real": {"file": [f"piece_{i:02d}.mid" for i in range(n_real)],
+                 "bits": list(notes * bits_scale * rng.uniform(8, 12, n_real)), "notes": list(notes),
+                 "seconds": list(rng.uniform(60, 120, n_real)),
+                 "metrics": {k: list(rng.normal(0, 1, n_real)) for k in M.PIECE_METRICS}},
+        "free": {"metrics": {k: list(rng.normal(shift, 1, n_free)) for k in M.PIECE_METRICS},
+                 "errors": list(rng.integers(0, 5, n_free)), "tokens": [500] * n_free, "empty": [False] * n_free},
+        "continuations": {"file": [f"piece_{i:02d}.mid" for i in range(n_real)],
+                          "errors": list(rng.integers(0, 5, n_real)), "tokens": [300] * n_real,
+                          "key_agree": list(rng.integers(0, 2, n_real).astype(float)),
+                          "key_agree_real": list(rng.integers(0, 2, n_real).astype(float))},
+    }
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_pieces():
+    rng = np.random.default_rng(0)
+    small = [fake_per_piece(rng, 24, 24), fake_per_piece(rng, 24, 24)]
+    small[1]["real"]["file"] = small[0]["real"]["file"]
+    ci = A.bootstrap_intervals(small, resamples=200)
+    # the point estimate (per seed, then averaged) lies inside its interval
+    bpn = np.mean([np.sum(pp["real"]["bits"]) / np.sum(pp["real"]["notes"]) for pp in small])
+    assert ci["bits_per_note"][0] < bpn < ci["bits_per_note"][1]
+    oa = np.mean([M.overlap_area(pp["free"]["metrics"]["polyphony"], pp["real"]["metrics"]["polyphony"])
+                  for pp in small])
+    lo, hi = ci["metrics.polyphony.overlap"]
+    assert lo < oa < hi and 0 <= lo < hi <= 1
+    for name in ("bits_per_second", "grammar_error_rate", "mean_overlap", "mean_kl", "metrics.polyphony.kl",
+                 "continuation.key_agree", "continuation.key_agree_real"):
+        assert ci[name][0] <= ci[name][1], name
+    # four times the pieces: a narrower interval
+    big = [fake_per_piece(rng, 96, 96), fake_per_piece(rng, 96, 96)]
+    big[1]["real"]["file"] = big[0]["real"]["file"]
+    wide = A.bootstrap_intervals(big, resamples=200)
+    assert np.diff(wide["bits_per_note"])[0] < np.diff(ci["bits_per_note"])[0]
+    assert np.diff(wide["metrics.polyphony.mean"])[0] < np.diff(ci["metrics.polyphony.mean"])[0]
+    # the same seed of the bootstrap gives the same intervals
+    assert A.bootstrap_intervals(small, resamples=200) == ci
+
+
+def test_bootstrap_refuses_seeds_scored_on_different_pieces():
+    rng = np.random.default_rng(1)
+    a, b = fake_per_piece(rng, 10, 10), fake_per_piece(rng, 10, 10)
+    b["real"]["file"] = [f"other_{i}.mid" for i in range(10)]
+    with pytest.raises(ValueError, match="different real pieces"):
+        A.bootstrap_intervals([a, b], resamples=5)
+
+
+def test_a_claim_holds_only_beyond_both_the_seed_spreads_and_the_intervals():
+    a = {"mean": 7.0, "spread": 0.1, "ci95": [6.8, 7.2]}
+    b = {"mean": 8.0, "spread": 0.1, "ci95": [7.8, 8.2]}
+    assert A.judge(a, b, "lower") == ("holds", pytest.approx(-1.0))
+    assert A.judge(a, b, "higher")[0] == "reversed"
+    # beyond the spreads, but the intervals overlap: cannot tell
+    assert A.judge(a, dict(b, ci95=[7.1, 8.9]), "lower")[0] == "cannot tell"
+    # disjoint intervals, but within the seed spreads: cannot tell
+    assert A.judge(dict(a, spread=0.6), dict(b, spread=0.6), "lower")[0] == "cannot tell"
+    assert A.judge(None, b, "lower")[0] == "not measured"
+
+
+def _write_midi(path: Path, pitch: int, bars: int = 8) -> None:
+    rows = [(i * 480, 480, pitch + (i % 5), 80) for i in range(bars * 4)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    score_to_midifile(remi.Score.from_notes(rows)).save(str(path))
+
+
+def _fake_run(root: Path, r: int, seed: int, per_piece: dict, bits: float) -> Path:
+    d = root / "runs" / f"round{r}-seed{seed}"
+    ev = d / A.EVAL_DIR
+    for i in range(2):
+        _write_midi(ev / "samples" / f"sample_{i:02d}.mid", 60 + r)
+        _write_midi(ev / "continuations" / f"continuation_{i:02d}.mid", 62 + r, bars=16)
+        _write_midi(ev / "continuations" / f"real_{i:02d}.mid", 64, bars=16)
+    (d / "metrics.json").write_text(json.dumps({"round": f"round{r}", "seed": seed, "steps": 100,
+                                                "tokens_per_step": 8192, "non_embedding_params": 1000 * r,
+                                                "code_fingerprint": "abc"}))
+    metrics = {k: {"mean": 0.0, "real_mean": 0.0, "overlap": 0.8, "kl": 0.1} for k in M.PIECE_METRICS}
+    (ev / A.EVALUATION_JSON).write_text(json.dumps({
+        "bits_per_note": bits, "bits_per_second": bits * 3, "metrics": metrics, "grammar_error_rate": 0.01,
+        "empty_pieces": 0, "continuation": {"key_agree": 0.5, "key_agree_real": 0.6}, "real_folder": "REAL",
+        "per_piece": per_piece}, default=lambda o: o.item()))
+    return d
+
+
+def test_report_gives_every_number_an_interval_and_copies_seed_zeros_pieces(tmp_path):
+    rng = np.random.default_rng(2)
+    dirs = []
+    files = None
+    for r, scale in ((3, 1.0), (4, 0.8)):   # round 4's pieces cost 20% fewer bits
+        for seed in (0, 1):
+            pp = fake_per_piece(rng, 32, 32, bits_scale=scale)
+            files = files or pp["real"]["file"]
+            pp["real"]["file"] = files
+            bpn = float(np.sum(pp["real"]["bits"]) / np.sum(pp["real"]["notes"]))
+            dirs.append(_fake_run(tmp_path, r, seed, pp, bpn))
+    out = tmp_path / "report"
+    result = A.build_ablation_report(dirs, out, command="python experiments/ablate.py ...", resamples=100)
+    data = json.loads((out / "report.json").read_text())
+    cell = data["rounds"]["round3"]["numbers"]["bits_per_note"]
+    assert set(cell) >= {"mean", "spread", "ci95"} and cell["ci95"][0] < cell["mean"] < cell["ci95"][1]
+    assert "ci95" in data["rounds"]["round4"]["numbers"]["metrics.polyphony.kl"]
+    claim = next(c for c in result["claims"] if c["first"] == "round4")
+    verdicts = {t["number"]: t["verdict"] for t in claim["tests"]}
+    assert verdicts["bits_per_note"] == "holds"   # 20% fewer bits, far beyond the intervals
+    # round 4's compute is its parameters' share of round 3's: 6 N D
+    assert data["rounds"]["round4"]["run"]["train_compute"]["mean"] == pytest.approx(6 * 4000 * 100 * 8192)
+    # seed 0's pieces of each round, copied, with piano rolls of exactly those
+    for label in ("round3", "round4"):
+        m = data["media"][label]
+        assert sorted(Path(p).name for p in m["files"]) == [
+            "continuation_00.mid", "continuation_01.mid", "real_00.mid", "real_01.mid",
+            "sample_00.mid", "sample_01.mid"]
+        assert all((out / p).is_file() for p in m["files"] + m["png"]) and len(m["png"]) == 2
+        assert "seed0" in "".join(r["dir"] for r in data["runs"] if r["label"] == label)
+    copied = remi.read_midi(out / "media" / "round4" / "sample_00.mid")
+    assert int(copied.notes[:, remi.score.PITCH].min()) == 64   # round 4's own sample (pitch 60 + 4)
+    md = (out / "report.md").read_text()
+    assert "media/round3/pianoroll_continuations.png" in md and "same prompts" in md
+    assert "95% intervals do not overlap" in md and "per_piece" not in json.dumps(data["runs"])
+
+
+def test_progress_log_prints_plain_lines_with_time_left_when_not_a_terminal():
+    stream = io.StringIO()
+    cb = ProgressLog(every=5, stream=stream)
+    trainer = SimpleNamespace(is_global_zero=True, global_step=0, max_steps=20, world_size=1)
+    batch = (torch.zeros(4, 8, dtype=torch.long),)
+    for step in range(1, 21):
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.5)}, batch, step)
+    lines = stream.getvalue().splitlines()
+    assert [ln.split()[2] for ln in lines] == ["5/20", "10/20", "15/20", "20/20"]
+    assert all("loss 2.5000" in ln and "tokens/s" in ln and "left" in ln for ln in lines)
+    assert lines[-1].endswith("left 0s")
+    assert ablate.PROGRESS.search(lines[0]).groups() == ("5", "20")
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    quiet = ProgressLog(every=5, stream=tty)
+    for step in range(1, 11):
+        trainer.global_step = step
+        quiet.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, batch, step)
+    assert tty.getvalue() == ""   # a terminal has Lightning's progress bar
+
+
+def test_ablate_progress_estimates_the_whole_study(tmp_path, capsys):
+    cfg = ablate.parse_args(["rounds=[3,4]", "seeds=[0]", f"out={tmp_path}", "steps=100"])
+    cmds = ablate.train_commands(cfg)
+    p = ablate.Progress(cfg, cmds, every_s=0.0)
+    p.start(cmds[0])
+    p.line("[train] step 10/100  loss 3.0")
+    p._t0 -= 10.0        # 10 s per 10 steps: one second a step
+    p.line("[train] step 20/100  loss 2.9")
+    err = capsys.readouterr().err
+    assert "round3-seed0: step 20/100" in err
+    # 80 steps of round 3 at 1 s, then round 4's 67 steps at 1.5 s each
+    assert p.study_left() == pytest.approx(80 + 67 * 1.5, rel=0.01)
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_from_its_checkpoint_and_ends_with_the_same_weights(tmp_path):
+    """A run killed part-way (by a callback that exits the process without clean-up) resumes from
+    its last.ckpt on the same command, not from step 0, and ends where a straight run ends."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    common = ["scale=tiny", "data=bundled", "rounds=[3]", "seeds=[0]", "steps=12", "scale.ckpt_every=4",
+              "eval_n=1", "eval_pieces=2", "eval_bars=2", "eval_max_new_tokens=64", "data.limit=40",
+              "logger=none", "callbacks.samples=null", "torch_threads=1",
+              f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}"]
+
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), f"out={out}", *common, *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+
+    straight = run(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run(tmp_path / "killed", "+callbacks.crash._target_=tests.stubs.CrashAt", "+callbacks.crash.at_step=6")
+    assert killed.returncode != 0 and "training round3-seed0 failed" in killed.stderr
+    run_dir = tmp_path / "killed" / "runs" / "round3-seed0"
+    assert not (run_dir / "metrics.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = run(tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming round3-seed0" in resumed.stderr and "(step 4)" in resumed.stderr
+    log = (tmp_path / "killed" / "runs" / "round3-seed0.train.log").read_text()
+    assert "ckpt_path=" in log and "[train] step 12/12" in log   # both legs' lines kept in one log
+    a = torch.load(tmp_path / "straight" / "runs" / "round3-seed0" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["WindowDataModule"] == b["WindowDataModule"]
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "killed" / "report.json").read_text())["rounds"]["round3"]["n_seeds"] == 1
