@@ -45,14 +45,7 @@ def check_config(cfg) -> None:
     if int(cfg.max_new_tokens) < 1:
         raise InputError(f"max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
     for t in list(cfg.temperatures or []) + [cfg.temperature]:
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
-            raise InputError(f"temperature={t!r}: must be a finite number >= 0 (0 is greedy)")
-    top_k, top_p = cfg.get("top_k"), cfg.get("top_p")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise InputError(f"top_k={top_k!r}: must be an integer >= 1 (the k most likely tokens are kept), or null for all")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise InputError(f"top_p={top_p!r}: must be a number in (0, 1] (the nucleus' probability mass), or null for all")
-    Sampling.from_cfg(cfg).check()  # min_p, repetition_penalty and the rest, by the API's rules
+        Sampling.from_cfg(cfg, t).check()  # every sampling knob, by the API's rules (model.generate.Sampler)
     fixed = [k for k in ("tempo", "meter", "key") if cfg.get(k) is not None]
     if fixed and cfg.prompt is not None:
         raise InputError(f"{', '.join(fixed)} fix a piece generated from scratch; a continuation keeps its "
@@ -103,15 +96,13 @@ def sample(cfg: DictConfig) -> list[dict]:
         generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
         folder = out_dir / f"temperature_{temperature:g}" if sweep else out_dir
         for prompt in prompts:
-            for start in range(0, n, bs):
-                k = min(bs, n - start)
-                told = prompt.ids if control is None else control.tell(tok, prompt.ids)
-                batch = lm.sample_ids(told, k, Sampling.from_cfg(cfg, temperature), generator=generator,
-                                      continue_bars=prompt.path is not None, control=control, batch_size=k)
-                for j, (ids, stop) in enumerate(batch):
-                    records.append(write_piece(tok, ids, stop, folder / f"{prompt.name}_{start + j:03d}",
-                                               prompt, cfg, temperature, start + j, media, train_step, control))
-                    progress.update(1)
+            told = prompt.ids if control is None else control.tell(tok, prompt.ids)
+            rows = lm.sample_ids(told, n, Sampling.from_cfg(cfg, temperature), generator=generator,
+                                 continue_bars=prompt.path is not None, control=control, batch_size=bs)
+            for j, (ids, stop) in enumerate(rows):
+                records.append(write_piece(tok, ids, stop, folder / f"{prompt.name}_{j:03d}",
+                                           prompt, cfg, temperature, j, media, train_step, control))
+                progress.update(1)
     progress.close()
 
     if sweep:

@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from model.generate import Sampler, cut_at_eos, only_eos_after  # noqa: E402
+from model.generate import generate as generate_ids  # noqa: E402
 from model.gpt import GPT  # noqa: E402
 from pianolm.likelihood import nll_bits_per_piece, read_pieces, summed_nll_bits  # noqa: E402  (shared with pianolm.api)
 from remi import metrics as M  # noqa: E402
@@ -83,20 +85,10 @@ def unigram_bits(train_tokens: np.ndarray, vocab_size: int, sequences: Sequence[
 # ------------------------------------------------------------------------------ generation
 
 def stop_after_bars(tok, total_bars: int):
-    """An `allowed` function for GPT.generate that permits everything until a row has started
+    """An `allowed` mask for generation that permits everything until a row has started
     `total_bars + 1` bars, then only EOS: generation stops once the wanted bars are complete.
     With BPE a bar starts at every merged token that begins with Bar (`remi.render.bar_ids`)."""
-    starts, eos = torch.tensor(sorted(bar_ids(tok)), dtype=torch.long), int(tok.eos_id)
-    vocab = tok.vocab_size
-
-    def allowed(ids: torch.Tensor) -> torch.Tensor:  # (B, n) -> (B, V) bool
-        done = torch.isin(ids, starts).sum(dim=1) > total_bars
-        mask = torch.ones(ids.shape[0], vocab, dtype=torch.bool)
-        mask[done] = False
-        mask[done, eos] = True
-        return mask
-
-    return allowed
+    return only_eos_after(bar_ids(tok), total_bars, tok.eos_id, tok.vocab_size)
 
 
 def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_new_tokens: int,
@@ -110,15 +102,9 @@ def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_
     gen = torch.Generator().manual_seed(seed)
     idx = torch.tensor([list(prompt)] * n, dtype=torch.long)
     keep = min(len(prompt), gpt.config.block_size // 2) if keep_prompt else 0
-    out = gpt.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       eos_id=tok.eos_id, allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep,
-                       min_p=min_p, logit_bias=logit_bias)
-    rows = []
-    for row in out.tolist():
-        if tok.eos_id in row[len(prompt):]:
-            row = row[: len(prompt) + row[len(prompt):].index(tok.eos_id)]
-        rows.append(row)
-    return rows
+    out = generate_ids(gpt, idx, max_new_tokens, Sampler(temperature, top_k, top_p, min_p), eos_id=tok.eos_id,
+                       allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep, logit_bias=logit_bias)
+    return cut_at_eos(out.tolist(), len(prompt), tok.eos_id, keep_eos=False)
 
 
 def follow_key_bias(tok, prompt: Sequence[int], penalty: float) -> torch.Tensor | None:

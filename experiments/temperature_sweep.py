@@ -87,8 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if any(t <= 0 for t in args.temperatures):
-        p.error(f"--temperatures must all be > 0, got {args.temperatures}")
+    from model.sampling import check_temperature
+
+    for t in args.temperatures:
+        try:
+            check_temperature(t)
+        except ValueError as e:
+            p.error(f"--temperatures: {e}")
     tok, gpt, _ = load_model(args.ckpt)
     rows = sweep(gpt, tok, real_files(args.real, args.max_pieces), args.temperatures, args.n, args.seed,
                  args.bars, args.max_new_tokens, args.continuations, args.keep_prompt,

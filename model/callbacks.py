@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from model.flops import flops_per_token, peak_flops
+from model.generate import Sampler, cut_at_eos, generate
 
 Render = Callable[[list[list[int]], Path], dict]
 
@@ -179,14 +180,9 @@ class SampleCallback(L.Callback):
     def generate(self, gpt: torch.nn.Module, device: torch.device, step: int) -> list[list[int]]:
         g = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + step)
         idx = torch.full((self.n_samples, 1), self.bos_id, dtype=torch.long, device=device)
-        out = gpt.generate(idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                           eos_id=self.eos_id, generator=g, stride=self.stride)
-        samples = []
-        for row in out.tolist():            # cut the EOS padding of rows that finished early
-            if self.eos_id is not None and self.eos_id in row[1:]:
-                row = row[: row.index(self.eos_id, 1) + 1]
-            samples.append(row)
-        return samples
+        out = generate(gpt, idx, self.max_new_tokens, Sampler(self.temperature, self.top_k),
+                       eos_id=self.eos_id, generator=g, stride=self.stride)
+        return cut_at_eos(out.tolist(), 1, self.eos_id)   # without the EOS padding of rows that finished early
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = self.last_step = trainer.global_step

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.generate import Sampler
+from model.generate import generate as decode
 from model.linear import Linear, min_rows_for
-from model.sampling import next_token
-from model.window import check_stride, window_start
 
 
 class LayerNorm(nn.Module):
@@ -248,114 +248,28 @@ class GPT(nn.Module):
 
     # --------------------------------------------------------------- generation
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_id: int | None = None,
-        allowed: Callable[[Tensor], Tensor] | None = None,
-        generator: torch.Generator | None = None,
-        stride: int | None = None,
-        keep: int = 0,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        repetition_window: int | None = 64,
-        repetition_ids: Tensor | None = None,
-        logit_bias: Tensor | None = None,
-    ) -> Tensor:
+    def new_caches(self) -> list[LayerCache]:
+        """One empty key-value cache per layer, for `decode_step`."""
+        return [LayerCache(self.config.block_size) for _ in range(self.config.n_layer)]
+
+    def decode_step(self, idx: Tensor, caches: list[LayerCache], start: int) -> Tensor:
+        """Last-position logits (B, V) of `idx` (B, t) placed at positions start .. start + t - 1,
+        reading and extending `caches` (start 0 rebuilds them)."""
+        return self._head(self._hidden(idx, caches, start)[:, -1:])[:, -1]
+
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, eos_id: int | None = None,
+                 allowed: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator | None = None,
+                 stride: int | None = None, keep: int = 0, min_p: float | None = None,
+                 repetition_penalty: float | None = None, repetition_window: int | None = 64,
+                 repetition_ids: Tensor | None = None, logit_bias: Tensor | None = None) -> Tensor:
         """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
-        Decoding uses a preallocated key-value cache over a window `out[:, lo:n]` of at most
-        `block_size` tokens. GPT-2's positions are absolute, so a full cache cannot roll by one
-        token: every key would sit at the wrong position. Instead, when a new token would overflow
-        the window, its start moves `stride` tokens on (see `window_start`), the cache is
-        recomputed once for the `block_size - stride + 1` tokens kept, and decoding goes on cached.
-        `stride=1` is the exact one-token sliding window (a full recomputation per token);
-        `stride=None` takes `default_stride(block_size)`.
-        Stops early when every row has produced `eos_id`; finished rows are padded with it.
-        `allowed(ids (B, n)) -> bool (B, V)` restricts each step to the tokens it permits; it is
-        always handed the whole sequence so far, never just the window.
-        `keep` (at most half the context) pins the sequence's first `keep` tokens (say, BOS and a
-        prompt) at the front of every window: past the context the model sees them followed by
-        the most recent tokens, so a continuation stays conditioned on its prompt. The rest of
-        the window slides as above over `block_size - keep` tokens (stride capped to fit).
-        `min_p` and `repetition_penalty` are `model.sampling.min_p_filter` and
-        `model.sampling.repetition_penalty` (CTRL's); the penalty looks at the last
-        `repetition_window` ids of the sequence, prompt included (None: the whole sequence, which
-        is what `transformers` does), and touches only `repetition_ids` (1-D ids) when given.
-        `logit_bias` (V,) is added to every step's logits after the mask (`model.sampling.add_logit_bias`:
-        a soft preference, e.g. against pitches outside a key).
-        Left at None, none of these changes anything: the same seed gives the same ids as without them.
+        `model.generate.generate` with the sampling knobs as a `model.generate.Sampler`; see there.
         """
-        if idx.dim() != 2:
-            raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
-        B, T0 = idx.shape
-        if T0 == 0:
-            raise ValueError("generate needs a prompt of at least one token (e.g. BOS)")
-        block = self.config.block_size
-        stride = check_stride(stride, block)
-        if isinstance(keep, bool) or int(keep) != keep or not 0 <= keep <= min(T0, block // 2):
-            raise ValueError(f"keep must be an integer from 0 to min(prompt length {T0}, block_size // 2 = "
-                             f"{block // 2}), got {keep!r}")
-        keep = int(keep)
-        tail, stride = block - keep, min(stride, block - keep)  # the sliding part of the window
-        penalized = None
-        if repetition_penalty is not None:
-            if repetition_window is not None and int(repetition_window) < 1:
-                raise ValueError(f"repetition_window must be a positive number of tokens or None, got {repetition_window}")
-            if repetition_ids is not None:
-                ids = torch.as_tensor(repetition_ids, dtype=torch.long, device=idx.device).flatten()
-                if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.config.vocab_size):
-                    raise ValueError(f"repetition_ids must lie in [0, {self.config.vocab_size}), "
-                                     f"got {int(ids.min())}..{int(ids.max())}")
-                penalized = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=idx.device)
-                penalized[ids] = True
-        was_training = self.training
-        self.eval()
-        out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
-        out[:, :T0] = idx
-        n = T0
-        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        caches = [LayerCache(block) for _ in range(self.config.n_layer)]
-
-        def window(lo: int) -> Tensor:  # the ids the model sees: out[:, lo:n], after the kept head
-            return out[:, lo:n] if keep == 0 else torch.cat([out[:, :keep], out[:, lo:n]], dim=1)
-
-        lo = keep + window_start(0, n - keep, tail, stride)
-        logits = self._head(self._hidden(window(lo), caches, 0)[:, -1:])[:, -1]  # (B, V)
-        try:
-            for step in range(max_new_tokens):
-                mask = None
-                if allowed is not None:
-                    mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
-                    if eos_id is not None:
-                        mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
-                recent = None
-                if repetition_penalty is not None:
-                    recent = out[:, 0 if repetition_window is None else max(0, n - int(repetition_window)) : n]
-                tok = next_token(logits.float(), temperature, top_k, top_p, mask, generator,
-                                 min_p=min_p, recent=recent, penalty=repetition_penalty, penalized=penalized,
-                                 bias=logit_bias)  # (B,)
-                if eos_id is not None:
-                    tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
-                    finished |= tok == eos_id
-                out[:, n] = tok
-                n += 1
-                if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
-                    break
-                new_lo = keep + window_start(lo - keep, n - keep, tail, stride)
-                if new_lo == lo:  # the new token fits: one cached step at position keep + n - 1 - lo
-                    logits = self._head(self._hidden(out[:, n - 1 : n], caches, keep + n - 1 - lo))[:, -1]
-                else:  # the window moved: rebuild the cache for the tokens it keeps
-                    lo = new_lo
-                    logits = self._head(self._hidden(window(lo), caches, 0)[:, -1:])[:, -1]
-        finally:
-            self.train(was_training)
-        return out[:, :n]
+        sampler = Sampler(temperature, top_k, top_p, min_p, repetition_penalty, repetition_window)
+        return decode(self, idx, max_new_tokens, sampler, eos_id=eos_id, allowed=allowed, generator=generator,
+                        stride=stride, keep=keep, repetition_ids=repetition_ids, logit_bias=logit_bias)
 
     # ------------------------------------------------------------- Hugging Face
 

@@ -34,10 +34,22 @@ def mask_disallowed(logits: Tensor, allowed: Tensor) -> Tensor:
     return logits.masked_fill(~allowed, float("-inf"))
 
 
+def is_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def check_temperature(t, greedy_ok: bool = True) -> float:
+    """`t` as a float, or the one ValueError for a bad temperature (0 is greedy where allowed):
+    every caller that takes a temperature comes here (`model.generate.Sampler` for generation)."""
+    if not is_number(t) or t < 0 or (t == 0 and not greedy_ok):
+        floor = ">= 0 (0 is greedy)" if greedy_ok else "> 0 here (0 means greedy, see next_token)"
+        raise ValueError(f"temperature={t!r}: must be a finite number {floor}")
+    return float(t)
+
+
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
     """Logits divided by `temperature` (> 0); temperature 0 (greedy) is handled by `next_token`."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 here (0 means greedy, see next_token), got {temperature}")
+    check_temperature(temperature, greedy_ok=False)
     return logits if temperature == 1.0 else logits / temperature
 
 

@@ -15,6 +15,7 @@ import torch
 
 import remi
 from model import GPT
+from model.generate import Sampler, generate
 from remi.render import bar_ids, count_bars, cut_bars, prompt_end_tick
 from remi.score import bar_starts, ticks_to_seconds
 
@@ -247,35 +248,32 @@ class Sampling:
     def from_cfg(cls, cfg, temperature: float | None = None) -> "Sampling":
         """From sample.py's config (an OmegaConf node or any object with its keys)."""
         get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
-        return cls(temperature=float(cfg.temperature if temperature is None else temperature),
+        return cls(temperature=cfg.temperature if temperature is None else temperature,
                    top_k=get("top_k"), top_p=get("top_p"), min_p=get("min_p"),
                    repetition_penalty=get("repetition_penalty"), grammar=bool(get("grammar", True)),
                    max_new_tokens=int(get("max_new_tokens", 1024)), max_bars=get("max_bars"),
                    max_seconds=get("max_seconds"), stride=get("stride"), keep_prompt=bool(get("keep_prompt", False)))
 
-    def check(self) -> "Sampling":
-        def number(x) -> bool:
-            return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+    def sampler(self) -> Sampler:
+        """The draw's knobs as `model.generate.Sampler`, which checks them (InputError here)."""
+        try:
+            return Sampler(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        except ValueError as e:
+            raise InputError(str(e)) from None
 
-        t, k, p, m, r = self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty
-        if not number(t) or t < 0:
-            raise InputError(f"temperature={t!r}: must be a finite number >= 0 (0 is greedy)")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise InputError(f"top_k={k!r}: must be an integer >= 1 (the k most likely tokens are kept), or None for all")
-        if p is not None and (not number(p) or not 0 < p <= 1):
-            raise InputError(f"top_p={p!r}: must be a number in (0, 1] (the nucleus' probability mass), or None for all")
-        if m is not None and (not number(m) or not 0 <= m <= 1):
-            raise InputError(f"min_p={m!r}: must be a number in [0, 1] (a share of the top token's probability), or None")
-        if r is not None and (not number(r) or r <= 0):
-            raise InputError(f"repetition_penalty={r!r}: must be a number > 0 (1 = off, > 1 fewer repeats), or None")
+    def check(self) -> "Sampling":
+        """Every knob, or an InputError naming the bad one: the draw's through `sampler()`, the
+        length's here."""
+        self.sampler()
         n = self.max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"max_new_tokens={n!r}: must be an integer >= 1")
         b = self.max_bars
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise InputError(f"bars/max_bars={b!r}: must be an integer >= 1, or None (until EOS or max_new_tokens)")
-        if self.max_seconds is not None and not (number(self.max_seconds) and self.max_seconds > 0):
-            raise InputError(f"max_seconds must be > 0 (or None), got {self.max_seconds!r}")
+        m = self.max_seconds
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m <= 0):
+            raise InputError(f"max_seconds must be > 0 (or None), got {m!r}")
         return self
 
 
@@ -295,11 +293,8 @@ def sample_ids(gpt: GPT, tok: remi.Tokenizer, prompt_ids: Sequence[int], n: int,
                         max_seconds=s.max_seconds)
     step_mask = mask if allowed is None else (lambda ids: allowed(ids, mask(ids)))
     keep = min(len(prompt_ids), gpt.config.block_size // 2) if s.keep_prompt else 0
-    with torch.no_grad():
-        out = gpt.generate(idx, int(s.max_new_tokens), temperature=float(s.temperature), top_k=s.top_k,
-                           top_p=s.top_p, min_p=s.min_p, repetition_penalty=s.repetition_penalty,
-                           eos_id=tok.eos_id, allowed=step_mask, generator=generator, stride=s.stride,
-                           keep=keep, logit_bias=logit_bias)
+    out = generate(gpt, idx, int(s.max_new_tokens), s.sampler(), eos_id=tok.eos_id, allowed=step_mask,
+                   generator=generator, stride=s.stride, keep=keep, logit_bias=logit_bias)
     return [finish(tok, row, len(prompt_ids), s.max_bars, s.max_seconds) for row in out.tolist()]
 
 

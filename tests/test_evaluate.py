@@ -59,8 +59,18 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     assert r["bits_per_note"] > 0 and r["pieces"]["real"] == 3 and r["pieces"]["continued"] == 3
     assert set(KEY_METRICS) <= set(r["metrics"])
     for name, m in r["metrics"].items():
-        assert set(m) == {"mean", "real_mean", "overlap"}, name
+        assert set(m) == {"mean", "real_mean", "overlap", "kl"}, name
         assert 0.0 <= m["overlap"] <= 1.0 or math.isnan(m["overlap"]), name
+        assert m["kl"] >= 0.0 or math.isnan(m["kl"]), name
+    # bits per second: the same bits over the files' seconds; per_piece sums to the totals
+    pp = r["per_piece"]
+    assert sum(pp["real"]["notes"]) == r["pieces"]["notes"]
+    assert sum(pp["real"]["bits"]) / sum(pp["real"]["notes"]) == pytest.approx(r["bits_per_note"])
+    assert sum(pp["real"]["bits"]) / sum(pp["real"]["seconds"]) == pytest.approx(r["bits_per_second"])
+    assert len(pp["free"]["errors"]) == 2 and len(pp["continuations"]["key_agree"]) == 3
+    errors = sum(pp["free"]["errors"]) + sum(pp["continuations"]["errors"])
+    tokens = sum(pp["free"]["tokens"]) + sum(pp["continuations"]["tokens"])
+    assert errors / tokens == pytest.approx(r["grammar_error_rate"])
     assert 0.0 <= r["grammar_error_rate"] <= 1.0 and 0 <= r["empty_pieces"] <= 2
     assert {"key_agree", "key_agree_real", "tempo_ratio", "density_ratio", "pitch_range_overlap"} <= set(r["continuation"])
     # The real side is the real pieces' first 16 bars, on the tokenizer's grid.

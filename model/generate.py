@@ -1,0 +1,194 @@
+"""Generation: the one decoding loop over a GPT, its knobs in one checked dataclass, and the small
+set of stopping rules every caller shares.
+
+    out = generate(gpt, idx, max_new_tokens, Sampler(temperature=0.9, top_p=0.95), eos_id=EOS,
+                   allowed=only_eos_after(bar_ids, 17, EOS, V), generator=g)
+    rows = cut_at_eos(out.tolist(), prompt_len, EOS)
+
+`GPT.generate`, `pianolm` (the API, sample.py, the page), experiments/evaluate.py and the
+training callback all come here. Token ids and tensors only: what a "bar" is, is the caller's
+(it hands in the ids that open one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from model.sampling import check_temperature, is_number, next_token
+from model.window import check_stride, window_start
+
+Allowed = Callable[[Tensor], Tensor]  # ids so far (B, n) -> bool (B, V): the ids permitted next
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How each next token is drawn (`model.sampling.next_token`'s knobs); checks itself.
+
+    temperature: 0 is greedy; top_k / top_p / min_p: None keeps every token; repetition_penalty:
+    CTRL's, over the last `repetition_window` ids (None: the whole sequence, as transformers).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    repetition_window: int | None = 64
+
+    def __post_init__(self) -> None:
+        check_temperature(self.temperature)
+        k, p, m, r = self.top_k, self.top_p, self.min_p, self.repetition_penalty
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"top_k={k!r}: must be an integer >= 1 (the k most likely tokens are kept), or None for all")
+        if p is not None and (not is_number(p) or not 0 < p <= 1):
+            raise ValueError(f"top_p={p!r}: must be a number in (0, 1] (the nucleus' probability mass), or None for all")
+        if m is not None and (not is_number(m) or not 0 <= m <= 1):
+            raise ValueError(f"min_p={m!r}: must be a number in [0, 1] (a share of the top token's probability), or None")
+        if r is not None and (not is_number(r) or r <= 0):
+            raise ValueError(f"repetition_penalty={r!r}: must be a number > 0 (1 = off, > 1 fewer repeats), or None")
+        w = self.repetition_window
+        if r is not None and w is not None and int(w) < 1:
+            raise ValueError(f"repetition_window must be a positive number of tokens or None, got {w}")
+
+    def recent(self, out: Tensor, n: int) -> Tensor | None:
+        """The ids the repetition penalty looks at, out of the first `n` of `out` (None: no penalty)."""
+        if self.repetition_penalty is None:
+            return None
+        return out[:, 0 if self.repetition_window is None else max(0, n - int(self.repetition_window)):n]
+
+
+# ----------------------------------------------------------------------------- stopping rules
+
+
+def only_eos_after(ids: Sequence[int], count: int, eos_id: int, vocab_size: int) -> Allowed:
+    """A mask that permits everything until a row holds more than `count` of `ids` (prompt
+    included), then only EOS: for example "stop once N bars are complete", with `ids` the ids
+    that open a bar and `count` = N."""
+    marks, eos = torch.tensor(sorted(ids), dtype=torch.long), int(eos_id)
+
+    def allowed(rows: Tensor) -> Tensor:  # (B, n) -> (B, V) bool
+        done = torch.isin(rows, marks.to(rows.device)).sum(dim=1) > count
+        mask = torch.ones(rows.shape[0], vocab_size, dtype=torch.bool, device=rows.device)
+        mask[done] = False
+        mask[done, eos] = True
+        return mask
+
+    return allowed
+
+
+def cut_at_eos(rows: Sequence[Sequence[int]], prompt_len: int, eos_id: int | None,
+               keep_eos: bool = True) -> list[list[int]]:
+    """Each row up to its first EOS after the prompt (kept or dropped): what finished rows were
+    padded with is cut off."""
+    out = []
+    for row in rows:
+        row = [int(i) for i in row]
+        if eos_id is not None and eos_id in row[prompt_len:]:
+            end = prompt_len + row[prompt_len:].index(eos_id)
+            row = row[: end + 1 if keep_eos else end]
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Window:
+    """The ids the model sees while decoding, and their key-value cache.
+
+    GPT-2's positions are absolute, so a full cache cannot roll by one token. When a new token
+    would overflow the window `out[:, lo:n]` (after the `keep` pinned ids), its start moves
+    `stride` tokens on (`window_start`) and the cache is rebuilt once for the tokens it keeps.
+    """
+
+    def __init__(self, gpt, out: Tensor, keep: int, stride: int):
+        self.gpt, self.out, self.keep = gpt, out, keep
+        self.tail = gpt.config.block_size - keep  # the sliding part of the window
+        self.stride = min(stride, self.tail)
+        self.caches = gpt.new_caches()
+        self.lo = -1
+
+    def _ids(self, n: int) -> Tensor:
+        part = self.out[:, self.lo:n]
+        return part if self.keep == 0 else torch.cat([self.out[:, :self.keep], part], dim=1)
+
+    def logits(self, n: int) -> Tensor:
+        """Last-position logits (B, V) over the first `n` ids: one cached step when the newest id
+        fits in the window, else the window moves and the cache is rebuilt."""
+        lo = self.keep + window_start(max(self.lo, self.keep) - self.keep, n - self.keep, self.tail, self.stride)
+        if lo == self.lo:
+            return self.gpt.decode_step(self.out[:, n - 1:n], self.caches, self.keep + n - 1 - lo)
+        self.lo = lo
+        return self.gpt.decode_step(self._ids(n), self.caches, 0)
+
+
+def _check(gpt, idx: Tensor, keep: int, stride: int | None) -> int:
+    if idx.dim() != 2:
+        raise ValueError(f"generate expects ids of shape (B, T), got {tuple(idx.shape)}")
+    if idx.shape[1] == 0:
+        raise ValueError("generate needs a prompt of at least one token (e.g. BOS)")
+    block = gpt.config.block_size
+    if isinstance(keep, bool) or int(keep) != keep or not 0 <= keep <= min(idx.shape[1], block // 2):
+        raise ValueError(f"keep must be an integer from 0 to min(prompt length {idx.shape[1]}, block_size // 2 = "
+                         f"{block // 2}), got {keep!r}")
+    return check_stride(stride, block)
+
+
+def _penalized(ids, vocab_size: int, device) -> Tensor | None:
+    """The bool (V,) mask of `repetition_ids` (None: the penalty touches every id)."""
+    if ids is None:
+        return None
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device).flatten()
+    if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < vocab_size):
+        raise ValueError(f"repetition_ids must lie in [0, {vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[ids] = True
+    return mask
+
+
+@torch.no_grad()
+def generate(gpt, idx: Tensor, max_new_tokens: int, sampler: Sampler = Sampler(), eos_id: int | None = None,
+             allowed: Allowed | None = None, generator: torch.Generator | None = None, stride: int | None = None,
+             keep: int = 0, repetition_ids=None, logit_bias: Tensor | None = None) -> Tensor:
+    """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
+
+    Stops early once every row has produced `eos_id`; finished rows are padded with it.
+    `allowed(ids (B, n)) -> bool (B, V)` restricts each step (always handed the whole sequence so
+    far, never just the window); `keep` (at most half the context) pins the first `keep` ids at
+    the front of every window; `stride` (None: half the context) is how far the window moves past
+    the context (`_Window`); `logit_bias` (V,) is added to every step's logits after the mask;
+    `repetition_ids` limits the sampler's repetition penalty to those ids.
+    """
+    stride = _check(gpt, idx, keep, stride)
+    penalized = _penalized(repetition_ids, gpt.config.vocab_size, idx.device)
+    B, n = idx.shape
+    was_training = gpt.training
+    gpt.eval()
+    out = torch.empty(B, n + max_new_tokens, dtype=torch.long, device=idx.device)
+    out[:, :n] = idx
+    finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    window = _Window(gpt, out, int(keep), stride)
+    try:
+        for _ in range(max_new_tokens):
+            logits = window.logits(n)
+            mask = None
+            if allowed is not None:
+                mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
+                if eos_id is not None:
+                    mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
+            tok = next_token(logits.float(), sampler.temperature, sampler.top_k, sampler.top_p, mask, generator,
+                             min_p=sampler.min_p, recent=sampler.recent(out, n), penalty=sampler.repetition_penalty,
+                             penalized=penalized, bias=logit_bias)  # (B,)
+            if eos_id is not None:
+                tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
+                finished |= tok == eos_id
+            out[:, n] = tok
+            n += 1
+            if eos_id is not None and bool(finished.all()):
+                break
+    finally:
+        gpt.train(was_training)
+    return out[:, :n]
