@@ -27,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from model.callbacks import NonFiniteLossError, SampleCallback
 from model.ckptio import AtomicCheckpointIO
 from model.gpt import GPT
-from model.lit import LitGPT, OptimConfig, TokenizerMismatchError
+from model.lit import LitGPT, OptimConfig, TokenizerMismatchError, check_tokenizer_hash
 from pianolm.checkpoint import check_resume
 from pianolm.config import ConfigError, check_config, model_config
+from pianolm.errors import CheckpointError
 from pianolm.runinfo import code_fingerprint, gather, weights_digest
 from pianolm.training import build_callbacks, build_datamodule, build_loggers, prepare_data, validation_set, wandb_save
 from remi.datasets import DatasetMissingError
@@ -43,6 +44,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     """
     start = time.time()
     check_config(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    resume = check_resume(ckpt_path) if ckpt_path else None  # the file, before the data is prepared
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
@@ -63,9 +66,8 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
                  val_notes=val.notes, checkpoint_extra=extra)
     dm = build_datamodule(cfg, train_split, val, tok)
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path:
-        check_resume(ckpt_path, tok.hash)
+    if resume is not None:
+        check_tokenizer_hash(resume, tok.hash, where=f"checkpoint {ckpt_path}")
 
     loggers = build_loggers(cfg)
     cbs = build_callbacks(cfg, tok) + list(callbacks or [])
@@ -143,7 +145,7 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"[train] config error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (NonFiniteLossError, TokenizerMismatchError, DatasetMissingError) as e:
+    except (NonFiniteLossError, TokenizerMismatchError, DatasetMissingError, CheckpointError) as e:
         print(f"[train] stopped: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -15,7 +15,6 @@ import torch
 import remi
 from model import GPT, GPTConfig
 from model.ckptio import load_plain
-from model.lit import check_tokenizer_hash
 
 from .errors import CheckpointError
 
@@ -124,9 +123,40 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[remi.Tokeniz
     return head.tokenizer, gpt.to(device).eval(), extras
 
 
-def check_resume(ckpt_path: str | Path, tokenizer_hash: str) -> dict:
-    """A checkpoint to resume training from (plain data), refused when its tokenizer differs from
-    the data's (model.lit.TokenizerMismatchError names both)."""
-    ckpt = load_plain(ckpt_path)
-    check_tokenizer_hash(ckpt, tokenizer_hash, where=f"checkpoint {ckpt_path}")
-    return ckpt
+# What resuming reads (Lightning: weights, optimizer and scheduler states, the loops' progress;
+# LitGPT: the tokenizer hash), with the type each must have.
+RESUME_KEYS = {"state_dict": dict, "optimizer_states": list, "lr_schedulers": list, "loops": dict, "tokenizer_hash": str}
+
+
+def check_resume(ckpt_path: str | Path) -> dict:
+    """The checkpoint `train.py ckpt_path=` resumes from, checked before any work: a file that
+    loads as plain data and holds everything in RESUME_KEYS, else CheckpointError naming the file
+    and what to do. Returns its small entries (tokenizer hash, step, config, ...) without the
+    weights and optimizer states (Lightning reads the file again); once the data's tokenizer is
+    known, `model.lit.check_tokenizer_hash` compares them."""
+    path = Path(ckpt_path)
+    todo = ("resume from the last.ckpt of an earlier train.py run (<run folder>/checkpoints/last.ckpt), "
+            "or start fresh with ckpt_path=null")
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path={path} is a folder; pass the checkpoint file in it "
+                              f"(e.g. {path / 'checkpoints' / 'last.ckpt'}), or start fresh with ckpt_path=null")
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file; {todo}")
+    try:
+        ckpt = load_plain(path)
+    except ValueError as e:  # a truncated zip, a text file, pickled code: torch's first sentence
+        cause = e.__cause__ or e
+        why = f"{type(cause).__name__}: " + ((str(cause).strip().splitlines() or [""])[0].split(". ")[0])[:160]
+        raise CheckpointError(f"ckpt_path={path} cannot be read as a checkpoint (truncated, damaged or not "
+                              f"plain data: {why}); {todo}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"ckpt_path={path} holds a {type(ckpt).__name__}, not a training checkpoint; {todo}")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    problems = ([f"it lacks {', '.join(map(repr, missing))}"] if missing else []) + [
+        f"its {k!r} is a {type(ckpt[k]).__name__}" for k, kind in RESUME_KEYS.items() if k in ckpt and not isinstance(ckpt[k], kind)]
+    if problems:
+        raise CheckpointError(f"ckpt_path={path} is not a checkpoint train.py can resume from: {'; '.join(problems)} "
+                              f"(a weights-only or another program's checkpoint?); {todo}")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise CheckpointError(f"ckpt_path={path}: its state_dict is not a mapping of tensors; {todo}")
+    return {k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")}

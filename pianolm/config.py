@@ -97,9 +97,16 @@ def check_config(cfg: DictConfig) -> None:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"tokenizer: {e}") from None
     try:
-        remi.datasets.DataConfig.from_mapping(cfg.data)
+        data = remi.datasets.DataConfig.from_mapping(cfg.data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data: {e}") from None
+    # Validation (val loss, bits per note) needs held-out songs: with val_fraction 0 a hash-split
+    # source holds none out, and only a source with its own split (MAESTRO's CSV) supplies some.
+    own_split = [s for s in data.active_sources() if s in remi.datasets.SOURCES and remi.datasets.SOURCES[s].split != "hash"]
+    if data.val_fraction == 0 and not own_split:
+        raise ConfigError(f"{_key(cfg, 'data.val_fraction')}=0: training needs a validation split, and sources "
+                          f"{list(data.active_sources())} split by content hash would hold out no song; "
+                          "set data.val_fraction > 0 (e.g. 0.05)")
     base_vocab = remi.Tokenizer(tok_cfg).base_vocab_size if tok_cfg.bpe_vocab_size else 0
     if tok_cfg.bpe_vocab_size and tok_cfg.bpe_vocab_size <= base_vocab:
         raise ConfigError(f"{_key(cfg, 'tokenizer.bpe_vocab_size')}={tok_cfg.bpe_vocab_size}: must be 0 (no BPE) or "

@@ -24,6 +24,7 @@ from model.data import WindowConfig, WindowDataModule, spread_songs, take_songs
 from remi.prepare import prepare_for_training
 from remi.shards import ShardSplit, load_split
 
+from .errors import ConfigError
 from .media import MediaWriter
 
 # ----------------------------------------------------------------------------- data
@@ -50,9 +51,10 @@ def prepare_data(cfg: DictConfig) -> tuple[remi.Tokenizer, Path, ShardSplit, Sha
         tok, shard_dir = prepare_for_training(cfg.data, tok, Path(cfg.paths.data_dir), cache_dir)
     train = load_split(shard_dir, "train", expect_hash=tok.hash)
     val = load_split(shard_dir, "val", expect_hash=tok.hash)
-    if len(val.offsets) < 2:
-        raise ValueError(f"the validation split of {shard_dir} is empty; raise data.val_fraction "
-                         f"or data.limit so at least one song is held out")
+    if len(val.offsets) < 2:  # check_config refuses val_fraction 0; a small corpus can still hold out none
+        raise ConfigError(f"the validation split of {shard_dir} is empty (the train split holds {len(train.offsets) - 1} "
+                          f"songs) with data.val_fraction={cfg.data.val_fraction} and data.limit={cfg.data.limit}; "
+                          "raise data.val_fraction, or data.limit (null: every file), so at least one song is held out")
     return tok, Path(shard_dir), train, val
 
 

@@ -1,6 +1,7 @@
 """MIDI -> WAV (or FLAC/OGG) with FluidSynth where installed, else with pip-installed pieces.
 
-Two engines, the first found wins:
+Two engines, the first found wins; `$PIANOLM_RENDERER=fluidsynth` or `=midirenderer` (or
+`find_renderer(engine=...)`) takes only that one, so both stay tested (.ci/run forces the second):
 - FluidSynth: the command-line synthesizer and a General MIDI SoundFont from the system
   (`apt-get install fluidsynth fluid-soundfont-gm`); renders at `sample_rate` (44.1 kHz).
 - In process, from the wheels of two pip packages (core dependencies, no system package and no
@@ -46,6 +47,9 @@ SOUNDFONT_PATHS: tuple[str, ...] = (
     "/usr/local/share/soundfonts/default.sf2",
 )
 SOUNDFONT_ENV = "PIANOLM_SOUNDFONT"
+RENDERER_ENV = "PIANOLM_RENDERER"  # fluidsynth | midirenderer | auto (or unset): which engine find_renderer takes
+FLUIDSYNTH_ENGINE = "fluidsynth"
+FLUIDSYNTH_RATE = 44100  # render_wav's default `sample_rate` for FluidSynth
 FALLBACK_ENGINE = "midirenderer"
 FALLBACK_RATE = 48000  # midirenderer's fixed output rate
 FALLBACK_PEAK = 0.9  # fraction of full scale the in-process engine's output is normalised to
@@ -60,7 +64,12 @@ class Renderer:
 
     @property
     def engine(self) -> str:
-        return "fluidsynth" if self.fluidsynth else FALLBACK_ENGINE
+        return FLUIDSYNTH_ENGINE if self.fluidsynth else FALLBACK_ENGINE
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate `render_wav` writes by default: 44.1 kHz from FluidSynth, 48 kHz (fixed) in process."""
+        return FLUIDSYNTH_RATE if self.fluidsynth else FALLBACK_RATE
 
 
 def find_soundfont(candidates: Sequence[str] = SOUNDFONT_PATHS) -> str | None:
@@ -83,22 +92,36 @@ def bundled_soundfont() -> str | None:
     return None
 
 
+def _renderer_choice(engine: str | None = None) -> str:
+    """`engine`, else `$PIANOLM_RENDERER`, checked: "fluidsynth", "midirenderer" or "auto"."""
+    from_env = engine is None
+    choice = (os.environ.get(RENDERER_ENV, "") if from_env else engine).strip().lower() or "auto"
+    if choice not in ("auto", FLUIDSYNTH_ENGINE, FALLBACK_ENGINE):
+        where = f"${RENDERER_ENV}={os.environ.get(RENDERER_ENV)!r}" if from_env else f"find_renderer(engine={engine!r})"
+        raise ValueError(f"{where}: must be {FLUIDSYNTH_ENGINE}, {FALLBACK_ENGINE} or auto "
+                         f"(auto, or unset: FluidSynth where installed, else {FALLBACK_ENGINE})")
+    return choice
+
+
 def find_renderer(soundfont: str | None = None, executable: str = "fluidsynth",
-                  fallback: bool = True) -> Renderer | None:
+                  fallback: bool = True, engine: str | None = None) -> Renderer | None:
     """The renderer to use, or None (then print `INSTALL_HINT`) when nothing can render.
 
     `soundfont`: an explicit .sf2 path; None searches `$PIANOLM_SOUNDFONT` and `SOUNDFONT_PATHS`.
     FluidSynth first; without it (or without a SoundFont for it) and with `fallback`, the
     in-process engine, which also takes `bundled_soundfont()`. An explicit `soundfont` that does
     not exist gives None: asked-for sound is never silently replaced.
+    `engine` ("fluidsynth", "midirenderer" or "auto"; None reads `$PIANOLM_RENDERER`, unset =
+    auto) takes only that engine, None where it is missing; a value outside these is a ValueError.
     """
+    choice = _renderer_choice(engine)
     if soundfont and not Path(soundfont).is_file():
         return None
     sf2 = soundfont or find_soundfont()
-    exe = shutil.which(executable)
+    exe = shutil.which(executable) if choice != FALLBACK_ENGINE else None
     if exe is not None and sf2 is not None:
         return Renderer(fluidsynth=exe, soundfont=sf2)
-    if not fallback or importlib.util.find_spec(FALLBACK_ENGINE) is None:
+    if choice == FLUIDSYNTH_ENGINE or not fallback or importlib.util.find_spec(FALLBACK_ENGINE) is None:
         return None
     if sf2 is None or Path(sf2).suffix.lower() != ".sf2":  # the engine reads SoundFont 2 only
         if soundfont:
@@ -109,14 +132,14 @@ def find_renderer(soundfont: str | None = None, executable: str = "fluidsynth",
 
 def render_wav(midi_path: str | Path, wav_path: str | Path, renderer: Renderer,
                seconds: float | None = None, tail_s: float = 0.5,
-               sample_rate: int = 44100, gain: float = 0.6, timeout: float = 300.0) -> Path:
+               sample_rate: int = FLUIDSYNTH_RATE, gain: float = 0.6, timeout: float = 300.0) -> Path:
     """Render one MIDI file to a 16-bit WAV file; raises RuntimeError with the engine's words.
 
     FluidSynth renders a couple of seconds past the end. `seconds` (the music's length, e.g.
     `Score.seconds()`) cuts the WAV to that plus `tail_s` of release; without it, the near-silent
     tail is trimmed instead (which also drops a soft ending that has decayed to nothing).
-    The in-process engine (`renderer.fluidsynth` None) renders at 48 kHz whatever `sample_rate`
-    says, peak-normalised (`gain` is FluidSynth's); `timeout` is FluidSynth's too.
+    The in-process engine (`renderer.fluidsynth` None) renders at 48 kHz (`renderer.sample_rate`)
+    whatever `sample_rate` says, peak-normalised (`gain` is FluidSynth's); `timeout` is FluidSynth's too.
     """
     wav_path = Path(wav_path)
     wav_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,12 @@
 """remi.audio: FluidSynth discovery, WAV rendering (real FluidSynth where installed), the in-process
-fallback from pip packages (always run where they are installed), FLAC/OGG, tail trimming."""
+fallback from pip packages (always run where they are installed), FLAC/OGG, tail trimming.
+
+The `needs_renderer` tests use whatever `find_renderer()` picks: FluidSynth where installed, else
+the pip-only engine. `PIANOLM_RENDERER=midirenderer` forces the second (`.ci/run` runs this file
+once that way too); where the forced engine is missing those tests skip, saying so."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import wave
@@ -13,7 +18,10 @@ import pytest
 
 import remi.audio as audio_mod
 from remi.audio import (
+    FALLBACK_RATE,
+    FLUIDSYNTH_RATE,
     INSTALL_HINT,
+    RENDERER_ENV,
     Renderer,
     bundled_soundfont,
     find_renderer,
@@ -23,8 +31,11 @@ from remi.audio import (
     trim_trailing_silence,
 )
 
-RENDERER = find_renderer()
-needs_fluidsynth = pytest.mark.skipif(RENDERER is None, reason=INSTALL_HINT)
+RENDERER = find_renderer()  # honours $PIANOLM_RENDERER
+FORCED = os.environ.get(RENDERER_ENV)
+needs_renderer = pytest.mark.skipif(RENDERER is None, reason=INSTALL_HINT if not FORCED else (
+    f"{RENDERER_ENV}={FORCED} forces an engine this machine lacks (fluidsynth: apt-get install fluidsynth "
+    "fluid-soundfont-gm; midirenderer: pip install midirenderer pretty_midi)"))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,11 +53,12 @@ def write_scale(path, n_notes=8, tempo_bpm=120.0, tpb=480):
     return mido.MidiFile(path).length
 
 
-FALLBACK = find_renderer(soundfont=bundled_soundfont(), executable="no-such-synth-pianolm")
+FALLBACK = find_renderer(soundfont=bundled_soundfont(), engine="midirenderer")
 needs_fallback = pytest.mark.skipif(FALLBACK is None, reason="pip packages midirenderer and pretty_midi not installed")
 
 
-def test_missing_pieces_give_none_and_a_hint(tmp_path):
+def test_missing_pieces_give_none_and_a_hint(tmp_path, monkeypatch):
+    monkeypatch.delenv(RENDERER_ENV, raising=False)
     assert find_renderer(executable="no-such-synth-pianolm", fallback=False) is None
     assert find_renderer(soundfont=str(tmp_path / "absent.sf2")) is None  # asked-for sound is never replaced
     assert "apt-get install fluidsynth fluid-soundfont-gm" in INSTALL_HINT
@@ -56,6 +68,7 @@ def test_missing_pieces_give_none_and_a_hint(tmp_path):
 
 @needs_fallback
 def test_without_fluidsynth_or_any_system_soundfont_pip_packages_alone_render(monkeypatch):
+    monkeypatch.delenv(RENDERER_ENV, raising=False)
     monkeypatch.setattr(audio_mod.shutil, "which", lambda exe: None)
     monkeypatch.setattr(audio_mod, "find_soundfont", lambda: None)
     r = find_renderer()
@@ -66,6 +79,39 @@ def test_without_fluidsynth_or_any_system_soundfont_pip_packages_alone_render(mo
     assert find_renderer().soundfont == "/some/where/FluidR3_GM.sf2"
     monkeypatch.setattr(audio_mod, "find_soundfont", lambda: "/some/where/MuseScore.sf3")  # engine reads sf2 only
     assert find_renderer().soundfont == bundled_soundfont()
+
+
+@needs_fallback
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_an_engine_can_be_forced_by_argument_or_environment(monkeypatch, how):
+    """With FluidSynth and a system SoundFont present, `midirenderer` still takes the in-process
+    engine (so CI tests it on a machine with FluidSynth), and `fluidsynth` never falls back."""
+    monkeypatch.delenv(RENDERER_ENV, raising=False)
+    monkeypatch.setattr(audio_mod.shutil, "which", lambda exe: "/usr/bin/" + exe)
+    monkeypatch.setattr(audio_mod, "find_soundfont", lambda: bundled_soundfont())
+
+    def find(engine):
+        if how == "argument":
+            return find_renderer(engine=engine)
+        monkeypatch.setenv(RENDERER_ENV, engine)
+        return find_renderer()
+
+    assert find("auto").engine == "fluidsynth" and find("auto").sample_rate == FLUIDSYNTH_RATE == 44100
+    forced = find("midirenderer")
+    assert forced == Renderer(fluidsynth=None, soundfont=bundled_soundfont())
+    assert forced.sample_rate == FALLBACK_RATE == 48000
+    assert find("fluidsynth").fluidsynth == "/usr/bin/fluidsynth"
+    monkeypatch.setattr(audio_mod.shutil, "which", lambda exe: None)
+    assert find("fluidsynth") is None          # forced: no silent fallback to the other engine
+    assert find("auto").engine == "midirenderer"
+
+
+def test_an_unknown_engine_is_an_error_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(RENDERER_ENV, "timidity")
+    with pytest.raises(ValueError, match=r"\$PIANOLM_RENDERER='timidity': must be fluidsynth, midirenderer or auto"):
+        find_renderer()
+    with pytest.raises(ValueError, match=r"find_renderer\(engine='sox'\): must be"):
+        find_renderer(engine="sox")
 
 
 def half_second_peaks(audio, rate, seconds):
@@ -176,19 +222,20 @@ def test_trim_trailing_silence_cuts_only_the_quiet_tail(tmp_path):
     np.testing.assert_array_equal(trimmed[: rate, 0], tone)  # the music itself is untouched
 
 
-@needs_fluidsynth
+@needs_renderer
 def test_render_wav_is_audible_and_as_long_as_the_midi(tmp_path):
     midi_seconds = write_scale(tmp_path / "scale.mid", n_notes=8, tempo_bpm=100.0)
     wav = render_wav(tmp_path / "scale.mid", tmp_path / "out" / "scale.wav", RENDERER)
     audio, rate = read_wav(wav)
-    assert rate == 44100 and audio.shape[1] == 2
+    # FluidSynth: render_wav's default 44.1 kHz; the pip-only engine: its fixed 48 kHz
+    assert rate == RENDERER.sample_rate and audio.shape[1] == 2
     assert abs(len(audio) / rate - midi_seconds) < 1.0, (len(audio) / rate, midi_seconds)
     # Non-silent throughout the music: every half second of it carries real signal.
     peaks = [np.abs(audio[int(s * rate): int((s + 0.5) * rate)]).max() for s in np.arange(0, midi_seconds - 0.5, 0.5)]
     assert min(peaks) > 300, peaks
 
 
-@needs_fluidsynth
+@needs_renderer
 def test_render_wav_keeps_a_soft_ending_when_told_the_length(tmp_path):
     """A long, very soft last note decays below the silence threshold well before the MIDI ends;
     given the music's length, the WAV still spans it (plus a short release)."""
@@ -221,7 +268,7 @@ def test_cut_wav_cuts_to_the_given_length(tmp_path):
     assert cut_wav(path, 10.0) == 1.25  # never lengthens
 
 
-@needs_fluidsynth
+@needs_renderer
 def test_render_wav_names_the_file_it_could_not_render(tmp_path):
     bad = tmp_path / "not_midi.mid"
     bad.write_text("this is not MIDI")

@@ -1,15 +1,21 @@
 """train.py checks every component's settings before any work (issue 15): a bad value is a
-ConfigError naming the key, the value and what is allowed, raised before data preparation."""
+ConfigError naming the key, the value and what is allowed, raised before data preparation.
+A `ckpt_path=` that cannot be resumed from (missing, truncated, not a checkpoint) stops with one
+`[train] stopped:` line naming the file, also before data preparation (issue 29)."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import train
+from remi.prepare import hash_split
+from tests.midi_bytes import midi_file, note_events, track
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +56,7 @@ def no_work(monkeypatch):
     ("tokenizer.num_velocities=0", r"tokenizer: TokenizerConfig.num_velocities must be in 1..127"),
     ("tokenizer.bpe_vocab_size=10", r"tokenizer.bpe_vocab_size=10: must be 0 \(no BPE\) or larger than the base vocabulary"),
     ("data.val_fraction=2", r"data: data.val_fraction \+ test_fraction must be in \[0, 1\)"),
+    ("data.val_fraction=0", r"data.val_fraction=0: training needs a validation split, .*set data.val_fraction > 0"),
     ("augment.transpose=13", r"augment.transpose=13: must be an integer in \[0, 12\]"),
     ("augment.transpose=-1", r"augment.transpose=-1: must be an integer in \[0, 12\]"),
 ])
@@ -73,10 +80,69 @@ def test_the_default_config_passes_the_checks(tmp_path):
         train.check_config(_cfg(tmp_path, f"scale={scale}"))
 
 
+def _cli(tmp_path: Path, *overrides) -> subprocess.CompletedProcess:
+    """`python train.py` as a user types it, its outputs and cache under tmp_path."""
+    return subprocess.run([sys.executable, "train.py", "logger=none", f"paths.output_dir={tmp_path}",
+                           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path}", *overrides],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
 def test_command_line_prints_one_line_and_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "train.py", "optim.lr=-1", "logger=none", f"paths.output_dir={tmp_path}",
-                        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path}"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = _cli(tmp_path, "optim.lr=-1")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "[train] config error: optim.lr=-1: must be a finite number > 0" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "cache").exists()
+
+
+def test_val_fraction_0_is_a_config_error_before_any_tokenizing(tmp_path):
+    r = _cli(tmp_path, "data.val_fraction=0")
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[train] config error:")]
+    assert len(lines) == 1 and "data.val_fraction=0" in lines[0] and "set data.val_fraction > 0" in lines[0]
+    assert "Traceback" not in r.stderr and not (tmp_path / "cache").exists()   # nothing converted or tokenized
+
+
+def test_val_fraction_0_is_allowed_where_a_source_brings_its_own_validation_split(tmp_path):
+    train.check_config(_cfg(tmp_path, "data=maestro", "data.val_fraction=0"))   # MAESTRO's CSV holds songs out
+
+
+def test_an_empty_validation_split_after_preparation_is_a_config_error(tmp_path):
+    """The backstop: a corpus so small that val_fraction > 0 still holds out no song."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in range(3):
+        data = midi_file([track(note_events([(i * 240, i * 240 + 200, 50 + k + i, 80) for i in range(16)]))])
+        assert hash_split(hashlib.sha256(data).hexdigest(), 0.01, 0.01) == "train"   # the premise
+        (corpus / f"piece{k}.mid").write_bytes(data)
+    cfg = _cfg(tmp_path, f"data.sources=[{corpus}]", "data.name=three", "data.val_fraction=0.01",
+               "data.test_fraction=0.01")
+    with pytest.raises(train.ConfigError, match=r"validation split of .* is empty \(the train split holds 3 songs\) "
+                                                r"with data.val_fraction=0.01 and data.limit=None; raise data.val_fraction"):
+        train.train(cfg)
+
+
+def _truncated(path: Path) -> Path:
+    torch.save({"state_dict": {"w": torch.zeros(4096)}, "optimizer_states": [], "lr_schedulers": [], "loops": {},
+                "tokenizer_hash": "0" * 64}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])   # a copy cut short
+    return path
+
+
+@pytest.mark.parametrize("name, write, says", [
+    ("truncated.ckpt", _truncated, "cannot be read as a checkpoint (truncated, damaged or not plain data"),
+    ("list.ckpt", lambda p: torch.save([1, 2, 3], p), "holds a list, not a training checkpoint"),
+    ("weights_only.ckpt", lambda p: torch.save({"state_dict": {"w": torch.zeros(2)}}, p),
+     "it lacks 'optimizer_states', 'lr_schedulers', 'loops', 'tokenizer_hash'"),
+    ("missing.ckpt", lambda p: None, "no such file"),
+])
+def test_a_checkpoint_that_cannot_be_resumed_stops_with_one_line_before_any_work(tmp_path, name, write, says):
+    ckpt = tmp_path / name
+    write(ckpt)
+    r = _cli(tmp_path, f"ckpt_path={ckpt}")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[train] stopped:")]
+    assert len(lines) == 1, r.stderr[-2000:]
+    assert f"ckpt_path={ckpt}" in lines[0] and says in lines[0]
+    assert "start fresh with ckpt_path=null" in lines[0]           # what to do
+    assert not (tmp_path / "cache").exists()                       # refused before the corpus was touched
