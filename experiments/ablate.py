@@ -32,74 +32,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python experiments/ablate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from omegaconf import OmegaConf  # noqa: E402
-
-from model.callbacks import clock  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class AblationConfig:
-    rounds: list = field(default_factory=lambda: [1, 2, 3, 4])  # which conf/experiment/roundN
-    seeds: list = field(default_factory=lambda: [0])  # training seeds; > 1 gives mean ± spread
-    out: str = "outputs/ablation"  # report.md, report.json, plots/, runs/, prompts/
-    # trainer.max_steps per run (None: the scale's own, 300 at tiny: ~75 s per run on 2 idle cores).
-    steps: int | None = None
-    # Sampling keys of experiments/compare.py (which shares this parser), unused by the ablation:
-    n_samples: int = 8  # pieces from scratch per run
-    free_bars: int = 8  # bars of each piece from scratch
-    n_prompts: int = 4  # held-out pieces whose first bars are continued
-    prompt_bars: int = 4
-    max_bars: int = 4  # bars generated after each prompt (the real reference uses as many)
-    n_real: int = 64  # held-out real pieces the metrics are compared with
-    temperature: float = 0.9  # the recipe's evaluation temperature (docs/training.md's sweep)
-    sample_seed: int = 0
-    grammar: bool = False  # constrain sampling by the REMI grammar (False: errors are measured)
-    # Cap per piece (free pieces also stop after free_bars bars). Past the context (256 tokens at
-    # tiny) every step recomputes the whole window, so long pieces dominate the sampling time.
-    max_new_tokens: int = 512
-    retrain: bool = False  # train again even where a finished run folder exists
-    # Equal compute for the deeper round 4: its steps are `steps` divided by its step cost relative
-    # to round 3 (1.5x the layers: about 1.5x; measured figures are in each run's metrics.json).
-    round4_step_cost: float = 1.5
-    # The evaluation (experiments/evaluate.py) of every run on one folder of real pieces. None: the
-    # test split of the runs' shards, `eval_pieces` of them spread evenly, copied to OUT/test-pieces.
-    real: str | None = None
-    eval_n: int = 48  # pieces sampled from scratch per run (the recipe's evaluation: 48)
-    keep_prompt: bool = True  # continuations keep the prompt in the window (evaluate.py --keep-prompt)
-    eval_pieces: int = 48  # real pieces (each also continued: 4 bars of prompt, 12 generated)
-    eval_bars: int = 16
-    eval_max_new_tokens: int = 2048
-    python: str = sys.executable
-    overrides: list = field(default_factory=list)  # passed through to train.py
-
-    def own_keys(self) -> set[str]:
-        return {f.name for f in fields(self)} - {"overrides"}
-
-
-def parse_args(argv: Sequence[str]) -> AblationConfig:
-    """`key=value` arguments: this script's keys into the config, the rest are train.py overrides."""
-    cfg = AblationConfig()
-    own, rest = [], []
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        (own if "=" in arg and key in cfg.own_keys() else rest).append(arg)
-    merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(own))
-    cfg = AblationConfig(**OmegaConf.to_container(merged))
-    cfg.overrides = rest
-    return cfg
+from experiments.common import ROOT, AblationConfig, parse_args, run_logged
+from model.callbacks import clock
 
 
 @dataclass
@@ -125,27 +65,6 @@ def train_commands(cfg: AblationConfig) -> list[TrainCommand]:
             argv += list(cfg.overrides)
             cmds.append(TrainCommand(label, int(seed), run_dir, argv))
     return cmds
-
-
-def run_logged(argv: list[str], log: Path, what: str, on_line: Callable[[str], None] | None = None) -> None:
-    """Run a command with its output in `log` (appended: a resumed run keeps the first part's
-    lines), each line also handed to `on_line`; on failure, show the log's tail and stop."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write("$ " + shlex.join(argv) + "\n")
-        f.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-                                text=True, errors="replace", bufsize=1)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            f.flush()
-            if on_line is not None:
-                on_line(line)
-        proc.wait()
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-25:])
-        raise SystemExit(f"ablate: {what} failed (exit {proc.returncode}); its log {log} ends:\n{tail}")
 
 
 PROGRESS = re.compile(r"\[train\] step (\d+)/(\d+)")
@@ -235,97 +154,6 @@ def kept_message(run_dir: Path, current_code: str) -> str:
     return msg
 
 
-def sample_argv(cfg: AblationConfig, ckpt: Path, out_dir: Path, n: int, max_bars: int,
-                prompt: Path | None = None) -> list[str]:
-    argv = [cfg.python, str(ROOT / "sample.py"), f"ckpt={ckpt}", f"out_dir={out_dir}", f"n_samples={n}",
-            f"seed={cfg.sample_seed}", f"temperature={cfg.temperature}", f"grammar={str(cfg.grammar).lower()}",
-            f"max_bars={max_bars}", f"max_new_tokens={cfg.max_new_tokens}", "audio=false", "progress=false"]
-    if prompt is not None:
-        argv += [f"prompt={prompt}", f"prompt_bars={cfg.prompt_bars}"]
-    return argv
-
-
-def sample_run(cfg: AblationConfig, run_dir: Path, prompts: Sequence[Path]) -> None:
-    """Free pieces, and continuations of `prompts`, from a run's last checkpoint (fresh folders).
-
-    The prompts are copied into RUN/eval/prompts so that one sample.py call continues them all
-    (a prompt that does not fit this run's context should have been left out by `fitting`).
-    """
-    from experiments.report import CONTINUE_DIR, FREE_DIR
-
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    free, cont, folder = run_dir / FREE_DIR, run_dir / CONTINUE_DIR, run_dir / "eval" / "prompts"
-    for d in (free, cont, folder):
-        shutil.rmtree(d, ignore_errors=True)
-    run_logged(sample_argv(cfg, ckpt, free, cfg.n_samples, cfg.free_bars), run_dir / "eval" / "free.log",
-               f"sampling {run_dir.name}")
-    if not prompts:
-        return
-    folder.mkdir(parents=True)
-    for p in prompts:
-        shutil.copyfile(p, folder / p.name)
-    run_logged(sample_argv(cfg, ckpt, cont, 1, cfg.max_bars, folder), run_dir / "eval" / "continue.log",
-               f"continuing prompts with {run_dir.name}")
-
-
-def checkpoint_tokenizer(run_dir: Path):
-    """(tokenizer, context length) of a run's last checkpoint, or None without one."""
-    from pianolm.checkpoint import read_header
-
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        return None
-    head = read_header(ckpt)
-    return head.tokenizer, head.model_config.block_size
-
-
-def prompt_tokens(tok, path: Path, prompt_bars: int) -> int:
-    """Tokens of the first `prompt_bars` bars of a MIDI file, as sample.py cuts them."""
-    from remi.render import cut_bars
-
-    return len(cut_bars(tok, tok.encode(path), prompt_bars)[0])
-
-
-def spread(items: Sequence, n: int) -> list:
-    """n items evenly spread over a sorted list (so every collection of the corpus shows up)."""
-    if n >= len(items):
-        return list(items)
-    return [items[int(i * len(items) / n)] for i in range(n)]
-
-
-def pick_prompts(candidates: Sequence[Path], n: int, min_bars: int, run_dirs: Sequence[Path] = (),
-                 prompt_bars: int = 4) -> list[Path]:
-    """n held-out pieces with at least `min_bars` bars, spread over the split, whose first
-    `prompt_bars` bars take at most 3/4 of every run's context (so the model has room to go on).
-
-    When fewer than n fit every run, the rest are those that fit the most runs (each run then
-    continues the ones that fit it, see `fitting`).
-    """
-    import remi
-    from remi import metrics as M
-
-    models = [m for m in (checkpoint_tokenizer(d) for d in run_dirs) if m is not None]
-    scored = []
-    for path in spread(candidates, max(8 * n, 64)):
-        score = remi.read_midi(path)
-        if not len(score) or len(M.bar_starts(score, score.end_tick)) - 1 < min_bars:
-            continue
-        fit = sum(prompt_tokens(tok, path, prompt_bars) <= block * 3 // 4 for tok, block in models)
-        if models and fit == 0:
-            continue
-        scored.append((-fit, len(scored), path))
-    return [p for _, _, p in sorted(scored)[:n]]
-
-
-def fitting(run_dir: Path, prompts: Sequence[Path], prompt_bars: int) -> list[Path]:
-    """The prompts whose first bars fit in this run's context (all of them without a checkpoint)."""
-    model = checkpoint_tokenizer(run_dir)
-    if model is None:
-        return list(prompts)
-    tok, block = model
-    return [p for p in prompts if prompt_tokens(tok, p, prompt_bars) < block]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -412,11 +240,11 @@ def evaluate_run(cfg: AblationConfig, c: TrainCommand, real: Path, progress: Pro
 def real_folder(cfg: AblationConfig, run_dirs: Sequence[Path], out: Path) -> Path:
     """The folder of real pieces every run is evaluated on: `real`, or the test split of the
     trained runs' shards (the largest among their shard folders: splits are fixed by content, so
-    it holds the others'), linked into OUT/test-pieces as `experiments/test_pieces.py` links them,
+    it holds the others'), linked into OUT/test-pieces as `experiments/link_pieces.py` links them,
     so `evaluate.py --max-pieces` picks the same pieces as for the recipe (kept when present, so a
     resumed ablation evaluates on the same pieces; links, never copies of the corpus)."""
-    from experiments.report import test_split_files
-    from experiments.test_pieces import link_test_pieces
+    from experiments.common import test_split_files
+    from experiments.link_pieces import link_split
 
     if cfg.real is not None:
         folder = Path(cfg.real)
@@ -436,7 +264,7 @@ def real_folder(cfg: AblationConfig, run_dirs: Sequence[Path], out: Path) -> Pat
     if best is None:
         raise SystemExit("ablate: the runs' shard manifests list no test-split pieces; "
                          "raise data.test_fraction or data.limit, or pass real=FOLDER")
-    link_test_pieces(best, folder)
+    link_split(best, folder)
     return folder
 
 

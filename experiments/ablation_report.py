@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.report import REPORT_JSON, REPORT_MD, _plain, aggregate, fmt, markdown_table, read_json
+from experiments.common import REPORT_JSON, REPORT_MD, aggregate, fmt, markdown_table, plain, read_json
 from remi import metrics as M
 
 EVAL_DIR = "eval"  # evaluate.py --out of each run folder
@@ -307,7 +307,7 @@ def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, c
               "rounds": rounds, "claims": judge_claims(rounds), "media": shown,
               "runs": [{k: v for k, v in r.items() if k != "per_piece"} for r in runs],
               "real_folder": runs[0]["real_folder"]}
-    (out_dir / REPORT_JSON).write_text(json.dumps(_plain(result), indent=1) + "\n")
+    (out_dir / REPORT_JSON).write_text(json.dumps(plain(result), indent=1) + "\n")
     (out_dir / REPORT_MD).write_text(render_ablation_markdown(result, out_dir))
     return result
 

@@ -21,11 +21,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python experiments/compare.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.ablate import fitting, parse_args, pick_prompts, sample_run, spread  # noqa: E402
-from experiments.report import CONTINUE_DIR, FREE_DIR, build_report, load_run, real_files_for  # noqa: E402
+from experiments.common import ROOT, AblationConfig, parse_args, run_logged, spread
+from experiments.report import CONTINUE_DIR, FREE_DIR, build_report, load_run, real_files_for
 
 OWN = ("real", "prompts", "sample", "continuation_bars")
 
@@ -35,6 +32,88 @@ def midi_files(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise SystemExit(f"compare: {folder} is not a folder of MIDI files")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+
+
+def sample_argv(cfg: AblationConfig, ckpt: Path, out_dir: Path, n: int, max_bars: int,
+                prompt: Path | None = None) -> list[str]:
+    argv = [cfg.python, str(ROOT / "sample.py"), f"ckpt={ckpt}", f"out_dir={out_dir}", f"n_samples={n}",
+            f"seed={cfg.sample_seed}", f"temperature={cfg.temperature}", f"grammar={str(cfg.grammar).lower()}",
+            f"max_bars={max_bars}", f"max_new_tokens={cfg.max_new_tokens}", "audio=false", "progress=false"]
+    if prompt is not None:
+        argv += [f"prompt={prompt}", f"prompt_bars={cfg.prompt_bars}"]
+    return argv
+
+
+def sample_run(cfg: AblationConfig, run_dir: Path, prompts: Sequence[Path]) -> None:
+    """Free pieces, and continuations of `prompts`, from a run's last checkpoint (fresh folders).
+
+    The prompts are copied into RUN/eval/prompts so that one sample.py call continues them all
+    (a prompt that does not fit this run's context should have been left out by `fitting`).
+    """
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    free, cont, folder = run_dir / FREE_DIR, run_dir / CONTINUE_DIR, run_dir / "eval" / "prompts"
+    for d in (free, cont, folder):
+        shutil.rmtree(d, ignore_errors=True)
+    run_logged(sample_argv(cfg, ckpt, free, cfg.n_samples, cfg.free_bars), run_dir / "eval" / "free.log",
+               f"sampling {run_dir.name}")
+    if not prompts:
+        return
+    folder.mkdir(parents=True)
+    for p in prompts:
+        shutil.copyfile(p, folder / p.name)
+    run_logged(sample_argv(cfg, ckpt, cont, 1, cfg.max_bars, folder), run_dir / "eval" / "continue.log",
+               f"continuing prompts with {run_dir.name}")
+
+
+def checkpoint_tokenizer(run_dir: Path):
+    """(tokenizer, context length) of a run's last checkpoint, or None without one."""
+    from pianolm.checkpoint import read_header
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        return None
+    head = read_header(ckpt)
+    return head.tokenizer, head.model_config.block_size
+
+
+def prompt_tokens(tok, path: Path, prompt_bars: int) -> int:
+    """Tokens of the first `prompt_bars` bars of a MIDI file, as sample.py cuts them."""
+    from remi.render import cut_bars
+
+    return len(cut_bars(tok, tok.encode(path), prompt_bars)[0])
+
+
+def pick_prompts(candidates: Sequence[Path], n: int, min_bars: int, run_dirs: Sequence[Path] = (),
+                 prompt_bars: int = 4) -> list[Path]:
+    """n held-out pieces with at least `min_bars` bars, spread over the split, whose first
+    `prompt_bars` bars take at most 3/4 of every run's context (so the model has room to go on).
+
+    When fewer than n fit every run, the rest are those that fit the most runs (each run then
+    continues the ones that fit it, see `fitting`).
+    """
+    import remi
+    from remi import metrics as M
+
+    models = [m for m in (checkpoint_tokenizer(d) for d in run_dirs) if m is not None]
+    scored = []
+    for path in spread(candidates, max(8 * n, 64)):
+        score = remi.read_midi(path)
+        if not len(score) or len(M.bar_starts(score, score.end_tick)) - 1 < min_bars:
+            continue
+        fit = sum(prompt_tokens(tok, path, prompt_bars) <= block * 3 // 4 for tok, block in models)
+        if models and fit == 0:
+            continue
+        scored.append((-fit, len(scored), path))
+    return [p for _, _, p in sorted(scored)[:n]]
+
+
+def fitting(run_dir: Path, prompts: Sequence[Path], prompt_bars: int) -> list[Path]:
+    """The prompts whose first bars fit in this run's context (all of them without a checkpoint)."""
+    model = checkpoint_tokenizer(run_dir)
+    if model is None:
+        return list(prompts)
+    tok, block = model
+    return [p for p in prompts if prompt_tokens(tok, p, prompt_bars) < block]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

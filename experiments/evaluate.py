@@ -37,16 +37,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from model.generate import Sampler, cut_at_eos, only_eos_after  # noqa: E402
-from model.generate import generate as generate_ids  # noqa: E402
-from model.gpt import GPT  # noqa: E402
-from pianolm.likelihood import nll_bits_per_piece, read_pieces, summed_nll_bits  # noqa: E402  (shared with pianolm.api)
-from remi import metrics as M  # noqa: E402
-from remi.render import bar_ids, count_bars, cut_bars  # noqa: E402
+from model.generate import Sampler, cut_at_eos, only_eos_after
+from model.generate import generate as generate_ids
+from model.gpt import GPT
+from pianolm.likelihood import nll_bits_per_piece, read_pieces, summed_nll_bits  # shared with pianolm.api
+from remi import metrics as M
+from remi.render import bar_ids, count_bars, cut_bars
 
 PROMPT_BARS = 4          # MIREX 2025 symbolic piano continuation: 4 bars of prompt ...
 CONTINUATION_BARS = 12   # ... continued by 12 bars

@@ -24,16 +24,28 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 import remi
+from experiments.common import (
+    REPORT_JSON,
+    REPORT_MD,
+    aggregate,
+    fmt,
+    fmt_ms,
+    markdown_table,
+    natural_key,
+    plain,
+    read_json,
+    test_split_files,
+)
 from remi import metrics as M
 
 FREE_DIR = Path("eval") / "free"
 CONTINUE_DIR = Path("eval") / "continue"
-REPORT_MD, REPORT_JSON, PLOTS_DIR = "report.md", "report.json", "plots"
+PLOTS_DIR = "plots"
 
 # (key in metrics.json / wandb summary, column header)
 RUN_COLUMNS = (
@@ -77,13 +89,6 @@ class Run:
     metrics: dict  # metrics.json (or the wandb summary + config)
     free: list[Piece]
     continuations: list[Piece]
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def load_pieces(folder: Path) -> list[Piece]:
@@ -139,20 +144,6 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(dir=base, label=str(metrics.get("round") or base.name),
                seed=metrics.get("seed"), metrics=metrics, free=free,
                continuations=load_pieces(base / CONTINUE_DIR))
-
-
-def test_split_files(shard_dir: str | Path, split: str = "test") -> list[Path]:
-    """The held-out test pieces of a shard folder (or those of another `split`: "val", "train"),
-    from its manifest (sources' folders + files)."""
-    manifest = read_json(Path(shard_dir) / "manifest.json")
-    if manifest is None:
-        raise FileNotFoundError(f"{shard_dir}/manifest.json is missing or unreadable")
-    folders = {name: Path(s["folder"]) for name, s in manifest.get("sources", {}).items() if s.get("folder")}
-    out = []
-    for f in manifest.get("files", []):
-        if f.get("split") == split and f["source"] in folders:
-            out.append(folders[f["source"]] / f["file"])
-    return sorted(p for p in out if p.is_file())
 
 
 def real_files_for(runs: Sequence[Run]) -> list[Path]:
@@ -216,68 +207,6 @@ def evaluate_real(files: Sequence[Path], prompt_files: Sequence[Path], prompt_ba
         "continuation": {k: M.nanmean(c[k] for c in cont) for k, _ in CONTINUATION_COLUMNS},
         "pieces": per_piece,
     }
-
-
-def aggregate(evals: Sequence[dict], sections: Sequence[str] = ("run", "metrics", "overlap", "continuation")
-              ) -> dict[str, dict]:
-    """Per row label: mean and spread over seeds of every number in `sections` (spread 0 with one seed)."""
-    rows: dict[str, list[dict]] = {}
-    for e in evals:
-        rows.setdefault(e["label"], []).append(e)
-    out = {}
-    for label in sorted(rows, key=_natural_key):
-        group = rows[label]
-        out[label] = {"n_seeds": len(group), "seeds": [e["seed"] for e in group]}
-        for section in sections:
-            keys = {k for e in group for k in e[section]}
-            out[label][section] = {k: _mean_spread([e[section].get(k) for e in group]) for k in sorted(keys)}
-    return out
-
-
-def _mean_spread(values: Iterable) -> dict:
-    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None]
-    nums = [v for v in nums if math.isfinite(v)]
-    if not nums:
-        return {"mean": None, "spread": None, "n": 0}
-    spread = float(np.std(nums, ddof=1)) if len(nums) > 1 else 0.0
-    return {"mean": float(np.mean(nums)), "spread": spread, "n": len(nums)}
-
-
-def _natural_key(label: str):
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", label)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting
-
-
-def fmt(x: float | None, digits: int = 3, fixed: bool = False) -> str:
-    """`digits` significant digits (thousands separated when larger); fixed: `digits` decimals."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    x = float(x)
-    if fixed:
-        return f"{x:.{digits}f}"
-    if x != 0 and abs(x) >= 10 ** digits:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
-
-
-def fmt_ms(cell: dict | None, n_seeds: int, digits: int = 3, fixed: bool = False) -> str:
-    if not cell or cell.get("mean") is None:
-        return "–"
-    text = fmt(cell["mean"], digits, fixed)
-    if n_seeds > 1:
-        text += f" ± {fmt(cell['spread'], 2, fixed)}"
-    return text
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main_table(rounds: dict[str, dict], real: dict) -> str:
@@ -367,7 +296,7 @@ def plot_pianorolls(runs: Sequence[Run], real_files: Sequence[Path], path: Path,
     from remi.pianoroll import save_comparison
 
     scores, labels, seen = [], [], set()
-    for run in sorted(runs, key=lambda r: (_natural_key(r.label), r.seed if r.seed is not None else 0)):
+    for run in sorted(runs, key=lambda r: (natural_key(r.label), r.seed if r.seed is not None else 0)):
         if run.label in seen or not run.free:
             continue
         seen.add(run.label)
@@ -392,7 +321,7 @@ def plot_continuations(runs: Sequence[Run], prompt_files: Sequence[Path], prompt
     real = M.truncate_bars(remi.read_midi(prompt), prompt_bars + continuation_bars)
     scores, labels, ends = [real], [f"real: {prompt.stem}"], [M.split_at_bar(real, prompt_bars)[2]]
     seen = set()
-    for run in sorted(runs, key=lambda r: (_natural_key(r.label), r.seed if r.seed is not None else 0)):
+    for run in sorted(runs, key=lambda r: (natural_key(r.label), r.seed if r.seed is not None else 0)):
         if run.label in seen:
             continue
         match = [p for p in run.continuations if Path((p.info.get("prompt") or {}).get("file", "")).stem == prompt.stem]
@@ -464,7 +393,7 @@ def build_report(
         "plots": {k: str(v.relative_to(out_dir)) if v else None for k, v in figures.items()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_JSON).write_text(json.dumps(_plain(result), indent=1) + "\n")
+    (out_dir / REPORT_JSON).write_text(json.dumps(plain(result), indent=1) + "\n")
     (out_dir / REPORT_MD).write_text(render_markdown(result))
     return result
 
@@ -514,18 +443,3 @@ def render_markdown(result: dict) -> str:
             lines += [f"![{captions[key]}]({rel})", ""]
     lines += ["All numbers, per run and per piece: `report.json`.", ""]
     return "\n".join(lines)
-
-
-def _plain(x):
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, paths -> str."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x

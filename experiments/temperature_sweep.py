@@ -17,11 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments.evaluate import KEY_METRICS, evaluate, load_model, real_files  # noqa: E402
+from experiments.evaluate import KEY_METRICS, evaluate, load_model, real_files
 
 
 def sweep(gpt, tok, files, temperatures: Sequence[float], n: int, seed: int, bars: int,

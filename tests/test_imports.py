@@ -217,3 +217,18 @@ def test_checker_finds_forbidden_arrows_but_skips_type_checking(tmp_path):
 def test_leaves_import_only_score_and_keys(module):
     """keys and metrics are pure numpy over Score: nothing of corpus preparation or MIDI below them."""
     assert import_graph()[module] <= {"remi.score", "remi.keys"}
+
+
+def test_no_module_imports_an_experiment_driver_and_nothing_edits_sys_path():
+    """experiments/ablate.py, compare.py and temperature_sweep.py are drivers (run them with
+    `python -m experiments.<name>` or `python experiments/<name>.py`): what they share lives in
+    experiments/common.py, so no module imports a driver; and no module of experiments/ edits
+    sys.path (the package is installed with the project)."""
+    drivers = {"experiments.ablate", "experiments.compare", "experiments.temperature_sweep"}
+    graph = import_graph()
+    offenders = sorted(f"{me} -> {d}" for me, deps in graph.items() if not me.startswith("tests")
+                       for d in deps & drivers)
+    assert offenders == []
+    edits = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "experiments").rglob("*.py"))
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "sys.path" in line]
+    assert edits == []

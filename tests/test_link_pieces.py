@@ -1,4 +1,4 @@
-"""experiments/test_pieces.py: a split's pieces of a shard folder, linked into one folder by source."""
+"""experiments/link_pieces.py: a split's pieces of a shard folder, linked into one folder by source."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ def test_each_split_links_its_own_files(tmp_path):
     linked = {}
     for split in ("test", "val"):
         out = tmp_path / split
-        args = [sys.executable, "experiments/test_pieces.py", str(shards), str(out)] + (["--split", split] if split != "test" else [])
+        args = [sys.executable, "experiments/link_pieces.py", str(shards), str(out)] + (["--split", split] if split != "test" else [])
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         linked[split] = sorted(p.name for p in out.iterdir())

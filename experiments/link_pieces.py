@@ -1,6 +1,6 @@
 """Link the held-out test pieces of a shard folder into one folder, for `evaluate.py --real`.
 
-    python experiments/test_pieces.py SHARD_DIR OUT_FOLDER [--split val]
+    python experiments/link_pieces.py SHARD_DIR OUT_FOLDER [--split val]
 
 The test split is the one `remi.prepare` assigned (MAESTRO's official split, content hash for the
 others) and recorded in the shard manifest; each file is linked as `<source>__<path with / as _>`,
@@ -10,17 +10,12 @@ measure the chosen ones once on the test pieces.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments.report import test_split_files  # noqa: E402
+from experiments.common import test_split_files
 
 
-def link_test_pieces(shard_dir: str | Path, out: str | Path, split: str = "test") -> list[Path]:
+def link_split(shard_dir: str | Path, out: str | Path, split: str = "test") -> list[Path]:
     import json
 
     manifest = json.loads((Path(shard_dir) / "manifest.json").read_text())
@@ -45,4 +40,4 @@ if __name__ == "__main__":
     p.add_argument("out")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     a = p.parse_args()
-    print(f"{len(link_test_pieces(a.shard_dir, a.out, a.split))} {a.split} pieces linked in {a.out}")
+    print(f"{len(link_split(a.shard_dir, a.out, a.split))} {a.split} pieces linked in {a.out}")
