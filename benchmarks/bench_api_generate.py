@@ -23,7 +23,6 @@ generate_batch's (1.00x: as fast).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -31,13 +30,11 @@ import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import remi  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from pianolm import PianoLM  # noqa: E402
-from pianolm.generate import Prompt, generate_batch  # noqa: E402
+import remi
+from model import GPT, GPTConfig
+from pianolm import PianoLM
+from pianolm.generate import Prompt, generate_batch
 
 
 def main(argv=None) -> int:

@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def best_of(repeat: int, fn) -> float:

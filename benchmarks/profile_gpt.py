@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import GPT, GPTConfig, configure_optimizer  # noqa: E402
-from model.linear import onednn  # noqa: E402
+from model import GPT, GPTConfig, configure_optimizer
+from model.linear import onednn
 
 
 def main() -> None:
