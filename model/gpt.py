@@ -142,13 +142,20 @@ class GPTConfig:
     padded_vocab_size: int = field(init=False, repr=False)
 
     def __post_init__(self):
+        """Each field checked once, here; a ValueError begins `field=value` (pianolm.config's
+        check_config names the config key from it)."""
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: must be an integer >= 1")
         if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+            near = min((d for d in range(1, self.n_embd + 1) if self.n_embd % d == 0),
+                       key=lambda d: (abs(d - self.n_head), d))
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
+                             f"n_embd / n_head channels (e.g. n_head={near})")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ValueError(f"dropout={d!r}: must be a number in [0, 1)")
         self.head_size = self.n_embd // self.n_head
         m = self.pad_vocab_multiple
         self.padded_vocab_size = (self.vocab_size + m - 1) // m * m

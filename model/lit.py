@@ -33,6 +33,33 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0      # applied by the Trainer (gradient_clip_val)
 
+    def __post_init__(self):
+        """Each field checked once, here; a ValueError begins `field=value:` (pianolm.config's
+        check_config names the config key from it)."""
+        lr = check_field("lr", self.lr, float, lambda v: 0 < v < math.inf, "a finite number > 0 (the peak learning rate)")
+        check_field("min_lr", self.min_lr, float, lambda v: 0 <= v <= lr, f"a number in [0, lr={lr}]")
+        check_field("warmup_steps", self.warmup_steps, int, lambda v: v >= 0, "an integer >= 0")
+        check_field("max_steps", self.max_steps, int, lambda v: v >= 1, "an integer >= 1")
+        check_field("weight_decay", self.weight_decay, float, lambda v: v >= 0, "a number >= 0")
+        b = list(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas
+        if not (isinstance(b, list) and len(b) == 2 and all(is_real(x) and 0 <= x < 1 for x in b)):
+            raise ValueError(f"betas={b!r}: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+        if self.grad_clip is not None:
+            check_field("grad_clip", self.grad_clip, float, lambda v: v > 0, "a number > 0, or null (None) for no clipping")
+
+
+def is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_field(name: str, value, kind: type, ok, allowed: str):
+    """`value` if it is a `kind` (int; float also takes an int) for which `ok` holds, else
+    ValueError("name=value: must be <allowed>")."""
+    good = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else is_real(value)
+    if not good or not ok(value):
+        raise ValueError(f"{name}={value!r}: must be {allowed}")
+    return value
+
 
 class TokenizerMismatchError(ValueError):
     """A checkpoint was made with another tokenizer than the data's."""

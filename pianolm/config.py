@@ -1,11 +1,14 @@
 """The run's config: the `mul_int` resolver the yaml uses, and every value checked before any work.
 
 `check_config(cfg)` reads the composed Hydra config (conf/train.yaml and its groups) and raises
-ConfigError naming the key, its value and what is allowed; the dataclasses' own checks
-(remi.TokenizerConfig, remi.datasets.DataConfig, model.GPTConfig) run here too.
+ConfigError naming the key, its value and what is allowed. What a dataclass checks
+(remi.TokenizerConfig, remi.datasets.DataConfig, model.GPTConfig, model.lit.OptimConfig) it
+checks once, itself: check_config builds it and names the config key in its error.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 import remi
 import remi.datasets
 from model import GPTConfig
+from model.lit import OptimConfig
 
 from .errors import ConfigError
 
@@ -56,13 +60,11 @@ def check_config(cfg: DictConfig) -> None:
     the bundled corpus, hours on a full one). Raises ConfigError naming the key, the value and
     what is allowed; the dataclasses' own checks (TokenizerConfig, DataConfig, GPTConfig) run here too."""
     pos_int = lambda v: v >= 1  # noqa: E731
-    for key in ("scale.batch_size", "scale.accumulate", "model.n_layer", "model.n_head", "model.n_embd",
-                "model.block_size", "model.pad_vocab_multiple", "trainer.max_steps"):
+    for key in ("scale.batch_size", "scale.accumulate", "trainer.max_steps"):
         _number(cfg, key, int, pos_int, "an integer >= 1")
-    n_embd, n_head = cfg.model.n_embd, cfg.model.n_head
-    if n_embd % n_head:
-        raise ConfigError(f"{_key(cfg, 'model.n_embd')}={n_embd} is not divisible by {_key(cfg, 'model.n_head')}={n_head}: "
-                          f"each head gets n_embd / n_head channels (e.g. n_head={_divisor_near(n_embd, n_head)})")
+    # The network's and the optimizer's fields are checked by their dataclasses, once.
+    _build(cfg, "model", lambda **kw: GPTConfig(vocab_size=1, **kw), GPTConfig)
+    _build(cfg, "optim", OptimConfig, OptimConfig)
     for key in ("scale.val_songs", "scale.val_batch_size"):  # optional: null means all / batch_size
         if OmegaConf.select(cfg, key) is not None:
             _number(cfg, key, int, pos_int, "an integer >= 1, or null")
@@ -75,19 +77,6 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"augment.transpose={transpose} with tokenizer.bpe_vocab_size="
                               f"{OmegaConf.select(cfg, 'tokenizer.bpe_vocab_size')}: transposition needs a vocabulary without "
                               "BPE (a merged token holds pitches that cannot be shifted alone); set one of them to 0")
-    _number(cfg, "model.dropout", float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-    lr = _number(cfg, "optim.lr", float, lambda v: 0 < v < float("inf"), "a finite number > 0 (the peak learning rate)")
-    _number(cfg, "optim.min_lr", float, lambda v: 0 <= v <= lr, f"a number in [0, optim.lr={lr}]")
-    _number(cfg, "optim.warmup_steps", int, lambda v: v >= 0, "an integer >= 0")
-    _number(cfg, "optim.max_steps", int, pos_int, "an integer >= 1")
-    _number(cfg, "optim.weight_decay", float, lambda v: v >= 0, "a number >= 0")
-    betas = OmegaConf.select(cfg, "optim.betas")
-    betas_ok = (OmegaConf.is_list(betas) or isinstance(betas, (list, tuple))) and len(betas) == 2 and all(
-        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
-    if not betas_ok:
-        raise ConfigError(f"optim.betas={_plain(betas)!r}: must be two numbers in [0, 1), e.g. [0.9, 0.95]")
-    if OmegaConf.select(cfg, "optim.grad_clip") is not None:
-        _number(cfg, "optim.grad_clip", float, lambda v: v > 0, "a number > 0, or null for no clipping")
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={seed!r}: must be an integer in [0, 2**32)")
@@ -111,19 +100,24 @@ def check_config(cfg: DictConfig) -> None:
     if tok_cfg.bpe_vocab_size and tok_cfg.bpe_vocab_size <= base_vocab:
         raise ConfigError(f"{_key(cfg, 'tokenizer.bpe_vocab_size')}={tok_cfg.bpe_vocab_size}: must be 0 (no BPE) or "
                           f"larger than the base vocabulary ({base_vocab})")
+
+
+def _build(cfg: DictConfig, group: str, make, cls) -> Any:
+    """`make(**cfg.<group>)`, its ValueError turned into a ConfigError that names the config keys:
+    the dataclass's `field=value` becomes `group.field=value` (with the interpolation it came
+    from, `_key`), for every field of `cls` the message mentions."""
     try:
-        GPTConfig(vocab_size=max(1, tok_cfg.bpe_vocab_size), **OmegaConf.to_container(cfg.model, resolve=True))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: {e}") from None
-
-
-def _divisor_near(n: int, k: int) -> int:
-    """The divisor of n closest to k (a suggestion for n_head)."""
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), d))
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        values = OmegaConf.to_container(cfg[group], resolve=True)
+    except Exception as e:  # noqa: BLE001 — a missing key or a broken interpolation
+        raise ConfigError(f"{group}: cannot be read ({e})") from None
+    try:
+        return make(**values)
+    except TypeError as e:  # an unknown or missing key
+        raise ConfigError(f"{group}: {e}") from None
+    except ValueError as e:
+        names = sorted((f.name for f in dataclasses.fields(cls) if f.init), key=len, reverse=True)
+        pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")=")
+        raise ConfigError(pattern.sub(lambda m: f"{_key(cfg, f'{group}.{m.group(1)}')}=", str(e))) from None
 
 
 def model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:

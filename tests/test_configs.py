@@ -183,3 +183,24 @@ def test_wandb_mode_is_offline_without_credentials(monkeypatch, tmp_path):
     assert wandb_mode("auto") == "online"
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_mode("auto") == "offline"                  # the environment wins
+
+
+def test_each_dataclass_checks_its_own_fields_and_check_config_names_the_key():
+    """OptimConfig and GPTConfig refuse a bad field themselves (`field=value: ...`); check_config
+    builds them and only renames the field to the config key, so the rule lives in one place."""
+    from model import GPTConfig
+    from model.lit import OptimConfig
+    from pianolm.config import ConfigError, check_config
+
+    with pytest.raises(ValueError, match=r"^min_lr=0.5: must be a number in \[0, lr=0.1\]"):
+        OptimConfig(lr=0.1, min_lr=0.5)
+    with pytest.raises(ValueError, match=r"^warmup_steps=-1: must be an integer >= 0"):
+        OptimConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match=r"^n_embd=10 is not divisible by n_head=3: .*\(e.g. n_head=2\)"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match=r"^n_layer=2.5: must be an integer >= 1"):
+        GPTConfig(n_layer=2.5)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["scale.warmup_steps=-1"])
+    with pytest.raises(ConfigError, match=r"^optim.warmup_steps \(= \$\{scale.warmup_steps\}\)=-1: must be an integer >= 0$"):
+        check_config(cfg)
