@@ -12,19 +12,28 @@ The HTTP interface, JSON except the page and the media:
     POST /api/generate?temperature=1&top_p=0.95&bars=8[&seed=3][&prompt_bars=4&name=song.mid]
          body: a prompt MIDI file, or nothing      -> 202 {"job": id}
          bad parameters or a bad upload            -> 400 {"error": "..."}
+         a body slower than Limits.body_timeout    -> 408 {"error": "..."}
+         the queue already holds max_waiting jobs  -> 429 {"error": "..."}
     GET  /api/jobs/{id}             {"state": "queued"|"running"|"done"|"error", "tokens", ...}
     GET  /api/jobs/{id}/{file}      piece.mid, piece.png and piece.flac (or .wav)
+    anything else                               -> 404 (405) {"error": "..."}
+
+Every refusal the app makes is a 4xx whose JSON names what was wrong; the event loop only parses,
+queues and answers: reading a prompt file, queueing (which deletes old jobs' folders) and generating
+all run in threads, so GET /api/info answers while pieces are made (tests/test_serve_load.py).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import math
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -56,13 +65,43 @@ class Limits:
     max_new_tokens: int | None = None  # None: the model's own default for the bars asked for
     jobs_kept: int = 16  # finished jobs whose files stay on disk (oldest dropped first)
     max_waiting: int = 8  # queued jobs beyond the running one; more are refused (HTTP 429)
+    body_timeout: float = 30.0  # seconds a request body may take to arrive in full (HTTP 408 after)
+
+    def __post_init__(self):
+        if not (isinstance(self.max_waiting, int) and self.max_waiting >= 1):  # 0 would refuse every job
+            raise InputError(f"max_waiting={self.max_waiting!r}: it must be an integer >= 1 (--max-waiting)")
+        if not (math.isfinite(self.body_timeout) and self.body_timeout > 0):
+            raise InputError(f"body_timeout={self.body_timeout!r}: it must be a number of seconds > 0 (--body-timeout)")
+        if self.max_upload_bytes < 1:
+            raise InputError(f"max_upload_bytes={self.max_upload_bytes!r}: it must be >= 1 (--max-upload-mb)")
 
 
 class Busy(InputError):
     """The queue is full: the page says so and the user tries again (HTTP 429)."""
 
 
+class BodyRefused(PromptError):
+    """A request body refused before it was read to its end (too large, cut off): the answer
+    closes the connection, so the rest of the body is never read (HTTP 400)."""
+
+
+class SlowBody(BodyRefused):
+    """A request body that did not arrive within `Limits.body_timeout` seconds (HTTP 408)."""
+
+
+def http_status(e: InputError) -> int:
+    """The status code of a refusal."""
+    return 429 if isinstance(e, Busy) else 408 if isinstance(e, SlowBody) else 400
+
+
+JOB_ID = re.compile(r"[0-9a-f]{12}")  # uuid4().hex[:12], as Studio.submit makes them
+MAX_NAME_CHARS = 255  # the longest file name common file systems allow
 DEFAULTS = {"temperature": 1.0, "top_p": 0.95, "bars": 8, "prompt_bars": 4}
+
+
+def shown(text: str, most: int = 40) -> str:
+    """A client's text as an error message quotes it: repr (control characters escaped), cut short."""
+    return repr(text if len(text) <= most else text[:most] + "...")
 
 
 def _number(query: Mapping[str, str], key: str, kind: type, lo: float, hi: float, default: Any) -> Any:
@@ -71,11 +110,27 @@ def _number(query: Mapping[str, str], key: str, kind: type, lo: float, hi: float
         return default
     try:
         value = kind(text)
-    except ValueError:
-        raise InputError(f"{key}={text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if not (lo <= value <= hi) or (kind is float and not math.isfinite(value)):
-        raise InputError(f"{key}={text!r} is out of range: it must lie in [{lo:g}, {hi:g}]")
+    except ValueError:  # int() also refuses digit strings past 4,300 characters with a ValueError
+        raise InputError(f"{key}={shown(text)} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise InputError(f"{key}={shown(text)} is not a finite number: it must lie in [{lo:g}, {hi:g}]")
+    if not (lo <= value <= hi):
+        raise InputError(f"{key}={shown(text)} is out of range: it must lie in [{lo:g}, {hi:g}]")
     return value
+
+
+def _prompt_name(text: str) -> str:
+    """The upload's file name, for messages only: never a path (a browser sends the bare name).
+    Path separators, control characters and overlong names are refused."""
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise InputError(f"name={shown(text)} holds a control character: send the prompt file's own name")
+    if "/" in text or "\\" in text:
+        raise InputError(f"name={shown(text)} holds a path separator: send the prompt file's own name, "
+                         "without folders")
+    if len(text) > MAX_NAME_CHARS:
+        raise InputError(f"name is {len(text):,} characters long, more than the {MAX_NAME_CHARS} a file name "
+                         "may have: send the prompt file's own name")
+    return safe_name(text)
 
 
 def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
@@ -91,7 +146,7 @@ def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
             "bars": _number(query, "bars", int, 1, limits.max_bars, DEFAULTS["bars"]),
             "seed": _number(query, "seed", int, 0, 2**63 - 1, None),
             "prompt_bars": _number(query, "prompt_bars", int, 1, limits.max_prompt_bars, DEFAULTS["prompt_bars"]),
-            "name": safe_name(Path(query.get("name") or "prompt.mid").name)}  # for messages only, never a path
+            "name": _prompt_name(query.get("name") or "prompt.mid")}
 
 
 # ---------------------------------------------------------------- the model, through the Python API
@@ -186,7 +241,23 @@ class Studio:
                 "defaults": DEFAULTS, "limits": {"max_upload_bytes": self.limits.max_upload_bytes,
                                                  "max_bars": self.limits.max_bars,
                                                  "max_prompt_bars": self.limits.max_prompt_bars,
-                                                 "max_temperature": self.limits.max_temperature}}
+                                                 "max_temperature": self.limits.max_temperature,
+                                                 "max_waiting": self.limits.max_waiting,
+                                                 "body_timeout": self.limits.body_timeout},
+                "queue": self.queue()}
+
+    def queue(self) -> dict:
+        """How many jobs wait, and whether one runs (the load test reads it through /api/info)."""
+        with self._lock:
+            return {"waiting": self._waiting(), "running": self._running is not None}
+
+    def _waiting(self) -> int:  # under self._lock
+        return sum(j.state == "queued" for j in self.jobs.values())
+
+    def _check_room(self) -> None:  # under self._lock
+        waiting = self._waiting()
+        if waiting >= self.limits.max_waiting:
+            raise Busy(f"{waiting} pieces are already waiting to be generated; try again when one is done")
 
     def check_prompt(self, data: bytes, name: str, prompt_bars: int) -> int | None:
         """Check an uploaded prompt as the API checks prompts (parses as MIDI, has notes, its bars
@@ -200,22 +271,30 @@ class Studio:
                               "this server accepts")
         if data[:4] != b"MThd":
             raise PromptError(f"{what} is not a MIDI file (it does not start with 'MThd'); choose a .mid file")
+        declared, held = _track_counts(data)
+        if held < declared:
+            raise PromptError(f"{what} is damaged: its header declares {declared:,} tracks but it holds {held:,}; "
+                              "re-save it from a MIDI editor")
         return prompt_from(self.model.tokenizer, data, prompt_bars, int(self.model.block_size), what=what).end_tick
 
     def submit(self, params: dict, prompt: bytes | None = None) -> Job:
-        """Queue one generation; a bad prompt raises PromptError before anything is queued."""
+        """Queue one generation; a full queue raises Busy, a bad prompt PromptError, before
+        anything is queued. Reads the prompt and deletes old jobs' folders: call it from a thread,
+        never from the event loop."""
+        with self._lock:
+            self._check_room()  # before reading the prompt: a full queue costs no parsing
         end_tick = None if prompt is None else self.check_prompt(prompt, params["name"], params["prompt_bars"])
         job_id = uuid.uuid4().hex[:12]
         folder = self.workdir / job_id
         job = Job(job_id, params, folder, prompt=prompt, prompt_end_tick=end_tick)
         with self._lock:
-            waiting = sum(j.state == "queued" for j in self.jobs.values())
-            if waiting >= self.limits.max_waiting:
-                raise Busy(f"{waiting} pieces are already waiting to be generated; try again when one is done")
+            self._check_room()  # again: other requests may have filled the queue meanwhile
             folder.mkdir(parents=True)
             self.jobs[job_id] = job
-            self._forget_old()
+            old = self._forget_old()
         self._pool.submit(self._run, job)
+        for path in old:  # outside the lock, which the status route waits for
+            shutil.rmtree(path, ignore_errors=True)
         return job
 
     def status(self, job_id: str) -> dict | None:
@@ -232,11 +311,13 @@ class Studio:
         path = job.folder / name
         return path if path.is_file() else None
 
-    def _forget_old(self) -> None:
+    def _forget_old(self) -> list[Path]:
+        """Drop the oldest finished jobs beyond `jobs_kept` (under self._lock); returns their folders."""
         done = [j for j in self.jobs.values() if j.state in ("done", "error")]
-        for job in done[: max(0, len(done) - self.limits.jobs_kept)]:
+        dropped = done[: max(0, len(done) - self.limits.jobs_kept)]
+        for job in dropped:
             del self.jobs[job.id]
-            shutil.rmtree(job.folder, ignore_errors=True)
+        return [job.folder for job in dropped]
 
     def _run(self, job: Job) -> None:
         with self._lock:
@@ -257,6 +338,7 @@ class Studio:
         finally:
             with self._lock:
                 job.finished, self._running = time.monotonic(), None
+                job.prompt = None  # up to max_upload_bytes a job: kept jobs need not hold it
 
     def _write(self, job: Job, score: remi.Score) -> dict:
         """piece.mid, piece.png and (with a renderer) the audio file of one generated score."""
@@ -290,6 +372,18 @@ class Studio:
             self._tmp.cleanup()
 
 
+def _track_counts(data: bytes) -> tuple[int, int]:
+    """(tracks the header declares, MTrk chunks the file holds), walking the chunk lengths only.
+    A well-formed header is assumed; the reader reports any other damage."""
+    declared = int.from_bytes(data[10:12], "big")
+    pos, held = 8 + int.from_bytes(data[4:8], "big"), 0
+    while pos + 8 <= len(data) and held < declared:
+        size = int.from_bytes(data[pos + 4:pos + 8], "big")
+        held += data[pos:pos + 4] == b"MTrk" and pos + 8 + size <= len(data)
+        pos += 8 + size
+    return declared, held
+
+
 def _seed_used(m) -> str | None:
     """The seed the API drew (or was given) for the last piece, as text: seeds reach 2**63,
     past the integers a JavaScript number holds exactly."""
@@ -303,7 +397,11 @@ def _seed_used(m) -> str | None:
 def build_app(studio: Studio):
     """The starlette app over a `Studio`: the page, its static files and the JSON routes."""
     try:
+        import anyio
         from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
+        from starlette.exceptions import HTTPException
+        from starlette.requests import ClientDisconnect
         from starlette.responses import FileResponse, JSONResponse, Response
         from starlette.routing import Mount, Route
         from starlette.staticfiles import StaticFiles
@@ -311,6 +409,42 @@ def build_app(studio: Studio):
         raise InputError(EXTRA_HINT) from None
 
     web = resources.files("pianolm") / "web"
+    limits = studio.limits
+
+    def refuse(e: InputError) -> JSONResponse:
+        # A body refused before its end: close the connection, so the rest is never read.
+        headers = {"connection": "close"} if isinstance(e, BodyRefused) else None
+        return JSONResponse({"error": str(e)}, status_code=http_status(e), headers=headers)
+
+    async def read_body(request, name: str) -> bytes:
+        """The request body, refused from its declared length when that is over the limit, as soon
+        as it passes the limit otherwise (never read whole), and when it takes longer than
+        `body_timeout` seconds to arrive."""
+        what, limit = f"the uploaded prompt {name}", limits.max_upload_bytes
+        too_big = (f"more than {limit:,} bytes, the most this server accepts "
+                   "(start it with a larger --max-upload-mb)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:  # uvicorn has refused non-numeric lengths
+            raise BodyRefused(f"{what} is {int(declared):,} bytes, {too_big}")
+        chunks, size = [], 0
+        try:
+            with anyio.fail_after(limits.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyRefused(f"{what} is {too_big}")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise SlowBody(f"{what} did not arrive within {limits.body_timeout:g} s ({size:,} bytes came); "
+                           "send it at once, or start the server with a larger --body-timeout") from None
+        except ClientDisconnect:
+            raise BodyRefused(f"{what} was cut off: the connection closed after {size:,} bytes") from None
+        return b"".join(chunks)
+
+    def no_job(job: str) -> JSONResponse:
+        why = ("a job id is the 12 hex digits POST /api/generate answered" if not JOB_ID.fullmatch(job)
+               else f"finished jobs are kept {limits.jobs_kept} at a time")
+        return JSONResponse({"error": f"no job {shown(job)} ({why})"}, status_code=404)
 
     async def page(request):
         return Response((web / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
@@ -320,50 +454,48 @@ def build_app(studio: Studio):
 
     async def generate(request):
         try:
-            params = parse_params(request.query_params, studio.limits)
-            body = await _read_body(request, studio.limits.max_upload_bytes, params["name"])
+            params = parse_params(request.query_params, limits)
+            body = await read_body(request, params["name"])
             has_prompt = "name" in request.query_params or bool(body)
-            job = studio.submit(params, body if has_prompt else None)
+            # Reading the prompt file and deleting old jobs' folders would stall the event loop.
+            job = await run_in_threadpool(studio.submit, params, body if has_prompt else None)
         except InputError as e:
-            return JSONResponse({"error": str(e)}, status_code=429 if isinstance(e, Busy) else 400)
+            return refuse(e)
         return JSONResponse({"job": job.id}, status_code=202)
 
     async def job_status(request):
-        status = studio.status(request.path_params["job"])
-        if status is None:
-            return JSONResponse({"error": f"no job {request.path_params['job']!r} (finished jobs are kept "
-                                          f"{studio.limits.jobs_kept} at a time)"}, status_code=404)
-        return JSONResponse(status)
+        job = request.path_params["job"]
+        status = studio.status(job) if JOB_ID.fullmatch(job) else None
+        return no_job(job) if status is None else JSONResponse(status)
 
     async def job_file(request):
-        name = request.path_params["name"]
-        path = studio.file(request.path_params["job"], name)
+        job, name = request.path_params["job"], request.path_params["name"]
+        if not JOB_ID.fullmatch(job) or studio.status(job) is None:
+            return no_job(job)
+        path = studio.file(job, name)
         if path is None:
-            return JSONResponse({"error": f"no file {name!r} for this job"}, status_code=404)
+            return JSONResponse({"error": f"no file {shown(name)} for job {job}"}, status_code=404)
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
-                            filename=None if path.suffix in (".png",) else f"pianolm-{request.path_params['job']}{path.suffix}")
+                            filename=None if path.suffix in (".png",) else f"pianolm-{job}{path.suffix}")
+
+    async def http_error(request, exc: HTTPException):
+        """Unknown paths (404) and methods (405) answer in JSON like the routes' own refusals."""
+        what = f"{request.method} {shown(request.url.path, 80)}"
+        error = (f"{what} is not allowed here: POST /api/generate, GET the rest" if exc.status_code == 405 else
+                 f"nothing at {what}: the page is GET /; the API is GET /api/info, POST /api/generate, "
+                 "GET /api/jobs/{job} and GET /api/jobs/{job}/{file}" if exc.status_code == 404 else str(exc.detail))
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     routes = [Route("/", page), Route("/api/info", info), Route("/api/generate", generate, methods=["POST"]),
               Route("/api/jobs/{job}", job_status), Route("/api/jobs/{job}/{name}", job_file),
               Mount("/static", StaticFiles(directory=str(web)), name="static")]
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         studio.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
-
-
-async def _read_body(request, limit: int, name: str) -> bytes:
-    """The request body, refused as soon as it passes `limit` bytes (never read whole)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PromptError(f"the uploaded prompt {name} is more than {limit:,} bytes, the most this server "
-                              "accepts (start it with a larger --max-upload-mb)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
 
 
 def main(argv: Sequence[str]) -> int:
@@ -377,6 +509,12 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--audio-format", choices=["flac", "wav"], default="flac")
     p.add_argument("--max-upload-mb", type=float, default=Limits.max_upload_bytes / 1e6)
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on tokens per piece (default: the API's)")
+    p.add_argument("--max-waiting", type=int, default=Limits.max_waiting,
+                   help="pieces that may wait behind the running one; more requests get HTTP 429")
+    p.add_argument("--body-timeout", type=float, default=Limits.body_timeout,
+                   help="seconds a request body (the prompt file) may take to arrive; a slower one gets HTTP 408")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="folder for the jobs' files, kept at exit (default: a temporary folder, removed at exit)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     try:
@@ -390,9 +528,10 @@ def main(argv: Sequence[str]) -> int:
     renderer = None if args.no_audio else find_renderer(args.soundfont)
     if renderer is None and not args.no_audio:
         print(f"[serve] {INSTALL_HINT}", file=sys.stderr)
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), max_new_tokens=args.max_new_tokens)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), max_new_tokens=args.max_new_tokens,
+                    max_waiting=args.max_waiting, body_timeout=args.body_timeout)
     studio = Studio(load_model(args.ckpt), renderer, limits, audio_format="." + args.audio_format,
-                    checkpoint=str(args.ckpt))
+                    workdir=args.workdir, checkpoint=str(args.ckpt))
     app = build_app(studio)
     print(f"[serve] {args.ckpt} loaded; open http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

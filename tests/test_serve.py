@@ -1,5 +1,6 @@
 """`python -m pianolm serve`: the HTTP routes through starlette's TestClient, on a tiny random
-checkpoint (the page's real-browser test is tests/test_serve_browser.py)."""
+checkpoint (the page's real-browser test is tests/test_serve_browser.py; hostile requests are
+tests/test_serve_hostile.py, the server under load tests/test_serve_load.py)."""
 from __future__ import annotations
 
 import importlib
@@ -7,36 +8,17 @@ import importlib.util
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import torch
 
 import remi
-from model import GPT, GPTConfig
 from pianolm.errors import InputError
 from pianolm.serve import Busy, Limits, Studio, build_app, load_model, parse_params
 from remi.audio import find_renderer
 from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
+from tests.serve_helpers import prompt_midi, tiny_checkpoint
 
 MISSING = [m for m in ("starlette", "uvicorn", "httpx") if importlib.util.find_spec(m) is None]
-
-
-def tiny_checkpoint(path: Path, block_size: int = 64, seed: int = 0) -> Path:
-    """A genuine (untrained) checkpoint: random GPT weights beside the default tokenizer."""
-    torch.manual_seed(seed)
-    tok = remi.Tokenizer()
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)
-    torch.save({"state_dict": {f"gpt.{k}": v for k, v in GPT(config).state_dict().items()},
-                "tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": config.to_dict()}, path)
-    return path
-
-
-def prompt_midi(n_bars: int = 4, tpq: int = 480) -> bytes:
-    """A 4/4 file with one quarter note a beat: `n_bars` bars of a rising C major scale."""
-    scale = [60, 62, 64, 65, 67, 69, 71, 72]
-    notes = [(b * tpq, b * tpq + tpq - 10, scale[b % 8], 80) for b in range(4 * n_bars)]
-    return midi_file([track([tempo(0, 120), time_sig(0, 4, 4), *note_events(notes)])], tpq=tpq)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +147,8 @@ def test_parse_params_defaults_and_top_p_one_is_off():
     p = parse_params({})
     assert (p["temperature"], p["top_p"], p["bars"], p["seed"]) == (1.0, 0.95, 8, None)
     assert parse_params({"top_p": "1"})["top_p"] is None
-    assert parse_params({"name": "../../etc/passwd"})["name"] == "passwd"  # a file name, never a path
+    with pytest.raises(InputError, match="holds a path separator"):  # a file name, never a path
+        parse_params({"name": "../../etc/passwd"})
     with pytest.raises(InputError, match="bars='65' is out of range"):
         parse_params({"bars": "65"})
 
@@ -232,6 +215,8 @@ def test_a_full_queue_is_refused_with_429_and_the_queue_drains(tmp_path):
             time.sleep(0.01)
         jobs += [client.post("/api/generate?bars=1").json()["job"] for _ in range(2)]  # these two wait
         assert [client.get(f"/api/jobs/{j}").json()["state"] for j in jobs] == ["running", "queued", "queued"]
+        info = client.get("/api/info").json()
+        assert info["queue"] == {"waiting": 2, "running": True} and info["limits"]["max_waiting"] == 2
         refused = client.post("/api/generate?bars=1")
         assert refused.status_code == 429 and "2 pieces are already waiting" in refused.json()["error"]
         with pytest.raises(Busy):
@@ -251,3 +236,18 @@ def test_serve_with_a_missing_checkpoint_is_one_line_and_status_2(tmp_path, caps
     assert main(["serve", str(tmp_path / "missing.ckpt"), "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"pianolm serve: error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--max-waiting", "0"], "max_waiting=0: it must be an integer >= 1 (--max-waiting)"),
+    (["--body-timeout", "0"], "body_timeout=0.0: it must be a number of seconds > 0 (--body-timeout)"),
+    (["--body-timeout", "nan"], "body_timeout=nan: it must be a number of seconds > 0 (--body-timeout)"),
+    (["--max-upload-mb", "0"], "max_upload_bytes=0: it must be >= 1 (--max-upload-mb)"),
+])
+def test_bad_limits_are_one_line_before_the_checkpoint_is_read(tmp_path, capsys, option, message):
+    if MISSING:
+        pytest.skip(f"{', '.join(MISSING)} not installed")
+    from pianolm.__main__ import main
+
+    assert main(["serve", str(tmp_path / "missing.ckpt"), "--no-audio", *option]) == 2
+    assert capsys.readouterr().err.strip() == f"pianolm serve: error: {message}"
