@@ -175,73 +175,97 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
              follow_key: float | None = None) -> dict:
     """Every number of the evaluation, and the generated pieces (ids) for whoever renders them.
     `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep."""
-    t0 = time.time()
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    draw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    clock = [time.time()]
+    real = _real_side(gpt, tok, files, bars, likelihood)
+    clock.append(time.time())
+    say(f"[evaluate] bits/note {real['bits'] / real['notes']:.4f} over {len(real['seqs'])} pieces "
+        f"({clock[1] - clock[0]:.0f} s)")
+    free = _from_scratch(gpt, tok, n, bars, seed, draw)
+    clock.append(time.time())
+    say(f"[evaluate] {n} pieces from scratch ({clock[2] - clock[1]:.0f} s)")
+    cont = _continuations(gpt, tok, real["pieces"], seed, draw, keep_prompt, follow_key) if continuations else None
+    clock.append(time.time())
+    say(f"[evaluate] {len(cont['rows']) if cont else 0} continuations ({clock[3] - clock[2]:.0f} s)")
+    settings = {"n": n, "seed": seed, "bars": bars, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                "min_p": min_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
+                "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt,
+                "follow_key": follow_key}
+    return _result(tok, real, free, cont, settings, clock)
+
+
+def _real_side(gpt: GPT, tok, files: Sequence[Path], bars: int, likelihood: bool) -> dict:
+    """The real pieces: their ids, bits (per piece), notes, seconds, and metrics of their first
+    `bars` bars on the tokenizer's grid (each piece as the model would see it)."""
     pieces, skipped = read_pieces(tok, files)
     if not pieces:
         raise SystemExit(f"evaluate: none of the {len(files)} real files is readable: {skipped[:3]}")
     seqs = [ids for _, ids in pieces]
     piece_notes = [tok.count_notes(s) for s in seqs]
-    notes = sum(piece_notes)
-    # Seconds of each real file as written (its own tempo map), the same for every tokenizer.
-    piece_seconds = [file_seconds(f) for f, _ in pieces]
     piece_bits = nll_bits_per_piece(gpt, seqs) if likelihood else np.full(len(seqs), M.NAN)
-    bits = float(piece_bits.sum())
-    t_nll = time.time()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
-    say(f"[evaluate] bits/note {bits / notes:.4f} over {len(seqs)} pieces ({t_nll - t0:.0f} s)")
-
-    # The real side, on the tokenizer's grid: each piece as the model would see its first bars.
     real_cut = [tok.decode_score(cut_bars(tok, s, bars)[0]) for s in seqs]
-    real_metrics = [M.piece_metrics(s) for s in real_cut]
+    return {"pieces": pieces, "skipped": skipped, "seqs": seqs, "piece_notes": piece_notes,
+            "notes": sum(piece_notes), "piece_bits": piece_bits, "bits": float(piece_bits.sum()),
+            # Seconds of each real file as written (its own tempo map), the same for every tokenizer.
+            "piece_seconds": [file_seconds(f) for f, _ in pieces],
+            "metrics": [M.piece_metrics(s) for s in real_cut]}
 
-    free = generate(gpt, tok, [tok.bos_id], n, bars, max_new_tokens, temperature, seed, top_k, top_p,
-                    min_p=min_p)
-    free_scores = [tok.decode_score(cut_bars(tok, r, bars)[0]) for r in free]
-    free_metrics = [M.piece_metrics(s) for s in free_scores]
-    syntax = grammar_errors(tok, free, [1] * len(free))
-    kinds = grammar_error_kinds(tok, free, [1] * len(free))
-    total = generated_tokens(tok, free, [1] * len(free))
-    free_errors = row_errors(tok, free, [1] * len(free))
-    t_free = time.time()
-    say(f"[evaluate] {n} pieces from scratch ({t_free - t_nll:.0f} s)")
 
-    cont_rows, prompts, cont_gen, cont_real, cont_errors = [], [], [], [], []
-    if continuations:
-        for i, (f, ids) in enumerate(pieces):
-            if count_bars(tok, ids) < PROMPT_BARS + CONTINUATION_BARS:
-                continue  # too short to hold a prompt and a real continuation
-            prompt = cut_bars(tok, ids, PROMPT_BARS)[0]
-            bias = follow_key_bias(tok, prompt, follow_key) if follow_key else None
-            row = generate(gpt, tok, prompt, 1, PROMPT_BARS + CONTINUATION_BARS, max_new_tokens,
-                           temperature, seed + 1 + i, top_k, top_p, keep_prompt, min_p, bias)[0]
-            row = cut_bars(tok, row, PROMPT_BARS + CONTINUATION_BARS)[0]
-            cont_rows.append(row)
-            prompts.append((f, prompt))
-            cont_gen.append(M.continuation_consistency(tok.decode_score(row), PROMPT_BARS))
-            real16 = tok.decode_score(cut_bars(tok, ids, PROMPT_BARS + CONTINUATION_BARS)[0])
-            cont_real.append(M.continuation_consistency(real16, PROMPT_BARS))
-        skip = [len(p) for _, p in prompts]
-        total += generated_tokens(tok, cont_rows, skip)
-        cont_errors = row_errors(tok, cont_rows, skip)
-        for mine, more in ((syntax, grammar_errors(tok, cont_rows, skip)),
-                           (kinds, grammar_error_kinds(tok, cont_rows, skip))):
-            for name, count in more.items():
-                mine[name] = mine.get(name, 0) + count
-    t_cont = time.time()
-    say(f"[evaluate] {len(cont_rows)} continuations ({t_cont - t_free:.0f} s)")
+def _from_scratch(gpt: GPT, tok, n: int, bars: int, seed: int, draw: dict) -> dict:
+    rows = generate(gpt, tok, [tok.bos_id], n, bars, seed=seed, **draw)
+    scores = [tok.decode_score(cut_bars(tok, r, bars)[0]) for r in rows]
+    skip = [1] * len(rows)
+    return {"rows": rows, "scores": scores, "metrics": [M.piece_metrics(s) for s in scores],
+            "syntax": grammar_errors(tok, rows, skip), "kinds": grammar_error_kinds(tok, rows, skip),
+            "tokens": generated_tokens(tok, rows, skip), "errors": row_errors(tok, rows, skip)}
 
-    overlap = M.overlap_areas(free_metrics, real_metrics)
-    kl = M.kl_divergences(free_metrics, real_metrics)
-    free_summary, real_summary = M.summarize(free_metrics), M.summarize(real_metrics)
+
+def _continuations(gpt: GPT, tok, pieces, seed: int, draw: dict, keep_prompt: bool,
+                   follow_key: float | None) -> dict:
+    """Every real piece long enough continued from its first PROMPT_BARS bars to
+    PROMPT_BARS + CONTINUATION_BARS, measured beside its real continuation."""
+    total = PROMPT_BARS + CONTINUATION_BARS
+    rows, prompts, gen, real = [], [], [], []
+    for i, (f, ids) in enumerate(pieces):
+        if count_bars(tok, ids) < total:
+            continue  # too short to hold a prompt and a real continuation
+        prompt = cut_bars(tok, ids, PROMPT_BARS)[0]
+        bias = follow_key_bias(tok, prompt, follow_key) if follow_key else None
+        row = generate(gpt, tok, prompt, 1, total, seed=seed + 1 + i, keep_prompt=keep_prompt, logit_bias=bias,
+                       **draw)[0]
+        rows.append(cut_bars(tok, row, total)[0])
+        prompts.append((f, prompt))
+        gen.append(M.continuation_consistency(tok.decode_score(rows[-1]), PROMPT_BARS))
+        real.append(M.continuation_consistency(tok.decode_score(cut_bars(tok, ids, total)[0]), PROMPT_BARS))
+    skip = [len(p) for _, p in prompts]
+    return {"rows": rows, "prompts": prompts, "gen": gen, "real": real,
+            "syntax": grammar_errors(tok, rows, skip), "kinds": grammar_error_kinds(tok, rows, skip),
+            "tokens": generated_tokens(tok, rows, skip), "errors": row_errors(tok, rows, skip)}
+
+
+def _result(tok, real: dict, free: dict, cont: dict | None, settings: dict, clock: list[float]) -> dict:
+    """evaluate()'s dict from the three parts (see the module docstring for its keys)."""
+    cont = cont or {"rows": [], "prompts": [], "gen": [], "real": [], "syntax": {}, "kinds": {}, "tokens": 0,
+                    "errors": []}
+    syntax, kinds = dict(free["syntax"]), dict(free["kinds"])
+    for mine, more in ((syntax, cont["syntax"]), (kinds, cont["kinds"])):
+        for name, count in more.items():
+            mine[name] = mine.get(name, 0) + count
+    total = free["tokens"] + cont["tokens"]
+    overlap = M.overlap_areas(free["metrics"], real["metrics"])
+    kl = M.kl_divergences(free["metrics"], real["metrics"])
+    free_summary, real_summary = M.summarize(free["metrics"]), M.summarize(real["metrics"])
+    # Generated continuation vs the real continuation of the same prompt, piece by piece.
     continuation = {}
     for k in CONTINUATION_KEYS:
-        continuation[k] = M.nanmean(c[k] for c in cont_gen)
-        continuation[f"{k}_real"] = M.nanmean(c[k] for c in cont_real)
-    # Generated continuation vs the real continuation of the same prompt, piece by piece.
-    continuation["n"] = len(cont_gen)
+        continuation[k] = M.nanmean(c[k] for c in cont["gen"])
+        continuation[f"{k}_real"] = M.nanmean(c[k] for c in cont["real"])
+    continuation["n"] = len(cont["gen"])
+    t0, t_nll, t_free, t_cont = clock
     return {
-        "bits_per_note": bits / notes,
-        "bits_per_second": bits / sum(piece_seconds),
+        "bits_per_note": real["bits"] / real["notes"],
+        "bits_per_second": real["bits"] / sum(real["piece_seconds"]),
         "metrics": {name: {"mean": free_summary.get(name, M.NAN), "real_mean": real_summary.get(name, M.NAN),
                            "overlap": overlap[name], "kl": kl[name]} for name in M.PIECE_METRICS},
         # MidiTok's token syntax errors (one per token, no cascade); the strict canonical grammar beside
@@ -249,31 +273,33 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
         "canonical_error_rate": sum(kinds.values()) / total if total else 0.0,
         "grammar_errors": {"tokens": int(total), "errors": int(sum(syntax.values())), "by_kind": syntax,
                            "canonical_errors": int(sum(kinds.values())), "by_rule": kinds},
-        "empty_pieces": int(sum(len(s) == 0 for s in free_scores)),
+        "empty_pieces": int(sum(len(s) == 0 for s in free["scores"])),
         "continuation": continuation,
-        "pieces": {"real": len(pieces), "skipped": skipped, "notes": int(notes),
-                   "tokens": int(sum(len(s) for s in seqs)), "sampled": n, "continued": len(cont_rows)},
-        "settings": {"n": n, "seed": seed, "bars": bars, "temperature": temperature, "top_k": top_k,
-                     "top_p": top_p, "min_p": min_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
-                     "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt,
-                     "follow_key": follow_key},
+        "pieces": {"real": len(real["pieces"]), "skipped": real["skipped"], "notes": int(real["notes"]),
+                   "tokens": int(sum(len(s) for s in real["seqs"])), "sampled": settings["n"],
+                   "continued": len(cont["rows"])},
+        "settings": settings,
         "seconds": {"bits_per_note": round(t_nll - t0, 1), "sampling": round(t_free - t_nll, 1),
                     "continuations": round(t_cont - t_free, 1), "total": round(t_cont - t0, 1)},
-        # Piece by piece, so a report can resample pieces (bootstrap intervals) and pool seeds.
-        "per_piece": {
-            "real": {"file": [f.name for f, _ in pieces], "bits": [float(b) for b in piece_bits],
-                     "notes": piece_notes, "seconds": piece_seconds,
-                     "metrics": {k: [m[k] for m in real_metrics] for k in M.PIECE_METRICS}},
-            "free": {"metrics": {k: [m[k] for m in free_metrics] for k in M.PIECE_METRICS},
-                     "errors": [e for e, _ in free_errors], "tokens": [t for _, t in free_errors],
-                     "empty": [len(sc) == 0 for sc in free_scores]},
-            "continuations": {"file": [f.name for f, _ in prompts],
-                              "errors": [e for e, _ in cont_errors], "tokens": [t for _, t in cont_errors],
-                              **{k: [c[k] for c in cont_gen] for k in CONTINUATION_KEYS},
-                              **{f"{k}_real": [c[k] for c in cont_real] for k in CONTINUATION_KEYS}},
-        },
-        "_generated": {"free": free, "continuations": cont_rows, "prompts": prompts},
-        "_real": seqs,  # the real pieces' ids, for the baselines
+        "per_piece": _per_piece(real, free, cont),
+        "_generated": {"free": free["rows"], "continuations": cont["rows"], "prompts": cont["prompts"]},
+        "_real": real["seqs"],  # the real pieces' ids, for the baselines
+    }
+
+
+def _per_piece(real: dict, free: dict, cont: dict) -> dict:
+    """Piece by piece, so a report can resample pieces (bootstrap intervals) and pool seeds."""
+    return {
+        "real": {"file": [f.name for f, _ in real["pieces"]], "bits": [float(b) for b in real["piece_bits"]],
+                 "notes": real["piece_notes"], "seconds": real["piece_seconds"],
+                 "metrics": {k: [m[k] for m in real["metrics"]] for k in M.PIECE_METRICS}},
+        "free": {"metrics": {k: [m[k] for m in free["metrics"]] for k in M.PIECE_METRICS},
+                 "errors": [e for e, _ in free["errors"]], "tokens": [t for _, t in free["errors"]],
+                 "empty": [len(sc) == 0 for sc in free["scores"]]},
+        "continuations": {"file": [f.name for f, _ in cont["prompts"]],
+                          "errors": [e for e, _ in cont["errors"]], "tokens": [t for _, t in cont["errors"]],
+                          **{k: [c[k] for c in cont["gen"]] for k in CONTINUATION_KEYS},
+                          **{f"{k}_real": [c[k] for c in cont["real"]] for k in CONTINUATION_KEYS}},
     }
 
 
