@@ -394,14 +394,69 @@ def _seed_used(m) -> str | None:
 # ---------------------------------------------------------------- HTTP
 
 
+async def read_body(request, name: str, limits: Limits) -> bytes:
+    """The request body, refused from its declared length when that is over the limit, as soon
+    as it passes the limit otherwise (never read whole), and when it takes longer than
+    `body_timeout` seconds to arrive."""
+    import anyio
+    from starlette.requests import ClientDisconnect
+
+    what, limit = f"the uploaded prompt {name}", limits.max_upload_bytes
+    too_big = (f"more than {limit:,} bytes, the most this server accepts "
+               "(start it with a larger --max-upload-mb)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:  # uvicorn has refused non-numeric lengths
+        raise BodyRefused(f"{what} is {int(declared):,} bytes, {too_big}")
+    chunks, size = [], 0
+    try:
+        with anyio.fail_after(limits.body_timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyRefused(f"{what} is {too_big}")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise SlowBody(f"{what} did not arrive within {limits.body_timeout:g} s ({size:,} bytes came); "
+                       "send it at once, or start the server with a larger --body-timeout") from None
+    except ClientDisconnect:
+        raise BodyRefused(f"{what} was cut off: the connection closed after {size:,} bytes") from None
+    return b"".join(chunks)
+
+
+async def http_error(request, exc):
+    """Unknown paths (404) and methods (405) answer in JSON like the routes' own refusals."""
+    from starlette.responses import JSONResponse
+
+    what = f"{request.method} {shown(request.url.path, 80)}"
+    error = (f"{what} is not allowed here: POST /api/generate, GET the rest" if exc.status_code == 405 else
+             f"nothing at {what}: the page is GET /; the API is GET /api/info, POST /api/generate, "
+             "GET /api/jobs/{job} and GET /api/jobs/{job}/{file}" if exc.status_code == 404 else str(exc.detail))
+    return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
+
+
+def refuse(e: InputError):
+    """The JSON refusal of a request; a body refused before its end also closes the connection,
+    so the rest is never read."""
+    from starlette.responses import JSONResponse
+
+    headers = {"connection": "close"} if isinstance(e, BodyRefused) else None
+    return JSONResponse({"error": str(e)}, status_code=http_status(e), headers=headers)
+
+
+def no_job(job: str, limits: Limits):
+    from starlette.responses import JSONResponse
+
+    why = ("a job id is the 12 hex digits POST /api/generate answered" if not JOB_ID.fullmatch(job)
+           else f"finished jobs are kept {limits.jobs_kept} at a time")
+    return JSONResponse({"error": f"no job {shown(job)} ({why})"}, status_code=404)
+
+
 def build_app(studio: Studio):
     """The starlette app over a `Studio`: the page, its static files and the JSON routes."""
     try:
-        import anyio
         from starlette.applications import Starlette
         from starlette.concurrency import run_in_threadpool
         from starlette.exceptions import HTTPException
-        from starlette.requests import ClientDisconnect
         from starlette.responses import FileResponse, JSONResponse, Response
         from starlette.routing import Mount, Route
         from starlette.staticfiles import StaticFiles
@@ -410,41 +465,6 @@ def build_app(studio: Studio):
 
     web = resources.files("pianolm") / "web"
     limits = studio.limits
-
-    def refuse(e: InputError) -> JSONResponse:
-        # A body refused before its end: close the connection, so the rest is never read.
-        headers = {"connection": "close"} if isinstance(e, BodyRefused) else None
-        return JSONResponse({"error": str(e)}, status_code=http_status(e), headers=headers)
-
-    async def read_body(request, name: str) -> bytes:
-        """The request body, refused from its declared length when that is over the limit, as soon
-        as it passes the limit otherwise (never read whole), and when it takes longer than
-        `body_timeout` seconds to arrive."""
-        what, limit = f"the uploaded prompt {name}", limits.max_upload_bytes
-        too_big = (f"more than {limit:,} bytes, the most this server accepts "
-                   "(start it with a larger --max-upload-mb)")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:  # uvicorn has refused non-numeric lengths
-            raise BodyRefused(f"{what} is {int(declared):,} bytes, {too_big}")
-        chunks, size = [], 0
-        try:
-            with anyio.fail_after(limits.body_timeout):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyRefused(f"{what} is {too_big}")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise SlowBody(f"{what} did not arrive within {limits.body_timeout:g} s ({size:,} bytes came); "
-                           "send it at once, or start the server with a larger --body-timeout") from None
-        except ClientDisconnect:
-            raise BodyRefused(f"{what} was cut off: the connection closed after {size:,} bytes") from None
-        return b"".join(chunks)
-
-    def no_job(job: str) -> JSONResponse:
-        why = ("a job id is the 12 hex digits POST /api/generate answered" if not JOB_ID.fullmatch(job)
-               else f"finished jobs are kept {limits.jobs_kept} at a time")
-        return JSONResponse({"error": f"no job {shown(job)} ({why})"}, status_code=404)
 
     async def page(request):
         return Response((web / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
@@ -455,7 +475,7 @@ def build_app(studio: Studio):
     async def generate(request):
         try:
             params = parse_params(request.query_params, limits)
-            body = await read_body(request, params["name"])
+            body = await read_body(request, params["name"], limits)
             has_prompt = "name" in request.query_params or bool(body)
             # Reading the prompt file and deleting old jobs' folders would stall the event loop.
             job = await run_in_threadpool(studio.submit, params, body if has_prompt else None)
@@ -466,25 +486,17 @@ def build_app(studio: Studio):
     async def job_status(request):
         job = request.path_params["job"]
         status = studio.status(job) if JOB_ID.fullmatch(job) else None
-        return no_job(job) if status is None else JSONResponse(status)
+        return no_job(job, limits) if status is None else JSONResponse(status)
 
     async def job_file(request):
         job, name = request.path_params["job"], request.path_params["name"]
         if not JOB_ID.fullmatch(job) or studio.status(job) is None:
-            return no_job(job)
+            return no_job(job, limits)
         path = studio.file(job, name)
         if path is None:
             return JSONResponse({"error": f"no file {shown(name)} for job {job}"}, status_code=404)
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
                             filename=None if path.suffix in (".png",) else f"pianolm-{job}{path.suffix}")
-
-    async def http_error(request, exc: HTTPException):
-        """Unknown paths (404) and methods (405) answer in JSON like the routes' own refusals."""
-        what = f"{request.method} {shown(request.url.path, 80)}"
-        error = (f"{what} is not allowed here: POST /api/generate, GET the rest" if exc.status_code == 405 else
-                 f"nothing at {what}: the page is GET /; the API is GET /api/info, POST /api/generate, "
-                 "GET /api/jobs/{job} and GET /api/jobs/{job}/{file}" if exc.status_code == 404 else str(exc.detail))
-        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     routes = [Route("/", page), Route("/api/info", info), Route("/api/generate", generate, methods=["POST"]),
               Route("/api/jobs/{job}", job_status), Route("/api/jobs/{job}/{name}", job_file),
