@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.common import REPORT_JSON, REPORT_MD, aggregate, fmt, markdown_table, plain, read_json
+from experiments.common import REPORT_JSON, REPORT_MD, aggregate, fmt, fmt_ms, markdown_table, plain, read_json
 from remi import metrics as M
 
 EVAL_DIR = "eval"  # evaluate.py --out of each run folder
@@ -312,28 +312,11 @@ def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, c
     return result
 
 
-def fmt_cell(cell: dict | None, n_seeds: int, digits: int = 3, fixed: bool = False) -> str:
-    """mean ± seed spread [95% interval]."""
-    if not cell or cell.get("mean") is None:
-        return "–"
-    text = fmt(cell["mean"], digits, fixed)
-    if n_seeds > 1:
-        text += f" ± {fmt(cell['spread'], 2, fixed)}"
-    if cell.get("ci95"):
-        lo, hi = cell["ci95"]
-        text += f" [{fmt(lo, digits, fixed)}, {fmt(hi, digits, fixed)}]"
-    return text
-
-
-def _relative(path: Path, out_dir: Path) -> str:
-    return Path(os.path.relpath(path, out_dir)).as_posix()
-
-
 def render_ablation_markdown(result: dict, out_dir: Path) -> str:
     rounds, s = result["rounds"], result["settings"]
 
     def cell(label: str, name: str, digits: int = 3, fixed: bool = False, section: str = "numbers") -> str:
-        return fmt_cell(rounds[label][section].get(name), rounds[label]["n_seeds"], digits, fixed)
+        return fmt_ms(rounds[label][section].get(name), rounds[label]["n_seeds"], digits, fixed)
 
     lines = ["# Ablation report: the four rounds", ""]
     if result.get("command"):
@@ -349,7 +332,7 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
     header = ["round", "seeds", "steps", "wall s", "train tokens", "non-emb params", "vocab", "val bits/note",
               "compute (6ND)"]
     rows = [[label, ",".join(map(str, agg["seeds"]))] +
-            [fmt_cell(agg["run"].get(k), agg["n_seeds"], 4) for k in RUN_FIGURES] for label, agg in rounds.items()]
+            [fmt_ms(agg["run"].get(k), agg["n_seeds"], 4) for k in RUN_FIGURES] for label, agg in rounds.items()]
     lines += [markdown_table(header, rows), ""]
     fingerprints = sorted({r.get("code_fingerprint") or "not recorded" for r in result["runs"]})
     lines += [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", "", "## Test pieces", ""]
@@ -376,8 +359,8 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
     for c in result["claims"]:
         lines += [f"**{c['claim']}: {c['overall']}.**", ""]
         header = ["number", "claim", c["first"], c["second"], "difference", "verdict"]
-        rows = [[t["number"], t["expect"], fmt_cell(t["first"], rounds[c["first"]]["n_seeds"]),
-                 fmt_cell(t["second"], rounds[c["second"]]["n_seeds"]), fmt(t["diff"]), t["verdict"]]
+        rows = [[t["number"], t["expect"], fmt_ms(t["first"], rounds[c["first"]]["n_seeds"]),
+                 fmt_ms(t["second"], rounds[c["second"]]["n_seeds"]), fmt(t["diff"]), t["verdict"]]
                 for t in c["tests"]]
         lines += [markdown_table(header, rows), ""]
     lines += render_media(result, out_dir)

@@ -183,11 +183,15 @@ def fmt(x: float | None, digits: int = 3, fixed: bool = False) -> str:
 
 
 def fmt_ms(cell: dict | None, n_seeds: int, digits: int = 3, fixed: bool = False) -> str:
+    """mean ± seed spread (with several seeds) [95% interval] (where the cell has `ci95`)."""
     if not cell or cell.get("mean") is None:
         return "–"
     text = fmt(cell["mean"], digits, fixed)
     if n_seeds > 1:
         text += f" ± {fmt(cell['spread'], 2, fixed)}"
+    if cell.get("ci95"):
+        lo, hi = cell["ci95"]
+        text += f" [{fmt(lo, digits, fixed)}, {fmt(hi, digits, fixed)}]"
     return text
 
 

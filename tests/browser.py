@@ -13,12 +13,12 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
+import tempfile
 import urllib.request
 from pathlib import Path
+
+from tests import serve_helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -49,12 +49,6 @@ def missing_browser() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url: str, timeout: float = 5.0) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
@@ -62,40 +56,13 @@ def get_json(url: str, timeout: float = 5.0) -> dict:
 
 @contextlib.contextmanager
 def running_server(ckpt: str | Path, *args: str, timeout: float = 180.0, log: Path | None = None):
-    """`python -m pianolm serve CKPT --port P ARGS...` until the block ends; yields its base URL.
-    Fails with the server's own output if it does not answer within `timeout` seconds."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    out = open(log, "w+b") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "pianolm", "serve", str(ckpt), "--port", str(port),
-                             "--threads", "1", *args], cwd=ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with status {proc.returncode}: {_tail(log)}")
-            try:
-                get_json(url + "/api/info", timeout=2.0)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer within {timeout:.0f} s: {_tail(log)}") from None
-                time.sleep(0.25)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log:
-            out.close()
-
-
-def _tail(log: Path | None) -> str:
-    return log.read_text(errors="replace")[-2000:] if log and log.is_file() else "(no log kept)"
+    """`python -m pianolm serve CKPT ARGS...` until the block ends (tests.serve_helpers'
+    running_server, its output in `log`'s folder as server.log, or in a temporary folder); yields
+    its base URL."""
+    with contextlib.ExitStack() as stack:
+        cwd = Path(log).parent if log else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        server = stack.enter_context(serve_helpers.running_server(Path(ckpt), *args, cwd=cwd, timeout=timeout))
+        yield server.url
 
 
 def chrome(width: int = 1000, height: int = 1250):
