@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 SUSTAIN_PEDAL_MODES = ("extend", "ignore")
 LEADING_SILENCE_MODES = ("keep", "trim")
+DEFAULT_MAX_NOTES = 2_000_000
 
 
 def _default_beat_res() -> dict[str, int]:
@@ -54,6 +55,12 @@ class TokenizerConfig:
         a continuation is told its prompt's key rather than left to infer it. Derived from the
         notes like the rest of the stream (decoding ignores it; `encode(decode(ids)) == ids`
         holds). A prompt cut from a piece is re-keyed to its own notes (`Tokenizer.set_key`).
+    max_notes: the most notes (as read from the file, before the pitch range) one piece may have;
+        a piece over it is a `MidiReadError` naming the file, its count and this key, raised right
+        after reading, before the encoder builds its arrays (~250 bytes a note at their peak), so
+        one hostile file cannot take a worker's memory. The default, 2·10^6, is 80x the largest
+        real piece we have (25,076 notes) and a quarter of what a 2 GiB process can encode
+        (docs/reliability.md). Left out of `to_dict` at its default, so the hash is unchanged.
     """
 
     pitch_range: tuple[int, int] = (21, 108)
@@ -71,6 +78,7 @@ class TokenizerConfig:
     special_tokens: tuple[str, ...] = ("PAD", "BOS", "EOS", "MASK")
     bpe_vocab_size: int = 0
     key_tokens: bool = False
+    max_notes: int = DEFAULT_MAX_NOTES
 
     def __post_init__(self) -> None:
         # Normalise containers (yaml lists, JSON string keys) so equal configs compare and hash equal.
@@ -131,6 +139,9 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.special_tokens must list PAD, BOS, EOS, MASK once each, got {self.special_tokens}")
         if not isinstance(self.key_tokens, bool):
             raise ValueError(f"TokenizerConfig.key_tokens must be true or false, got {self.key_tokens!r}")
+        if isinstance(self.max_notes, bool) or not isinstance(self.max_notes, int) or self.max_notes < 1:
+            raise ValueError(f"TokenizerConfig.max_notes must be an integer >= 1 (the most notes one piece may "
+                             f"have), got {self.max_notes!r}")
         if self.bpe_vocab_size < 0:
             raise ValueError(f"TokenizerConfig.bpe_vocab_size must be >= 0 (0 = no BPE), got {self.bpe_vocab_size}")
 
@@ -157,6 +168,8 @@ class TokenizerConfig:
             # Added after shards and checkpoints were written: left out at its default so a config
             # without key tokens keeps the hash (and the shard folders) it always had.
             del d["key_tokens"]
+        if self.max_notes == DEFAULT_MAX_NOTES:
+            del d["max_notes"]  # the same reason: added later, left out at its default
         return d
 
     @classmethod

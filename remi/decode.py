@@ -20,9 +20,18 @@ def check_ids(ids, vocab: Vocab, size: int | None = None) -> np.ndarray:
     """A flat sequence of token ids -> int64 array, every id an integer in [0, size) (`size`
     defaults to the base vocabulary; a BPE tokenizer passes its own). Anything else is a
     ValueError naming the first bad id and its index: floats (even 5.0), strings, bools, None,
-    and integers too large for int64 are refused rather than converted."""
+    and integers too large for int64 are refused rather than converted. So is `ids` itself when
+    it is not a sequence (None, a bare int)."""
     size = len(vocab) if size is None else size
-    seq = ids if isinstance(ids, np.ndarray) or hasattr(ids, "__len__") else list(ids)
+    if isinstance(ids, np.ndarray) or hasattr(ids, "__len__"):
+        seq = ids
+    else:
+        try:
+            it = iter(ids)
+        except TypeError:  # None, a bare int: not a sequence at all
+            raise ValueError(f"token ids must be a flat sequence of ints (a list, tuple or array), got "
+                             f"{type(ids).__name__} {ids!r:.40}") from None
+        seq = list(it)
     arr = np.asarray(seq)
     if arr.size == 0 and arr.ndim == 1:
         return np.zeros(0, dtype=np.int64)

@@ -260,11 +260,9 @@ def encode_file(path: str, tok: Tokenizer) -> FileResult:
         if not data:
             return FileResult(None, error="empty file (0 bytes)")
         score = read_midi(data)
-        if tok.bpe is None:
-            # what tok.encode(score) returns, kept as an array (no list round trip)
-            ids = np.concatenate([[tok.bos_id], tok.encode_base(score), [tok.eos_id]]).astype(np.int64)
-        else:
-            ids = np.asarray(tok.encode(score), dtype=np.int64)
+        # what tok.encode(score) returns, as an array; a piece over tokenizer.max_notes, or one
+        # that runs out of memory, is a MidiReadError (a skip like any unreadable file)
+        ids = tok.encode_ids(score)
         notes = int(tok.count_notes(ids))
         if notes == 0:
             return FileResult(None, error="no notes")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -192,7 +193,56 @@ def read_manifest(folder: str | Path) -> dict:
         raise ShardError(f"{path} cannot be read ({e.strerror or e}); delete {folder} and prepare again") from None
     if not isinstance(m, dict):
         raise ShardError(f"{path} holds a JSON {type(m).__name__}, not the manifest object; delete {folder} and prepare again")
+    check_manifest(m, path)
     return m
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(m: dict, path: str | Path) -> None:
+    """The manifest's schema, checked wherever it is read (`read_manifest`): a field of the wrong
+    type or value is a ShardError naming it, so a folder whose manifest says `"songs": "7"` or
+    `"dtype": "uint8"` is never counted complete, reused, or read."""
+    if m.get("format") != FORMAT_VERSION:
+        raise ShardError(f"{path}: shard format {m.get('format')!r} != {FORMAT_VERSION}; prepare it again")
+
+    def need(ok: bool, field: str, value: Any, want: str) -> None:
+        if not ok:
+            raise ShardError(f"{path}: field {field} is {value!r:.80}, not {want} (a damaged or hand-edited "
+                             f"manifest); delete {Path(path).parent} and prepare again")
+
+    vocab_size = m.get("vocab_size")
+    need(_is_count(vocab_size) and vocab_size >= 1, "vocab_size", vocab_size, "an integer >= 1")
+    want_dtype = dtype_for_vocab(vocab_size).name
+    need(m.get("dtype") == want_dtype, "dtype", m.get("dtype"), f"{want_dtype!r} (what a vocabulary of {vocab_size} is written as)")
+    for field in ("tokenizer_hash", "key"):
+        if field in m:
+            need(isinstance(m[field], str), field, m[field], "a string")
+    for field in ("stats", "total"):  # remi.prepare's fields (a folder of plain write_shards may lack them)
+        if field in m:
+            need(isinstance(m[field], dict), field, m[field], "an object")
+    for field in ("skipped", "files"):
+        if field in m:
+            need(isinstance(m[field], list) and all(isinstance(x, dict) for x in m[field]), field, m[field], "a list of objects")
+    splits = m.get("splits")
+    need(isinstance(splits, dict), "splits", splits, "an object with one entry per split")
+    for split in SPLITS:
+        entry = splits.get(split)
+        need(isinstance(entry, dict), f"splits.{split}", entry, "an object")
+        for field in ("songs", "tokens", "notes"):
+            need(_is_count(entry.get(field)), f"splits.{split}.{field}", entry.get(field), "an integer >= 0")
+        for field, ok, want in (("bytes", _is_count, "an integer >= 0"),
+                                ("sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "64 hex digits")):
+            table = entry.get(field)
+            need(isinstance(table, dict), f"splits.{split}.{field}", table, "an object keyed by file name")
+            for name in split_files(split):
+                need(ok(table.get(name)), f"splits.{split}.{field}.{name}", table.get(name), want)
+
+
+def _is_count(value: Any) -> bool:
+    """An int >= 0 as JSON gives it (bool, a subclass of int, and floats are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def verify(folder: str | Path, expect_hash: str | None = None, key: str | None = None) -> dict:
@@ -210,8 +260,7 @@ def verify(folder: str | Path, expect_hash: str | None = None, key: str | None =
 
 
 def _verify(folder: Path, m: dict, expect_hash: str | None, key: str | None) -> None:
-    if m.get("format") != FORMAT_VERSION:
-        raise ShardError(f"{folder}: shard format {m.get('format')} != {FORMAT_VERSION}; prepare it again")
+    # the manifest's schema (format, dtype, field types) was checked when it was read
     if expect_hash is not None and m.get("tokenizer_hash") != expect_hash:
         raise ShardError(
             f"{folder} was built with tokenizer {str(m.get('tokenizer_hash'))[:12]}, "
@@ -219,7 +268,6 @@ def _verify(folder: Path, m: dict, expect_hash: str | None, key: str | None) -> 
         )
     if key is not None and m.get("key") != key:
         raise ShardError(f"{folder}: cache key {m.get('key')} != expected {key}; prepare it again")
-    np.dtype(m["dtype"])  # a damaged dtype name is a malformed manifest
     for split in SPLITS:
         entry = m["splits"][split]
         for name in split_files(split):

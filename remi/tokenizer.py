@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -22,11 +22,12 @@ from . import grammar as _grammar
 from .bpe import BPEModel, shard_songs, train_bpe
 from .config import TokenizerConfig
 from .keys import find_key
-from .midi_read import read_midi
+from .midi_read import MidiReadError, read_midi
 from .score import Score
 from .vocab import BAR, KEY, PITCH, Vocab
 
 FORMAT_VERSION = 1
+T = TypeVar("T")
 
 
 class Tokenizer:
@@ -135,22 +136,56 @@ class Tokenizer:
 
     def encode(self, src, add_special: bool = True) -> list[int]:
         """MIDI or Score -> ids: BOS, REMI tokens, EOS (BPE-merged when the tokenizer has BPE)."""
-        return self.encode_score(self.to_score(src), add_special=add_special)
+        return self.encode_score(self.to_score(src), add_special=add_special, source=_source_of(src))
 
-    def encode_score(self, score: Score, add_special: bool = True) -> list[int]:
-        base = self.encode_base(score)
-        if add_special:
-            base = np.concatenate([[self.bos_id], base, [self.eos_id]])
-        ids = base.tolist()
-        return self.bpe.encode(ids) if self.bpe is not None else ids
+    def encode_score(self, score: Score, add_special: bool = True, source: str | None = None) -> list[int]:
+        """Score -> ids as `encode`; `source` names the piece in a MidiReadError (see `_bounded`)."""
+        return self._bounded(score, source, lambda s: self._ids(s, add_special, merge=True, as_list=True))
 
-    def encode_base(self, score: Score) -> np.ndarray:
+    def encode_ids(self, score: Score, source: str | None = None) -> np.ndarray:
+        """`encode_score` (BOS and EOS included) as an int64 array, without the list round trip."""
+        return self._bounded(score, source, lambda s: self._ids(s, True, merge=True, as_list=False))
+
+    def encode_base(self, score: Score, source: str | None = None) -> np.ndarray:
         """Score -> base REMI ids (no BOS/EOS, no BPE), int64 array."""
-        return _encode.grid_to_ids(_encode.quantize_grid(score, self.vocab), self.vocab)
+        return self._bounded(score, source, lambda s: self._ids(s, False, merge=False, as_list=False))
 
     def quantize(self, score_or_midi) -> Score:
         """What decode(encode(x)) equals, note for note, at `ticks_per_beat`."""
-        return _encode.grid_to_score(_encode.quantize_grid(self.to_score(score_or_midi), self.vocab), self.vocab)
+        return self._bounded(self.to_score(score_or_midi), _source_of(score_or_midi),
+                             lambda s: _encode.grid_to_score(_encode.quantize_grid(s, self.vocab), self.vocab))
+
+    def _ids(self, score: Score, add_special: bool, merge: bool, as_list: bool) -> np.ndarray | list[int]:
+        ids = _encode.grid_to_ids(_encode.quantize_grid(score, self.vocab), self.vocab)
+        if add_special:
+            ids = np.concatenate([[self.bos_id], ids, [self.eos_id]])
+        if merge and self.bpe is not None:
+            merged = self.bpe.encode(ids.tolist())
+            return merged if as_list else np.asarray(merged, dtype=np.int64)
+        return ids.tolist() if as_list else ids
+
+    def check_notes(self, n: int, source: str | None = None) -> None:
+        """MidiReadError when a piece of `n` notes is over `tokenizer.max_notes`."""
+        if n > self.config.max_notes:
+            raise MidiReadError(source or "<score>", f"{n} notes, over tokenizer.max_notes = "
+                                f"{self.config.max_notes}; raise tokenizer.max_notes to encode it")
+
+    def _bounded(self, score: Score, source: str | None, work: Callable[[Score], T]) -> T:
+        """`work(score)` within two bounds on the encoder's arrays (~250 bytes a note at their
+        peak besides the Score's 32; `benchmarks/bench_hostile.py`): a piece over
+        `tokenizer.max_notes` is refused before any is built, and running out of memory inside
+        (numpy's _ArrayMemoryError is a MemoryError) becomes a MidiReadError naming `source`
+        (default "<score>"). Every encode goes through here: this is encode's one boundary for
+        MemoryError (reading has its own, in `remi.read_midi`)."""
+        self.check_notes(len(score), source)
+        try:
+            return work(score)
+        except MemoryError:
+            # Raised below, outside this handler: the traceback's frames hold the arrays that
+            # filled the memory; leaving the handler frees them, so the error has room again.
+            pass
+        raise MidiReadError(source or "<score>", f"out of memory encoding {len(score)} notes (the encoder "
+                            "needs ~250 bytes a note); give the process more memory or lower tokenizer.max_notes")
 
     # ---- decode ----------------------------------------------------------------------------
     def base_ids(self, ids) -> np.ndarray:
@@ -303,3 +338,12 @@ class Tokenizer:
     def __repr__(self) -> str:
         bpe = f", bpe={self.vocab_size}" if self.bpe is not None else ""
         return f"Tokenizer(base_vocab_size={self.base_vocab_size}{bpe}, hash={self.hash[:12]})"
+
+
+def _source_of(src) -> str | None:
+    """How a MidiReadError names the input of `Tokenizer.encode` (None: a Score, "<score>")."""
+    if isinstance(src, (str, Path)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return None if isinstance(src, Score) else getattr(src, "filename", None) or f"<{type(src).__name__}>"

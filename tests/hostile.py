@@ -32,11 +32,16 @@ def many_time_signatures(n: int) -> bytes:
     return _file(bytes(events))
 
 
-def note_pairs(n: int) -> bytes:
-    """n short notes one after another, pitches cycling over the keyboard: the most notes per
-    byte a file can hold (6 bytes a note with running status)."""
-    body = bytearray(b"\x00\x90\x3c\x40\x01\x3c\x00")
-    pattern = b"".join(bytes([1, 21 + k % 88, 64, 1, 21 + k % 88, 0]) for k in range(88))
+def note_pairs(n: int, step: int = 1) -> bytes:
+    """n short notes one after another, each `step` ticks long with `step` ticks of rest after
+    it (1..127, at 480 ticks per quarter), pitches cycling over the keyboard: the most notes per
+    byte a file can hold (6 bytes a note with running status). step=1 packs 30 notes into one
+    position of the finest grid (1/8 beat); step=60 (eighth-beat notes a quarter beat apart)
+    gives each note a position of its own, as in played music."""
+    if not 1 <= step <= 127:
+        raise ValueError(f"note_pairs: step must be 1..127 ticks (one byte of delta time), got {step}")
+    body = bytearray(b"\x00\x90\x3c\x40" + bytes([step]) + b"\x3c\x00")
+    pattern = b"".join(bytes([step, 21 + k % 88, 64, step, 21 + k % 88, 0]) for k in range(88))
     reps, rest = divmod(n - 1, 88)
     body += pattern * reps + pattern[: 6 * rest]
     return _file(bytes(body))

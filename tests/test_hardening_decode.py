@@ -39,6 +39,15 @@ def test_decode_names_every_id_that_is_not_an_in_vocabulary_integer(tok, bpe_tok
             t.decode(ids)
 
 
+@pytest.mark.parametrize("bad", [None, 5, 5.0, np.int64(5)], ids=["None", "int", "float", "numpy-int"])
+def test_ids_that_are_not_a_sequence_are_a_value_error_with_a_sentence(tok, bpe_tok, bad):
+    # decode(None) and decode(5) raised TypeError ('NoneType' object is not iterable)
+    for t in (tok, bpe_tok):
+        for call in (t.decode, t.decode_score, t.tokens, t.count_notes, t.token_errors):
+            with pytest.raises(ValueError, match=rf"token ids must be a flat sequence of ints .*, got {type(bad).__name__} "):
+                call(bad)
+
+
 def test_unsigned_ids_beyond_int64_are_not_wrapped(tok):
     with pytest.raises(ValueError, match="token id 9223372036854775808 at index 0 is out of the vocabulary"):
         tok.decode(np.array([2**63], dtype=np.uint64))

@@ -5,18 +5,23 @@ The time guards are generous deadlines (the old quadratic code took 10x longer t
 the figures themselves are `benchmarks/bench_hostile.py` rows)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import remi
-from remi import MidiReadError, read_midi
+from remi import MidiReadError, prepare, read_midi
+from remi.config import DEFAULT_MAX_NOTES
+from remi.datasets import DataConfig
 from tests.hostile import alternating_meters, many_time_signatures, note_pairs, overlapping_notes
+from tests.midi_bytes import midi_file, note_events, track
 
 ROOT = Path(__file__).resolve().parents[1]
 COARSE = ROOT / "conf" / "tokenizer" / "coarse.yaml"
@@ -150,3 +155,123 @@ def test_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(remi.midi_read, "MAX_FILE_BYTES", 100)
     with pytest.raises(MidiReadError, match="larger than 100 bytes"):
         read_midi(path)
+
+
+# ---- issue 29: bounded memory through the whole encode ----------------------------------------
+
+
+def _coarse(**changes) -> remi.Tokenizer:
+    return remi.Tokenizer(dataclasses.replace(remi.TokenizerConfig.from_yaml(COARSE), **changes))
+
+
+def test_max_notes_leaves_every_shipped_hash_unchanged_at_its_default():
+    # Shard folders and checkpoints carry the hash: a key added later must not move it.
+    for path in sorted((ROOT / "conf" / "tokenizer").glob("*.yaml")):
+        cfg = remi.TokenizerConfig.from_yaml(path)
+        assert cfg.max_notes == DEFAULT_MAX_NOTES and "max_notes" not in cfg.to_dict(), path.name
+    # the default config's hash as it was before max_notes existed
+    assert remi.TokenizerConfig().hash() == "2ca51c14f5ae684340079121dbd35c06fdec9bd128797c25e06479b798b47deb"
+    other = _coarse(max_notes=1000)
+    assert other.config.to_dict()["max_notes"] == 1000 and other.hash != _coarse().hash
+    assert remi.Tokenizer.from_dict(other.to_dict()).config.max_notes == 1000  # saved and loaded with it
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, 2.5, "many"])
+def test_max_notes_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="TokenizerConfig.max_notes must be an integer >= 1"):
+        _coarse(max_notes=bad)
+
+
+def test_a_piece_over_max_notes_is_refused_before_the_encoder_runs(tmp_path, monkeypatch):
+    path = tmp_path / "many.mid"
+    path.write_bytes(note_pairs(101))
+    tok = _coarse(max_notes=100)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the encoder ran on a piece over the limit")
+
+    monkeypatch.setattr(remi.encode, "quantize_grid", never)
+    for encode in (tok.encode, tok.quantize):
+        with pytest.raises(MidiReadError, match=rf"{tmp_path}/many\.mid: 101 notes, over tokenizer\.max_notes = 100;"):
+            encode(path)
+    monkeypatch.undo()
+    assert tok.count_notes(_coarse(max_notes=101).encode(path)) == 101  # at the limit: encoded
+
+
+def test_out_of_memory_anywhere_in_encode_is_a_midi_read_error(monkeypatch):
+    from remi.bpe import BPEModel
+
+    score = read_midi(note_pairs(50))
+    tok = _coarse()
+    pitch, vel = tok.ids_from_tokens(["Pitch_60", "Velocity_63"])
+    bpe = tok.with_bpe(BPEModel(base_vocab_size=tok.vocab_size, merges=[(pitch, vel)], word_start_ids=(),
+                                never_merge_ids=()))
+
+    def out_of_memory(*args, **kwargs):  # what numpy raises when an allocation fails
+        raise np._core._exceptions._ArrayMemoryError((10**12,), np.dtype(np.int64))
+
+    def refused(entry, source="<score>"):
+        with pytest.raises(MidiReadError, match=f"{source}: out of memory encoding 50 notes") as err:
+            entry()
+        assert err.value.__context__ is None  # raised after the handler: the frames holding the arrays are freed
+
+    for name in ("quantize_grid", "grid_to_ids"):  # the quantizer, then the id writer
+        with monkeypatch.context() as m:
+            m.setattr(remi.encode, name, out_of_memory)
+            for t in (tok, bpe):
+                for entry in (t.encode, t.encode_score, t.encode_ids, t.encode_base):
+                    refused(lambda: entry(score))
+            refused(lambda: tok.encode_score(score, source="piece.mid"), "piece.mid")
+    with monkeypatch.context() as m:
+        m.setattr(remi.encode, "grid_to_score", out_of_memory)
+        refused(lambda: tok.quantize(score))
+    with monkeypatch.context() as m:
+        m.setattr(bpe.bpe, "encode", out_of_memory)  # the BPE merge, after the base ids
+        refused(lambda: bpe.encode(score))
+        refused(lambda: bpe.encode_ids(score))
+    assert tok.encode(score) == _coarse().encode(score)  # nothing left behind
+
+
+def test_prepare_skips_a_file_over_max_notes_and_keeps_the_others(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for k in range(3):
+        notes = [(i * 240, i * 240 + 200, 48 + k + i, 80) for i in range(24)]
+        (folder / f"small{k}.mid").write_bytes(midi_file([track(note_events(notes))]))
+    (folder / "huge.mid").write_bytes(note_pairs(60))
+    cfg = DataConfig(name="capped", sources=(str(folder),))
+    r = prepare.prepare(cfg, _coarse(max_notes=50), cache_dir=tmp_path / "cache", workers=1, progress=False)
+    (skip,) = r.manifest["skipped"]
+    assert skip["file"] == "huge.mid"
+    assert skip["reason"].startswith("unreadable MIDI:") and "60 notes, over tokenizer.max_notes = 50" in skip["reason"]
+    assert sorted(f["file"] for f in r.manifest["files"]) == ["small0.mid", "small1.mid", "small2.mid"]
+    assert r.manifest["total"]["notes"] == 3 * 24
+
+
+_CAPPED_ENCODE = textwrap.dedent("""
+    import resource, sys
+    sys.path.insert(0, {root!r})
+    resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    import remi
+    try:
+        remi.Tokenizer.from_yaml({conf!r}).encode({path!r})
+        print("encoded")
+    except remi.MidiReadError as e:
+        print("MidiReadError", e)
+""")
+
+
+@pytest.mark.slow  # ~30-60 s: reads 8e6 notes
+@pytest.mark.timeout(300)
+def test_eight_million_notes_under_a_2_gib_cap_end_in_midi_read_error(tmp_path):
+    # It used to die inside the encoder with numpy's bare _ArrayMemoryError (exit 1).
+    path = tmp_path / "eight_million.mid"
+    path.write_bytes(note_pairs(8_000_000))
+    code = _CAPPED_ENCODE.format(root=str(ROOT), cap=2 << 30, conf=str(COARSE), path=str(path))
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=280)
+    wall = time.monotonic() - t
+    assert out.returncode == 0 and out.stdout.startswith(f"MidiReadError cannot read MIDI {path}:"), \
+        (out.stdout + out.stderr)[-2000:]
+    assert wall < 120, f"{wall:.0f} s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -106,6 +107,32 @@ def test_a_damaged_manifest_is_a_shard_error_and_prepare_rebuilds(tmp_path, tok,
         shards.load_split(prepared.dir, "train")
     again = _prepare(tmp_path, tok)
     assert not again.reused
+    for s, arr in _all_tokens(again.dir).items():
+        np.testing.assert_array_equal(arr, good[s])
+
+
+@pytest.mark.parametrize("keys, value", [
+    (("splits", "train", "songs"), "7"),  # is_complete said True, then load_split raised TypeError
+    (("dtype",), "uint8"),                # reused, then a ShardError only on load
+    (("dtype",), "object"),
+    (("vocab_size",), 201.0),
+    (("splits", "val", "bytes", "val.bin"), None),
+    (("splits", "test", "sha256", "test.notes.npy"), 12345),
+    (("skipped",), "none"),               # remi.prepare iterated it when reusing the folder
+], ids=["songs-string", "dtype-uint8", "dtype-object", "vocab-float", "bytes-null", "sha-int", "skipped-string"])
+def test_a_manifest_field_of_the_wrong_type_is_a_shard_error_and_prepare_rebuilds(tmp_path, tok, prepared, keys, value):
+    good = _all_tokens(prepared.dir)
+    m = json.loads((prepared.dir / shards.MANIFEST).read_text())
+    node = m
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    (prepared.dir / shards.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(shards.ShardError, match=rf"manifest.json: field {re.escape('.'.join(keys))} is "):
+        shards.load_split(prepared.dir, "train")
+    assert not shards.is_complete(prepared.dir)
+    again = _prepare(tmp_path, tok)
+    assert not again.reused and again.dir == prepared.dir
     for s, arr in _all_tokens(again.dir).items():
         np.testing.assert_array_equal(arr, good[s])
 
