@@ -1,0 +1,156 @@
+"""Decoding speed at batch 1, 4 and 48, side by side in one run: our generation path against
+Hugging Face's `GPT2LMHeadModel.generate` with the same weights (written by `model.hf.export_hf`,
+what `python -m pianolm export` writes, and read back by transformers), quiet and with a second
+2-thread torch job spinning on the same cores.
+
+    python benchmarks/bench_decode.py                      # the recipe's shape (4 x 256, context 512, vocab 225)
+    python benchmarks/bench_decode.py --ckpt outputs/recipe/checkpoints/last.ckpt   # + real-time factor on sampled piano
+    python benchmarks/bench_decode.py --threads 1 2 --batches 1 4 48 --new-tokens 600
+
+For each (threads, batch, load) it prints tokens/s of each path (median of `--rounds`, the paths
+timed in turn each round so a load spike hits both) and the ratio. Sampling is at temperature 1
+from BOS with a fixed seed, no EOS, so every row runs `--new-tokens` steps: the same work for
+both. With `--ckpt` (a real model and tokenizer) it also prints the real-time factor of batch 1:
+seconds of music the sampled ids decode to, per second of compute. Any weights do for timing.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+
+import torch
+
+from model import GPT, GPTConfig
+from model.generate import Sampler, generate
+
+
+def spin(threads: int, stop) -> None:
+    """The second job: 2-thread fp32 matmuls until told to stop (a training run's load)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    while not stop.is_set():
+        for _ in range(20):
+            a = (a @ b).tanh_()
+
+
+@contextlib.contextmanager
+def second_job(active: bool, threads: int = 2):
+    if not active:
+        yield
+        return
+    stop = mp.Event()
+    proc = mp.Process(target=spin, args=(threads, stop), daemon=True)
+    proc.start()
+    time.sleep(1.0)  # let it reach its loop
+    try:
+        yield
+    finally:
+        stop.set()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def load_model(args) -> tuple[GPT, object | None]:
+    if args.ckpt:
+        from pianolm.checkpoint import load_checkpoint
+
+        tok, gpt, _ = load_checkpoint(args.ckpt)
+        return gpt.eval(), tok
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=args.vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                       n_embd=args.n_embd, pad_vocab_multiple=64)
+    return GPT(config).eval(), None
+
+
+def hf_from(gpt: GPT):
+    """transformers' GPT2LMHeadModel reading what `model.hf.export_hf` wrote for our weights."""
+    import transformers
+
+    from model.hf import export_hf
+
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(gpt, d)
+        hf = transformers.GPT2LMHeadModel.from_pretrained(d, attn_implementation="sdpa").eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def paths(gpt: GPT, hf, batch: int, new: int, bos: int) -> dict:
+    idx = torch.full((batch, 1), bos, dtype=torch.long)
+
+    def ours():
+        return generate(gpt, idx, new, Sampler(temperature=1.0), generator=torch.Generator().manual_seed(0))
+
+    def theirs():
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return hf.generate(idx, max_new_tokens=new, min_new_tokens=new, do_sample=True, top_k=0,
+                               temperature=1.0, use_cache=True)
+
+    return {"ours (model.generate)": ours, "HF generate": theirs}
+
+
+def timed(fns: dict, rounds: int) -> dict:
+    times = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def real_time_factor(gpt: GPT, tok, new: int) -> float:
+    """Seconds of music per second of compute, batch 1, sampled from BOS at temperature 1."""
+    t = time.perf_counter()
+    out = generate(gpt, torch.tensor([[tok.bos_id]]), new, Sampler(temperature=1.0), eos_id=tok.eos_id,
+                   generator=torch.Generator().manual_seed(0))
+    seconds = time.perf_counter() - t
+    return tok.decode_score(out[0].tolist()).seconds() / seconds
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", default=None, help="a checkpoint (its weights and tokenizer; default: random weights)")
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=256)
+    p.add_argument("--block-size", type=int, default=512)
+    p.add_argument("--vocab", type=int, default=225)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 48])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--new-tokens", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-load", action="store_true", help="skip the runs beside a second 2-thread job")
+    args = p.parse_args(argv)
+    gpt, tok = load_model(args)
+    hf = hf_from(gpt)
+    bos = tok.bos_id if tok is not None else 1
+    print(f"model: {gpt.config.n_layer} x {gpt.config.n_embd}, context {gpt.config.block_size}, vocab "
+          f"{gpt.config.vocab_size}; {args.new_tokens} new tokens per row; median of {args.rounds} rounds")
+    for load in ([False] if args.no_load else [False, True]):
+        with second_job(load):
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for batch in args.batches:
+                    t = timed(paths(gpt, hf, batch, args.new_tokens, bos), args.rounds)
+                    tps = {k: batch * args.new_tokens / v for k, v in t.items()}
+                    (a, ta), (b, tb) = tps.items()
+                    print(f"{'busy' if load else 'quiet'}  threads {threads}  batch {batch:>2}:  "
+                          f"{a} {ta:8.0f} tok/s   {b} {tb:8.0f} tok/s   ratio {ta / tb:.2f}x")
+                if tok is not None and threads == args.threads[0]:
+                    print(f"{'busy' if load else 'quiet'}  threads {threads}  real-time factor (batch 1): "
+                          f"{real_time_factor(gpt, tok, args.new_tokens):.1f} s of music per s of compute")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
