@@ -29,8 +29,8 @@ from pianolm.api import PianoLM, pick_device
 from pianolm.errors import InputError
 from pianolm.generate import Prompt, Sampling, load_prompts
 from pianolm.media import MediaWriter
-from remi.pianoroll import save_comparison
-from remi.render import count_bars
+from remi.bars import count_bars
+from remi.media.pianoroll import save_comparison
 
 # ---------------------------------------------------------------- the run
 

@@ -33,7 +33,7 @@ from pianolm.config import ConfigError, check_config, model_config
 from pianolm.errors import CheckpointError
 from pianolm.runinfo import code_fingerprint, gather, weights_digest
 from pianolm.training import build_callbacks, build_datamodule, build_loggers, prepare_data, validation_set, wandb_save
-from remi.datasets import DatasetMissingError
+from remi.corpus.datasets import DatasetMissingError
 
 # ----------------------------------------------------------------------------- train
 

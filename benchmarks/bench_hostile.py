@@ -23,7 +23,7 @@ Bounded memory through the whole encode (issue 29), each in a child process, coa
   (`max_notes` lifted; bisected over capped children to 1/16 of the bracket);
 - 8·10^6 note pairs under the 2 GiB cap: with the default config (`max_notes` refuses it right
   after reading) and with `max_notes` lifted (the encoder runs out of memory): both must end in
-  `MidiReadError` within 120 s; then `remi.prepare` (one worker, in the capped process) over a
+  `MidiReadError` within 120 s; then `remi.corpus.prepare` (one worker, in the capped process) over a
   folder holding that file and three small ones, both ways: the three must be prepared and the
   big one skipped with its reason.
 And, when ../shared/midi exists (`--skip-real` skips it): the largest real piece there (notes as
@@ -78,8 +78,8 @@ _CHILD_ENCODE = textwrap.dedent("""
     t = time.perf_counter()
     try:
         if {mode!r} == "prepare":
-            from remi import prepare
-            from remi.datasets import DataConfig
+            from remi.corpus import prepare
+            from remi.corpus.datasets import DataConfig
             r = prepare.prepare(DataConfig(name="hostile", sources=({path!r},)), tok, cache_dir={cache!r},
                                 workers=1, progress=False)
             files = sorted(f["file"] for f in r.manifest["files"])
@@ -178,7 +178,7 @@ def bounded_memory_rows(tmp: Path) -> None:
 
 def largest_real_piece() -> None:
     import remi
-    from remi.datasets import list_midi_files
+    from remi.corpus.datasets import list_midi_files
 
     folder = Path(os.environ.get("PIANOLM_SHARED_MIDI", ROOT.parent / "shared" / "midi"))
     if not folder.is_dir():

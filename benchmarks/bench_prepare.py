@@ -5,8 +5,8 @@
 Rows, measured side by side (interleaved, best of R, each from an empty cache so every file is
 really read and encoded):
 - encode loop (peer): `[tok.encode(f) for f in files]` with `tok.count_notes` — the tokenizer's
-  own loop, what one would write without remi.prepare (no hashing, caching or shard writing);
-- prepare, 1 worker: `remi.prepare.prepare(..., workers=1)` — collect + hash, encode, per-file
+  own loop, what one would write without remi.corpus.prepare (no hashing, caching or shard writing);
+- prepare, 1 worker: `remi.corpus.prepare.prepare(..., workers=1)` — collect + hash, encode, per-file
   cache, shards + manifest;
 - prepare, N workers: the same with N = all cores (`os.sched_getaffinity`).
 It prints files/s and notes/s per row, the scaling ratio (1-worker time / N-worker time; target
@@ -31,7 +31,7 @@ DEFAULT_FOLDER = ROOT.parent / "shared" / "midi" / "tegridy-piano"
 def build_corpus(src: Path, dest: Path, copies: int) -> list[Path]:
     """K copies of every MIDI file; each copy gets a distinct trailing (ignored) chunk, so content
     hashes differ and nothing is deduplicated or served from a cache."""
-    from remi.datasets import list_midi_files
+    from remi.corpus.datasets import list_midi_files
 
     files = list_midi_files(src)
     out = []
@@ -62,8 +62,8 @@ def time_encode_loop(tok, files) -> tuple[float, int, int]:
 
 
 def time_prepare(tok, folder: Path, workers: int, scratch: Path) -> tuple[float, int, int]:
-    from remi import prepare
-    from remi.datasets import DataConfig
+    from remi.corpus import prepare
+    from remi.corpus.datasets import DataConfig
 
     cache = scratch / f"cache-{workers}-{time.perf_counter_ns()}"
     t0 = time.perf_counter()
@@ -74,7 +74,8 @@ def time_prepare(tok, folder: Path, workers: int, scratch: Path) -> tuple[float,
 
 
 def main(argv=None) -> int:
-    from remi.prepare import default_workers, load_tokenizer
+    from remi.corpus.pool import default_workers
+    from remi.corpus.prepare import load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)

@@ -10,7 +10,7 @@ starts, so a study stopped part-way already compares the rounds:
    last.ckpt, a run stopped part-way, resumes from it with `ckpt_path=`). Progress lines, at
    most one a minute, say the step, the time left in the run and in the whole study;
 2. one folder of real pieces for every run: `real=FOLDER`, or the test split of the runs' shards
-   (remi.prepare's content-hash split, the same for every round), linked into OUT/test-pieces/;
+   (remi.corpus.prepare's content-hash split, the same for every round), linked into OUT/test-pieces/;
 3. `experiments/evaluate.py` on each run's last checkpoint into RUN/eval/ with the recipe's
    protocol (bits per note of `eval_pieces` real pieces, `eval_n` pieces from scratch, a
    continuation of every piece's first 4 bars by 12 with the prompt kept in the window, grammar

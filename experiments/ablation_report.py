@@ -241,7 +241,7 @@ def copy_media(runs: Sequence[dict], out_dir: Path, shown: int = SHOWN) -> dict[
     OUT/media/<round>/. Returns round -> {"files": [...], "png": [...], "prompts": [...]} (paths
     relative to `out_dir`)."""
     from remi import read_midi
-    from remi.pianoroll import save_comparison
+    from remi.media.pianoroll import save_comparison
 
     first: dict[str, dict] = {}
     for r in sorted(runs, key=lambda r: (r["label"], r["seed"] if r["seed"] is not None else 0)):

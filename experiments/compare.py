@@ -78,7 +78,7 @@ def checkpoint_tokenizer(run_dir: Path):
 
 def prompt_tokens(tok, path: Path, prompt_bars: int) -> int:
     """Tokens of the first `prompt_bars` bars of a MIDI file, as sample.py cuts them."""
-    from remi.render import cut_bars
+    from remi.bars import cut_bars
 
     return len(cut_bars(tok, tok.encode(path), prompt_bars)[0])
 

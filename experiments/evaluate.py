@@ -42,7 +42,7 @@ from model.generate import generate as generate_ids
 from model.gpt import GPT
 from pianolm.likelihood import nll_bits_per_piece, read_pieces, summed_nll_bits  # shared with pianolm.api
 from remi import metrics as M
-from remi.render import bar_ids, count_bars, cut_bars
+from remi.bars import bar_ids, count_bars, cut_bars
 
 PROMPT_BARS = 4          # MIREX 2025 symbolic piano continuation: 4 bars of prompt ...
 CONTINUATION_BARS = 12   # ... continued by 12 bars
@@ -83,7 +83,7 @@ def unigram_bits(train_tokens: np.ndarray, vocab_size: int, sequences: Sequence[
 def stop_after_bars(tok, total_bars: int):
     """An `allowed` mask for generation that permits everything until a row has started
     `total_bars + 1` bars, then only EOS: generation stops once the wanted bars are complete.
-    With BPE a bar starts at every merged token that begins with Bar (`remi.render.bar_ids`)."""
+    With BPE a bar starts at every merged token that begins with Bar (`remi.bars.bar_ids`)."""
     return only_eos_after(bar_ids(tok), total_bars, tok.eos_id, tok.vocab_size)
 
 
@@ -318,10 +318,10 @@ def quality_checks(result: dict) -> dict[str, bool]:
 
 def write_media(tok, result: dict, out: Path, n_show: int = 4) -> dict:
     """MIDI, piano rolls and (where FluidSynth exists) OGG audio of the first pieces shown."""
-    from remi.audio import find_renderer, render_wav
+    from remi.bars import prompt_end_tick
+    from remi.media.audio import find_renderer, render_wav
+    from remi.media.pianoroll import save_comparison
     from remi.midi_io import score_to_midifile
-    from remi.pianoroll import save_comparison
-    from remi.render import prompt_end_tick
 
     gen = result["_generated"]
     renderer = find_renderer()
@@ -361,7 +361,7 @@ def to_ogg(wav: Path, quality: float = 0.4) -> Path:
     """WAV -> mono OGG Vorbis beside it (a few hundred kB for a minute), the WAV removed."""
     import soundfile as sf
 
-    from remi.audio import write_compressed
+    from remi.media.audio import write_compressed
 
     data, rate = sf.read(str(wav), always_2d=True)
     ogg = write_compressed(wav.with_suffix(".ogg"), data.mean(axis=1), rate, "OGG", quality=quality)

@@ -2,7 +2,7 @@
 
     python experiments/link_pieces.py SHARD_DIR OUT_FOLDER [--split val]
 
-The test split is the one `remi.prepare` assigned (MAESTRO's official split, content hash for the
+The test split is the one `remi.corpus.prepare` assigned (MAESTRO's official split, content hash for the
 others) and recorded in the shard manifest; each file is linked as `<source>__<path with / as _>`,
 so a sorted listing groups pieces by source and `evaluate.py --max-pieces` spreads over all.
 `--split val` links the validation pieces instead: choose sampling settings on those, and

@@ -242,7 +242,7 @@ def continuation_table(rounds: dict[str, dict], real: dict) -> str:
 
 def plot_metrics(rounds: dict[str, dict], real: dict, path: Path) -> Path:
     """One panel per metric: the value per round (± spread over seeds), real pieces as a line."""
-    from remi.pianoroll import plt, save_figure
+    from remi.media.pianoroll import plt, save_figure
 
     keys = [k for k, _ in RUN_COLUMNS if k == "val_bits_per_note"] + [k for k, _ in SET_COLUMNS] + list(PIECE_COLUMNS)
     labels = {**dict(RUN_COLUMNS), **dict(SET_COLUMNS), **{k: v[1] for k, v in M.PIECE_METRICS.items()}}
@@ -270,7 +270,7 @@ def plot_metrics(rounds: dict[str, dict], real: dict, path: Path) -> Path:
 
 def plot_overlap(rounds: dict[str, dict], path: Path) -> Path:
     """Rounds x metrics heat map of the overlapping area with real music (1 = same distribution)."""
-    from remi.pianoroll import plt, save_figure
+    from remi.media.pianoroll import plt, save_figure
 
     names = list(rounds)
     grid = np.array([[(rounds[r]["overlap"].get(k) or {}).get("mean") or np.nan for k in PIECE_COLUMNS] for r in names],
@@ -293,7 +293,7 @@ def plot_overlap(rounds: dict[str, dict], path: Path) -> Path:
 
 def plot_pianorolls(runs: Sequence[Run], real_files: Sequence[Path], path: Path, max_bars: int = 16) -> Path | None:
     """The first free sample of each round (its first seed) next to a real piece."""
-    from remi.pianoroll import save_comparison
+    from remi.media.pianoroll import save_comparison
 
     scores, labels, seen = [], [], set()
     for run in sorted(runs, key=lambda r: (natural_key(r.label), r.seed if r.seed is not None else 0)):
@@ -313,7 +313,7 @@ def plot_pianorolls(runs: Sequence[Run], real_files: Sequence[Path], path: Path,
 def plot_continuations(runs: Sequence[Run], prompt_files: Sequence[Path], prompt_bars: int,
                        continuation_bars: int, path: Path) -> Path | None:
     """For the first prompt: its real continuation and each round's, the prompt end marked."""
-    from remi.pianoroll import save_comparison
+    from remi.media.pianoroll import save_comparison
 
     if not prompt_files:
         return None

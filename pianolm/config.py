@@ -2,7 +2,7 @@
 
 `check_config(cfg)` reads the composed Hydra config (conf/train.yaml and its groups) and raises
 ConfigError naming the key, its value and what is allowed. What a dataclass checks
-(remi.TokenizerConfig, remi.datasets.DataConfig, model.GPTConfig, model.lit.OptimConfig) it
+(remi.TokenizerConfig, remi.corpus.datasets.DataConfig, model.GPTConfig, model.lit.OptimConfig) it
 checks once, itself: check_config builds it and names the config key in its error.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import remi
-import remi.datasets
 from model import GPTConfig
 from model.lit import OptimConfig
+from remi.corpus.datasets import SOURCES, DataConfig
 
 from .errors import ConfigError
 
@@ -86,12 +86,12 @@ def check_config(cfg: DictConfig) -> None:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"tokenizer: {e}") from None
     try:
-        data = remi.datasets.DataConfig.from_mapping(cfg.data)
+        data = DataConfig.from_mapping(cfg.data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data: {e}") from None
     # Validation (val loss, bits per note) needs held-out songs: with val_fraction 0 a hash-split
     # source holds none out, and only a source with its own split (MAESTRO's CSV) supplies some.
-    own_split = [s for s in data.active_sources() if s in remi.datasets.SOURCES and remi.datasets.SOURCES[s].split != "hash"]
+    own_split = [s for s in data.active_sources() if s in SOURCES and SOURCES[s].split != "hash"]
     if data.val_fraction == 0 and not own_split:
         raise ConfigError(f"{_key(cfg, 'data.val_fraction')}=0: training needs a validation split, and sources "
                           f"{list(data.active_sources())} split by content hash would hold out no song; "

@@ -16,7 +16,7 @@ import torch
 import remi
 from model import GPT
 from model.generate import Sampler, generate
-from remi.render import bar_ids, count_bars, cut_bars, prompt_end_tick
+from remi.bars import bar_ids, count_bars, cut_bars, prompt_end_tick
 from remi.score import bar_starts, ticks_to_seconds
 
 from .errors import InputError, PromptError

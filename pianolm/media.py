@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 import remi
-from remi.audio import INSTALL_HINT, Renderer, find_renderer, render_wav
-from remi.render import Rendered, mean_token_errors, render
+from remi.media.audio import INSTALL_HINT, Renderer, find_renderer, render_wav
+from remi.media.render import Rendered, mean_token_errors, render
 
 
 @dataclass
@@ -39,7 +39,7 @@ class MediaWriter:
     def piece(self, ids: Sequence[int], stem: str | Path, title: str | None = None,
               prompt_end: int | None = None, key_signature: str | None = None) -> Media:
         """`<stem>.mid`, `<stem>.png` and (with a synth) `<stem>.wav` for one id sequence
-        (`key_signature`: see `remi.render.render`)."""
+        (`key_signature`: see `remi.media.render.render`)."""
         rendered = render(self.tok, ids, stem, title=title, prompt_end=prompt_end, key_signature=key_signature)
         media = Media(rendered)
         if self.synth is not None:

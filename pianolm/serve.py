@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import remi
-from remi.audio import INSTALL_HINT, Renderer, find_renderer, render_audio
-from remi.pianoroll import save_pianoroll
-from remi.render import count_bars
+from remi.bars import count_bars
+from remi.media.audio import INSTALL_HINT, Renderer, find_renderer, render_audio
+from remi.media.pianoroll import save_pianoroll
 
 from .errors import InputError, PromptError
 from .generate import prompt_from, safe_name

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import remi
 from model.callbacks import SampleCallback
 from model.data import WindowConfig, WindowDataModule, spread_songs, take_songs
-from remi.prepare import prepare_for_training
+from remi.corpus.prepare import prepare_for_training
 from remi.shards import ShardSplit, load_split
 
 from .errors import ConfigError

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bpe_info import bpe_info
-from .bundled import bundled_files
+from .corpus.bundled import bundled_files
 from .keys import DEFAULT_PROFILE, PROFILES
 from .metrics import key_accuracy
 from .midi_io import score_to_midifile

@@ -219,7 +219,7 @@ def check_manifest(m: dict, path: str | Path) -> None:
     for field in ("tokenizer_hash", "key"):
         if field in m:
             need(isinstance(m[field], str), field, m[field], "a string")
-    for field in ("stats", "total"):  # remi.prepare's fields (a folder of plain write_shards may lack them)
+    for field in ("stats", "total"):  # remi.corpus.prepare's fields (a folder of plain write_shards may lack them)
         if field in m:
             need(isinstance(m[field], dict), field, m[field], "an object")
     for field in ("skipped", "files"):

@@ -20,7 +20,7 @@ from pianolm import control as ctl
 from pianolm.__main__ import main
 from pianolm.errors import InputError, PromptError
 from pianolm.likelihood import summed_nll_bits
-from remi.render import count_bars
+from remi.bars import count_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -354,8 +354,8 @@ def test_a_key_token_model_is_told_the_key_and_exports_without_miditok(tmp_path,
         new_keys += len(keys) - 2                                    # 2 in the prompt
     assert new_keys >= 1                                             # the model did write some (masked to F# minor)
     km.continue_midi(piece(n_bars=3, seed=1), **kw)                  # no key: the prompt says its own
+    from remi.bars import cut_bars
     from remi.keys import find_key
-    from remi.render import cut_bars
     whole = ktok.encode_score(piece(n_bars=3, seed=1))
     prompt, _ = cut_bars(ktok, whole, 2)
     own = ktok.vocab.tokens[ktok.key_id(find_key(ktok.decode_score(prompt)))]

@@ -1,4 +1,4 @@
-"""remi.audio: FluidSynth discovery, WAV rendering (real FluidSynth where installed), the in-process
+"""remi.media.audio: FluidSynth discovery, WAV rendering (real FluidSynth where installed), the in-process
 fallback from pip packages (always run where they are installed), FLAC/OGG, tail trimming.
 
 The `needs_renderer` tests use whatever `find_renderer()` picks: FluidSynth where installed, else
@@ -16,8 +16,8 @@ import mido
 import numpy as np
 import pytest
 
-import remi.audio as audio_mod
-from remi.audio import (
+import remi.media.audio as audio_mod
+from remi.media.audio import (
     FALLBACK_RATE,
     FLUIDSYNTH_RATE,
     INSTALL_HINT,
@@ -193,7 +193,7 @@ def test_fallback_names_the_file_it_could_not_render(tmp_path):
 
 
 def test_soundfont_env_var_wins(tmp_path, monkeypatch):
-    from remi.audio import find_soundfont
+    from remi.media.audio import find_soundfont
 
     sf2 = tmp_path / "mine.sf2"
     sf2.write_bytes(b"RIFF")
@@ -254,7 +254,7 @@ def test_render_wav_keeps_a_soft_ending_when_told_the_length(tmp_path):
 
 
 def test_cut_wav_cuts_to_the_given_length(tmp_path):
-    from remi.audio import cut_wav
+    from remi.media.audio import cut_wav
 
     path = tmp_path / "y.wav"
     with wave.open(str(path), "wb") as w:
@@ -288,7 +288,7 @@ def test_long_ogg_is_written_whole_without_crashing_libvorbis(tmp_path):
     shows as a failed test, not a dead test session."""
     soundfile = pytest.importorskip("soundfile")
     out = tmp_path / "long.ogg"
-    code = ("import numpy as np; from remi.audio import write_compressed; "
+    code = ("import numpy as np; from remi.media.audio import write_compressed; "
             "t = np.arange(44100 * 150) / 44100; "
             f"write_compressed({str(out)!r}, (0.3 * np.sin(2 * np.pi * 440 * t)).astype('float32'), 44100, 'OGG')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -296,5 +296,5 @@ def test_long_ogg_is_written_whole_without_crashing_libvorbis(tmp_path):
     info = soundfile.info(str(out))
     assert info.format == "OGG" and abs(info.frames - 44100 * 150) < 44100 // 10
     with pytest.raises(ValueError, match="FLAC or OGG"):
-        from remi.audio import write_compressed
+        from remi.media.audio import write_compressed
         write_compressed(tmp_path / "x.mp3", np.zeros(10), 44100, "MP3")

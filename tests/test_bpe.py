@@ -257,7 +257,7 @@ def test_training_from_a_shard_folder_streams_the_train_split(tmp_path, capsys):
 @pytest.mark.shared_midi
 @pytest.mark.slow
 def test_bpe_on_and_off_configs_prepare_shards_shorter_by_the_reported_factor(tmp_path):
-    from remi.prepare import prepare_for_training
+    from remi.corpus.prepare import prepare_for_training
 
     folder = ROOT.parent / "shared" / "midi" / "tegridy-piano"
     if not shared_midi_files("tegridy-piano"):

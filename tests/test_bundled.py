@@ -1,4 +1,4 @@
-"""remi.bundled: music21 corpus -> MIDI cache (small `limit` runs; the full corpus is in test_prepare)."""
+"""remi.corpus.bundled: music21 corpus -> MIDI cache (small `limit` runs; the full corpus is in test_prepare)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 import remi
-from remi import bundled
+from remi.corpus import bundled
 
 
 def test_jobs_are_fixed_ordered_unique_and_cover_the_collections():

@@ -1,4 +1,4 @@
-"""remi.datasets: data config, source folders, MAESTRO splits, and download against a loopback server."""
+"""remi.corpus.datasets: data config, source folders, MAESTRO splits, and download against a loopback server."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from remi import datasets
-from remi.datasets import DataConfig, DatasetMissingError, DownloadError, Source
+from remi.corpus import datasets
+from remi.corpus.datasets import DataConfig, DatasetMissingError, DownloadError, Source
 
 # --------------------------------------------------------------------------- loopback server
 

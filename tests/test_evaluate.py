@@ -74,8 +74,8 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     assert 0.0 <= r["grammar_error_rate"] <= 1.0 and 0 <= r["empty_pieces"] <= 2
     assert {"key_agree", "key_agree_real", "tempo_ratio", "density_ratio", "pitch_range_overlap"} <= set(r["continuation"])
     # The real side is the real pieces' first 16 bars, on the tokenizer's grid.
+    from remi.bars import cut_bars
     from remi.metrics import continuation_consistency
-    from remi.render import cut_bars
 
     tok = remi.Tokenizer.from_dict(torch.load(ckpt, weights_only=True)["tokenizer"])
     real16 = [tok.decode_score(cut_bars(tok, tok.encode(f), 16)[0]) for f in sorted(real.iterdir())]

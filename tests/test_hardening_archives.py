@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from remi import datasets
-from remi.datasets import DownloadError
+from remi.corpus import datasets
+from remi.corpus.datasets import DownloadError
 from tests import test_datasets
 from tests.test_datasets import _registry, _zip
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import remi
-from remi import MidiReadError, prepare, read_midi
+from remi import MidiReadError, read_midi
 from remi.config import DEFAULT_MAX_NOTES
-from remi.datasets import DataConfig
+from remi.corpus import prepare
+from remi.corpus.datasets import DataConfig
 from tests.hostile import alternating_meters, many_time_signatures, note_pairs, overlapping_notes
 from tests.midi_bytes import midi_file, note_events, track
 

@@ -1,5 +1,5 @@
 """Damaged shards and caches (issue 15): every kind of damage is a ShardError naming the file,
-and `remi.prepare` rebuilds what is damaged instead of reusing or crashing on it."""
+and `remi.corpus.prepare` rebuilds what is damaged instead of reusing or crashing on it."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import remi
-from remi import prepare, shards
-from remi.datasets import DataConfig
+from remi import shards
+from remi.corpus import prepare
+from remi.corpus.datasets import DataConfig
 from tests.midi_bytes import midi_file, note_events, track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_a_damaged_manifest_is_a_shard_error_and_prepare_rebuilds(tmp_path, tok,
     (("vocab_size",), 201.0),
     (("splits", "val", "bytes", "val.bin"), None),
     (("splits", "test", "sha256", "test.notes.npy"), 12345),
-    (("skipped",), "none"),               # remi.prepare iterated it when reusing the folder
+    (("skipped",), "none"),               # remi.corpus.prepare iterated it when reusing the folder
 ], ids=["songs-string", "dtype-uint8", "dtype-object", "vocab-float", "bytes-null", "sha-int", "skipped-string"])
 def test_a_manifest_field_of_the_wrong_type_is_a_shard_error_and_prepare_rebuilds(tmp_path, tok, prepared, keys, value):
     good = _all_tokens(prepared.dir)

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import train
-from remi.prepare import hash_split
+from remi.corpus.prepare import hash_split
 from tests.midi_bytes import midi_file, note_events, track
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,13 +6,19 @@
 - no library (`remi`, `model`, `pianolm`) imports an entry point (`train.py`, `sample.py`) or
   `experiments/`, and nothing but the tests imports an entry point;
 - mido is imported by `remi/midi_io.py` alone;
-- starlette and uvicorn (the optional `serve` extra) are imported by `pianolm/serve.py` alone.
+- starlette and uvicorn (the optional `serve` extra) are imported by `pianolm/serve.py` alone;
+- inside `remi`, the tokenizer core (its top-level modules) never imports `remi.corpus` (files and
+  corpora -> shards) or `remi.media` (audio, pictures), and those two never import each other: both
+  stand on the core. `remi/__main__.py` (the command line, which nothing imports) is exempt, as are
+  the shims that keep old module names (`remi.prepare`, ...) working; nothing in the project,
+  tests included, imports a shim, and a shim holds nothing but re-exports of its new home.
 
 Only `if TYPE_CHECKING:` blocks are skipped: they never run.
 """
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -23,6 +29,18 @@ SCRIPTS = ("train.py", "sample.py")
 ENTRY_POINTS = ("train", "sample")
 MIDO_HOME = "remi.midi_io"
 WEB_HOME, WEB_PACKAGES = "pianolm.serve", {"starlette", "uvicorn"}  # the optional `serve` extra
+# remi's layers: the core is every module of remi/ itself; these two stand on it, side by side.
+REMI_LAYERS = ("remi.corpus", "remi.media")
+REMI_CLI = "remi.__main__"  # an entry point: may reach every layer (key-accuracy reads the bundled corpus)
+# old module -> its new homes: kept for `python -m remi.prepare` and users' imports, re-exports only
+SHIMS = {
+    "remi.datasets": ("remi.corpus.datasets",),
+    "remi.bundled": ("remi.corpus.bundled",),
+    "remi.prepare": ("remi.corpus.prepare",),
+    "remi.audio": ("remi.media.audio",),
+    "remi.pianoroll": ("remi.media.pianoroll",),
+    "remi.render": ("remi.bars", "remi.media.render"),
+}
 FORBIDDEN = {  # importer's top package -> top-level names it must not import
     "remi": {"torch", "lightning", "model", "pianolm", "experiments", *ENTRY_POINTS},
     "model": {"remi", "mido", "pianolm", "experiments", *ENTRY_POINTS},
@@ -142,7 +160,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def violations(root: Path = ROOT) -> list[str]:
+def remi_layer(name: str) -> str | None:
+    """'remi.corpus' / 'remi.media' for their modules, 'core' for the rest of remi, None outside remi."""
+    if name != "remi" and not name.startswith("remi."):
+        return None
+    return next((layer for layer in REMI_LAYERS if name == layer or name.startswith(layer + ".")), "core")
+
+
+def violations(root: Path = ROOT, shims: set[str] = frozenset(SHIMS)) -> list[str]:
     """Every forbidden arrow, as 'file:line imports name (rule)'."""
     bad = []
     for p in project_files(root):
@@ -153,11 +178,21 @@ def violations(root: Path = ROOT) -> list[str]:
             where = f"{p.relative_to(root)}:{line} imports {name}"
             if head in FORBIDDEN.get(top, ()):
                 bad.append(f"{where} ({top} must not import {head})")
+            mine, theirs = remi_layer(me), remi_layer(name)
+            if mine and theirs not in (None, "core", mine) and me != REMI_CLI and me not in shims:
+                bad.append(f"{where} ({'the core' if mine == 'core' else mine} must not import {theirs})")
             if head == "mido" and me != MIDO_HOME:
                 bad.append(f"{where} (only {MIDO_HOME} imports mido)")
             if head in WEB_PACKAGES and me != WEB_HOME:
                 bad.append(f"{where} (only {WEB_HOME} imports the serve extra's {head})")
     return bad
+
+
+def shim_imports(root: Path = ROOT, shims: set[str] = frozenset(SHIMS)) -> list[str]:
+    """'file:line imports shim' for every import of a shim in the project and its tests."""
+    files = [*project_files(root), *sorted((root / "tests").rglob("*.py"))]
+    return [f"{p.relative_to(root)}:{line} imports {name}" for p in files for name, line in imported_names(p, root)
+            if any(cut in shims for cut in _prefixes(name)) and module_name(p, root) not in shims]
 
 
 def test_no_import_cycles():
@@ -168,6 +203,43 @@ def test_no_import_cycles():
 def test_no_forbidden_imports():
     found = violations()
     assert not found, "forbidden imports:\n" + "\n".join(found)
+
+
+def test_nothing_in_the_project_imports_a_shim():
+    """The old names are for users; the project, tests included, imports the new homes."""
+    found = shim_imports()
+    assert not found, "imports through a shim (import the new home):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("old", sorted(SHIMS))
+def test_a_shim_only_re_exports_its_new_home(old):
+    """Every old name still imports, as the very object of its new home, and the shim has no code
+    of its own (docstring, imports from its homes, `__all__`, and the command line's `main` call)."""
+    homes = SHIMS[old]
+    path = ROOT / Path(*old.split(".")).with_suffix(".py")
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom):
+            assert f"remi.{node.module}" in homes and node.level == 1, f"{path.name}: imports {node.module}"
+        elif isinstance(node, ast.Assign):
+            assert [t.id for t in node.targets] == ["__all__"], f"{path.name}:{node.lineno} defines something"
+        elif isinstance(node, ast.If):
+            assert ast.unparse(node) == "if __name__ == '__main__':\n    raise SystemExit(main())"
+        else:
+            assert isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant), f"{path.name}:{node.lineno}"
+    shim = importlib.import_module(old)
+    new = [importlib.import_module(h) for h in homes]
+    assert shim.__all__ and len(set(shim.__all__)) == len(shim.__all__)
+    for name in shim.__all__:
+        assert any(getattr(m, name, None) is getattr(shim, name) for m in new), f"{old}.{name}"
+
+
+def test_remis_layers_are_real_packages():
+    """REMI_LAYERS names packages that hold modules (a stale name would make the layer rule check
+    nothing), and `import remi` loads the core alone."""
+    graph = import_graph()
+    for layer in REMI_LAYERS:
+        assert layer in graph and any(m.startswith(layer + ".") for m in graph)
+    assert graph["remi"] and all(remi_layer(m) == "core" for m in graph["remi"])
 
 
 # ---- the checker itself catches what it must -------------------------------------------------
@@ -211,6 +283,32 @@ def test_checker_finds_forbidden_arrows_but_skips_type_checking(tmp_path):
         "remi/x.py:1 imports torch",
         "remi/y.py:2 imports mido",
     ]
+
+
+def test_checker_finds_arrows_between_remis_layers(tmp_path):
+    root = _tree(tmp_path, {
+        "remi/__init__.py": "",
+        "remi/score.py": "",
+        "remi/tokenizer.py": "from .score import Score\ndef f():\n    from .media import render\n",
+        "remi/shards.py": "import remi.corpus.prepare\n",
+        "remi/__main__.py": "from .corpus.prepare import main\n",  # the command line may
+        "remi/old.py": "from .corpus.prepare import main\n",  # a shim may
+        "remi/corpus/__init__.py": "",
+        "remi/corpus/prepare.py": "from .. import shards\nfrom ..media.audio import x\nfrom ..tokenizer import T\n",
+        "remi/media/__init__.py": "",
+        "remi/media/render.py": "from ..score import Score\nfrom .audio import y\nfrom remi.corpus import prepare\n",
+        "remi/media/audio.py": "",
+        "pianolm/__init__.py": "",
+        "pianolm/w.py": "from remi.old import main\nimport remi.corpus.prepare\n",
+    })
+    found = violations(root, shims={"remi.old"})
+    assert sorted(v.split(" (")[0] for v in found) == [
+        "remi/corpus/prepare.py:2 imports remi.media.audio",
+        "remi/media/render.py:3 imports remi.corpus.prepare",
+        "remi/shards.py:1 imports remi.corpus.prepare",
+        "remi/tokenizer.py:3 imports remi.media.render",
+    ]
+    assert shim_imports(root, shims={"remi.old"}) == ["pianolm/w.py:1 imports remi.old"]
 
 
 @pytest.mark.parametrize("module", ["remi.keys", "remi.metrics", "remi.score"])

@@ -14,8 +14,8 @@ import pytest
 
 import remi
 from remi import Tokenizer, TokenizerConfig
+from remi.bars import cut_bars
 from remi.keys import Key, find_key
-from remi.render import cut_bars
 from remi.score import Score
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -124,9 +124,9 @@ def test_stated_key_reads_first_signature():
 
 @pytest.fixture(scope="module")
 def bach_midi(tmp_path_factory):
-    """The first 24 Bach pieces of the bundled corpus, converted by remi.bundled into a temp folder."""
+    """The first 24 Bach pieces of the bundled corpus, converted by remi.corpus.bundled into a temp folder."""
     pytest.importorskip("music21")
-    from remi.bundled import convert_job, jobs
+    from remi.corpus.bundled import convert_job, jobs
 
     out = tmp_path_factory.mktemp("bundled")
     files = []

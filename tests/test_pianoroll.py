@@ -1,10 +1,17 @@
-"""remi.pianoroll: the roll as data, bar lines, single and side-by-side PNG figures."""
+"""remi.media.pianoroll: the roll as data, bar lines, single and side-by-side PNG figures."""
 from __future__ import annotations
 
 import matplotlib.image as mpimg
 import pytest
 
-from remi.pianoroll import PROMPT_LINE_LABEL, comparison_figure, pianoroll_figure, roll_array, save_comparison, save_pianoroll
+from remi.media.pianoroll import (
+    PROMPT_LINE_LABEL,
+    comparison_figure,
+    pianoroll_figure,
+    roll_array,
+    save_comparison,
+    save_pianoroll,
+)
 from remi.score import Score
 
 TPB = 480

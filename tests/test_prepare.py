@@ -1,4 +1,4 @@
-"""remi.prepare: MIDI folders -> token shards (real MIDI where it exists), caching, corrupt files."""
+"""remi.corpus.prepare: MIDI folders -> token shards (real MIDI where it exists), caching, corrupt files."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import remi
-from remi import prepare, shards
-from remi.datasets import DataConfig
+from remi import shards
+from remi.corpus import prepare
+from remi.corpus.datasets import DataConfig
 from tests.conftest import ROOT, shared_midi_files
 from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 
@@ -253,7 +254,7 @@ def _round1_data(data: str) -> DataConfig:
 
 
 def _old_round1_half(sha: str) -> bool:
-    """The rule round 1 used before `data.fraction` (remi.prepare.in_round1_half), from its definition."""
+    """The rule round 1 used before `data.fraction` (remi.corpus.prepare.in_round1_half), from its definition."""
     import hashlib
 
     return int(hashlib.sha256(f"round1:{sha}".encode()).hexdigest()[:15], 16) / 16**15 < 0.5
@@ -347,7 +348,7 @@ def bundled_cache(tmp_path_factory):
 
     socket.socket.connect = no_network  # forked workers inherit it
     try:
-        from remi import bundled
+        from remi.corpus import bundled
 
         result = bundled.convert(cache, progress=False)
     finally:

@@ -1,4 +1,4 @@
-"""remi.prepare's per-file bound (data.file_timeout): one file that runs long or hangs is skipped
+"""remi.corpus.prepare's per-file bound (data.file_timeout): one file that runs long or hangs is skipped
 and named with the bound, the rest of the corpus is prepared, and a resumed preparation does not
 try it again unless the bound is raised.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from remi.datasets import DataConfig
+from remi.corpus.datasets import DataConfig
 from tests.hostile import note_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,8 @@ _CHILD = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {root!r})
     import remi
-    from remi import prepare
-    from remi.datasets import DataConfig
+    from remi.corpus import prepare
+    from remi.corpus.datasets import DataConfig
 
     mode, folder, cache, timeout, calls = sys.argv[1:6]
     real = prepare.encode_file
@@ -111,7 +111,7 @@ def test_a_higher_bound_tries_a_timed_out_file_again(tmp_path):
 
 def test_in_process_bound_interrupts_python_code(tmp_path, monkeypatch):
     # One worker: the file is encoded in this process, where SIGALRM interrupts Python code.
-    from remi import prepare
+    from remi.corpus import prepare
 
     if not hasattr(prepare.signal, "setitimer"):
         pytest.skip("no SIGALRM on this platform")

@@ -22,10 +22,10 @@ from hydra import compose, initialize_config_dir
 import pianolm.checkpoint as ckpt_mod
 import pianolm.generate as gen
 import remi
-import remi.render
+import remi.bars
 import sample as sample_mod
 from pianolm.errors import InputError
-from remi.audio import INSTALL_HINT, find_renderer, read_wav
+from remi.media.audio import INSTALL_HINT, find_renderer, read_wav
 from tests.conftest import ROOT, shared_midi_files
 
 PY = sys.executable
@@ -298,10 +298,10 @@ def test_state_dict_prefix_is_found_not_assumed():
 
 def test_cut_bars_stops_before_the_next_bar(tok, tmp_path):
     ids = tok.encode(write_prompt(tmp_path / "p.mid", n_bars=5))
-    cut, n = remi.render.cut_bars(tok, ids, 3)
+    cut, n = remi.bars.cut_bars(tok, ids, 3)
     assert n == 3 and cut.count(tok.bar_id) == 3 and ids[len(cut)] == tok.bar_id
     assert cut == ids[: len(cut)] and tok.eos_id not in cut
-    whole, n_all = remi.render.cut_bars(tok, ids, 50)  # fewer bars than asked: all of them
+    whole, n_all = remi.bars.cut_bars(tok, ids, 50)  # fewer bars than asked: all of them
     assert whole == ids[:-1] and n_all == ids.count(tok.bar_id)
 
 
@@ -350,7 +350,7 @@ def test_grammar_prompt_and_max_bars_stay_exact_across_window_shifts(ckpt, tok, 
     prompt_file = write_prompt(tmp_path / "p.mid", n_bars=3)
     stride = 16  # the window moves on every 16 tokens once the first 256 are written
     free, prompt_len, block = long_pieces(ckpt, prompt_file, stride)
-    starts = remi.render.bar_ids(tok)
+    starts = remi.bars.bar_ids(tok)
     row = free[0][0]
     assert len(row) > block + 8 * stride  # eight shifts or more
     new_bars = [i for i in range(prompt_len, len(row)) if row[i] in starts]

@@ -14,7 +14,7 @@ import pytest
 import remi
 from pianolm.errors import InputError
 from pianolm.serve import Busy, Limits, Studio, build_app, load_model, parse_params
-from remi.audio import find_renderer
+from remi.media.audio import find_renderer
 from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 from tests.serve_helpers import prompt_midi, tiny_checkpoint
 
