@@ -57,16 +57,22 @@ def _all_tokens(folder: Path) -> dict[str, np.ndarray]:
     return {s: np.array(shards.load_split(folder, s).tokens) for s in shards.SPLITS}
 
 
-def test_a_flipped_byte_in_train_bin_is_refused_and_rebuilt(tmp_path, tok, prepared):
-    good = _all_tokens(prepared.dir)
-    _flip(prepared.dir / "train.bin", 5)  # size unchanged: only the content hash can tell
-    with pytest.raises(shards.ShardError, match="train.bin: content differs from the SHA-256"):
-        shards.load_split(prepared.dir, "train")
+def _rebuilt_as_before(tmp_path, tok, prepared, good: dict) -> None:
+    """The damaged folder is no longer complete, and preparing again rebuilds it in place with
+    the same tokens as before the damage."""
     assert not shards.is_complete(prepared.dir)
     again = _prepare(tmp_path, tok)
     assert not again.reused and again.dir == prepared.dir
     for s, arr in _all_tokens(again.dir).items():
         np.testing.assert_array_equal(arr, good[s])
+
+
+def test_a_flipped_byte_in_train_bin_is_refused_and_rebuilt(tmp_path, tok, prepared):
+    good = _all_tokens(prepared.dir)
+    _flip(prepared.dir / "train.bin", 5)  # size unchanged: only the content hash can tell
+    with pytest.raises(shards.ShardError, match="train.bin: content differs from the SHA-256"):
+        shards.load_split(prepared.dir, "train")
+    _rebuilt_as_before(tmp_path, tok, prepared, good)
 
 
 def test_a_flipped_byte_in_the_offsets_is_refused(prepared):
@@ -131,11 +137,7 @@ def test_a_manifest_field_of_the_wrong_type_is_a_shard_error_and_prepare_rebuild
     (prepared.dir / shards.MANIFEST).write_text(json.dumps(m))
     with pytest.raises(shards.ShardError, match=rf"manifest.json: field {re.escape('.'.join(keys))} is "):
         shards.load_split(prepared.dir, "train")
-    assert not shards.is_complete(prepared.dir)
-    again = _prepare(tmp_path, tok)
-    assert not again.reused and again.dir == prepared.dir
-    for s, arr in _all_tokens(again.dir).items():
-        np.testing.assert_array_equal(arr, good[s])
+    _rebuilt_as_before(tmp_path, tok, prepared, good)
 
 
 def test_a_damaged_npy_header_is_a_shard_error(tmp_path):
