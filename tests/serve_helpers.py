@@ -264,17 +264,21 @@ class _Client:
 
 def run_load(server: Server, clients: int = 32, seconds: float = 30.0, warmup: float = 3.0,
              prompts: tuple = (None,), big_prompt: bytes | None = None, bars: int = 1, poll: float = 0.2, busy_pause: float = 0.2,
-             probe_every: float = 0.05, drain_s: float = 120.0) -> LoadReport:
+             probe_every: float = 0.05, drain_s: float = 120.0, warmup_pieces: int = 0) -> LoadReport:
     """`clients` threads for `warmup` + `seconds` seconds, each posting a generation (client k
     continuing `prompts[k % len(prompts)]`, a MIDI file's bytes, or from scratch where that is
     None; client 0 continuing `big_prompt` instead, when given), polling its job until done,
     fetching its MIDI file, and after a 429 pausing `busy_pause` s before posting again; a probe
     thread times
-    GET /api/info every `probe_every` s. RSS is read at the end of the warm-up and once the queue
-    has drained after the load (at most `drain_s` s). Nothing is asserted here: the caller judges."""
+    GET /api/info every `probe_every` s. The warm-up lasts `warmup` seconds and until
+    `warmup_pieces` pieces are done (at most `drain_s` s more): the server's memory grows while its
+    store of finished jobs fills and its allocator settles, so "after the warm-up" is counted in
+    pieces, not only in seconds. RSS is read at the end of the warm-up and once the queue has
+    drained after the load (at most `drain_s` s). Nothing is asserted here: the caller judges."""
     report, lock = LoadReport(), threading.Lock()
     start = time.monotonic()
-    measuring, stop_at = start + warmup, start + warmup + seconds
+    cap = start + warmup + (drain_s if warmup_pieces else 0.0)  # the warm-up's end at the latest
+    measuring, stop_at = start + warmup, cap + seconds  # both set again when the warm-up ends
     hard_stop = stop_at + drain_s  # no loop outlives this
 
     def client(k: int) -> None:
@@ -322,6 +326,12 @@ def run_load(server: Server, clients: int = 32, seconds: float = 30.0, warmup: f
     for t in threads:
         t.start()
     time.sleep(max(0.0, measuring - time.monotonic()))
+    while report.jobs_done < warmup_pieces and time.monotonic() < cap:
+        time.sleep(0.1)
+    with lock:  # the load's seconds start now
+        measuring = time.monotonic()
+        stop_at = measuring + seconds
+        hard_stop = stop_at + drain_s
     report.rss_start = rss_bytes(server.pid)
     for t in threads:
         t.join(timeout=max(0.0, hard_stop - time.monotonic()))
