@@ -69,11 +69,9 @@ def sample(cfg: DictConfig) -> list[dict]:
     """
     check_config(cfg)
     device = pick_device(cfg.device)
-    if cfg.cpu_threads:
-        # Token-by-token decoding of a small model is latency-bound: on a busy or small CPU, extra
-        # intra-op threads mostly wait on each other (15x slower at 2 threads on a loaded 2-core box).
-        torch.set_num_threads(int(cfg.cpu_threads))
-    lm = PianoLM.load(cfg.ckpt, device)
+    # Decoding threads: cpu_threads if set, else model.threads' rule (one thread for a few rows: on a
+    # busy or small CPU extra threads mostly wait on each other).
+    lm = PianoLM.load(cfg.ckpt, device, threads=int(cfg.cpu_threads) if cfg.cpu_threads else None)
     tok = lm.tokenizer
     check_length(cfg, lm.block_size)
     train_step = lm.config["train_step"]  # Lightning's global_step: which point of training this is

@@ -22,10 +22,14 @@ import statistics
 import tempfile
 import time
 
+from pathlib import Path
+
 import torch
 
 from model import GPT, GPTConfig
 from model.generate import Sampler, generate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def spin(threads: int, stop) -> None:
@@ -55,16 +59,21 @@ def second_job(active: bool, threads: int = 2):
             proc.kill()
 
 
-def load_model(args) -> tuple[GPT, object | None]:
+def load_model(args) -> tuple[GPT, object]:
+    """The checkpoint's model and tokenizer, or random weights of the recipe's shape with the
+    rounds' tokenizer (conf/tokenizer/coarse.yaml: any weights do for timing)."""
     if args.ckpt:
         from pianolm.checkpoint import load_checkpoint
 
         tok, gpt, _ = load_checkpoint(args.ckpt)
         return gpt.eval(), tok
+    import remi
+
+    tok = remi.Tokenizer.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=args.vocab, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                       n_embd=args.n_embd, pad_vocab_multiple=64)
-    return GPT(config).eval(), None
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embd=args.n_embd, pad_vocab_multiple=64)
+    return GPT(config).eval(), tok
 
 
 def hf_from(gpt: GPT):
@@ -81,11 +90,13 @@ def hf_from(gpt: GPT):
     return hf
 
 
-def paths(gpt: GPT, hf, batch: int, new: int, bos: int) -> dict:
+def paths(gpt: GPT, hf, batch: int, new: int, bos: int, threads: int) -> dict:
+    """The three decoders, each making `batch` rows of `new` tokens from BOS at temperature 1."""
     idx = torch.full((batch, 1), bos, dtype=torch.long)
 
-    def ours():
-        return generate(gpt, idx, new, Sampler(temperature=1.0), generator=torch.Generator().manual_seed(0))
+    def ours(engine):
+        return lambda: generate(gpt, idx, new, Sampler(temperature=1.0), generator=torch.Generator().manual_seed(0),
+                                engine=engine, threads=threads)
 
     def theirs():
         torch.manual_seed(0)
@@ -93,7 +104,7 @@ def paths(gpt: GPT, hf, batch: int, new: int, bos: int) -> dict:
             return hf.generate(idx, max_new_tokens=new, min_new_tokens=new, do_sample=True, top_k=0,
                                temperature=1.0, use_cache=True)
 
-    return {"ours (model.generate)": ours, "HF generate": theirs}
+    return {"new (numpy)": ours("auto"), "before (torch)": ours("torch"), "HF generate": theirs}
 
 
 def timed(fns: dict, rounds: int) -> dict:
@@ -106,6 +117,22 @@ def timed(fns: dict, rounds: int) -> dict:
             fn()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def grammar_cost(gpt: GPT, tok, new: int, rounds: int) -> tuple[float, float]:
+    """Seconds per token at batch 1, without and with the REMI grammar mask (`pianolm.generate`)."""
+    from pianolm.generate import make_allowed
+
+    idx = torch.tensor([[tok.bos_id]])
+
+    def run(grammar: bool):
+        # no EOS: every run makes `new` tokens (the grammar keeps EOS possible, so it is not stopped on)
+        mask = make_allowed(tok, 1, grammar=grammar, max_bars=None, continue_bars=False) if grammar else None
+        return lambda: generate(gpt, idx, new, Sampler(temperature=1.0), allowed=mask,
+                                generator=torch.Generator().manual_seed(0), threads=1)
+
+    t = timed({"plain": run(False), "grammar": run(True)}, rounds)
+    return t["plain"] / new, t["grammar"] / new
 
 
 def real_time_factor(gpt: GPT, tok, new: int) -> float:
@@ -124,31 +151,36 @@ def main(argv=None) -> int:
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--block-size", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=225)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 48])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--new-tokens", type=int, default=600)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-load", action="store_true", help="skip the runs beside a second 2-thread job")
+    p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's generate (transformers not installed)")
     args = p.parse_args(argv)
     gpt, tok = load_model(args)
-    hf = hf_from(gpt)
-    bos = tok.bos_id if tok is not None else 1
+    hf = None if args.no_hf else hf_from(gpt)
     print(f"model: {gpt.config.n_layer} x {gpt.config.n_embd}, context {gpt.config.block_size}, vocab "
           f"{gpt.config.vocab_size}; {args.new_tokens} new tokens per row; median of {args.rounds} rounds")
     for load in ([False] if args.no_load else [False, True]):
+        name = "busy " if load else "quiet"
         with second_job(load):
             for threads in args.threads:
-                torch.set_num_threads(threads)
                 for batch in args.batches:
-                    t = timed(paths(gpt, hf, batch, args.new_tokens, bos), args.rounds)
-                    tps = {k: batch * args.new_tokens / v for k, v in t.items()}
-                    (a, ta), (b, tb) = tps.items()
-                    print(f"{'busy' if load else 'quiet'}  threads {threads}  batch {batch:>2}:  "
-                          f"{a} {ta:8.0f} tok/s   {b} {tb:8.0f} tok/s   ratio {ta / tb:.2f}x")
-                if tok is not None and threads == args.threads[0]:
-                    print(f"{'busy' if load else 'quiet'}  threads {threads}  real-time factor (batch 1): "
-                          f"{real_time_factor(gpt, tok, args.new_tokens):.1f} s of music per s of compute")
+                    fns = paths(gpt, hf, batch, args.new_tokens, tok.bos_id, threads)
+                    if hf is None:
+                        fns.pop("HF generate")
+                    tps = {k: batch * args.new_tokens / v for k, v in timed(fns, args.rounds).items()}
+                    cells = "   ".join(f"{k} {v:7.0f}" for k, v in tps.items())
+                    ratios = "   ".join(f"new/{k.split()[0]} {tps['new (numpy)'] / v:.2f}x"
+                                       for k, v in tps.items() if k != "new (numpy)")
+                    print(f"{name}  threads {threads}  batch {batch:>2}:  {cells}  tok/s   {ratios}", flush=True)
+            plain, grammar = grammar_cost(gpt, tok, args.new_tokens, args.rounds)
+            print(f"{name}  threads 1  batch  1:  grammar mask {grammar * 1e6:.0f} us/token vs {plain * 1e6:.0f} "
+                  f"without: {grammar / plain:.2f}x", flush=True)
+            if args.ckpt:
+                print(f"{name}  rule     batch  1:  real-time factor {real_time_factor(gpt, tok, args.new_tokens):.1f} "
+                      "s of music per s of compute", flush=True)
     return 0
 
 

@@ -90,7 +90,7 @@ def stop_after_bars(tok, total_bars: int):
 def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_new_tokens: int,
              temperature: float, seed: int, top_k: int | None = None, top_p: float | None = None,
              keep_prompt: bool = False, min_p: float | None = None,
-             logit_bias: torch.Tensor | None = None) -> list[list[int]]:
+             logit_bias: torch.Tensor | None = None, threads: int | None = None) -> list[list[int]]:
     """`n` rows continuing `prompt` (BOS first) until `total_bars` bars are complete, EOS or
     `max_new_tokens`; each row's ids cut to those bars (prompt included, EOS dropped).
     `keep_prompt` pins the prompt (at most half the context: its start) in every window;
@@ -99,7 +99,8 @@ def generate(gpt: GPT, tok, prompt: Sequence[int], n: int, total_bars: int, max_
     idx = torch.tensor([list(prompt)] * n, dtype=torch.long)
     keep = min(len(prompt), gpt.config.block_size // 2) if keep_prompt else 0
     out = generate_ids(gpt, idx, max_new_tokens, Sampler(temperature, top_k, top_p, min_p), eos_id=tok.eos_id,
-                       allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep, logit_bias=logit_bias)
+                       allowed=stop_after_bars(tok, total_bars), generator=gen, keep=keep, logit_bias=logit_bias,
+                       threads=threads)
     return cut_at_eos(out.tolist(), len(prompt), tok.eos_id, keep_eos=False)
 
 
@@ -172,11 +173,13 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
              temperature: float = 1.0, max_new_tokens: int = 2048, continuations: bool = True,
              top_k: int | None = None, top_p: float | None = None, progress: bool = False,
              likelihood: bool = True, keep_prompt: bool = False, min_p: float | None = None,
-             follow_key: float | None = None) -> dict:
+             follow_key: float | None = None, threads: int | None = None) -> dict:
     """Every number of the evaluation, and the generated pieces (ids) for whoever renders them.
-    `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep."""
+    `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep; `threads`: CPU
+    threads while sampling (None: `model.threads`' rule)."""
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
-    draw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    draw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                threads=threads)
     clock = [time.time()]
     real = _real_side(gpt, tok, files, bars, likelihood)
     clock.append(time.time())
@@ -412,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="continuations: PENALTY logits off every pitch outside the prompt's key (a sampling control, not the model)")
     p.add_argument("--baselines", type=Path, default=None, metavar="TRAIN_SHARDS",
                    help="also score a unigram model of this shard folder's train split and the step-0 network")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's for the likelihood, model/threads.py's rule for sampling)")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"--n must be >= 1, got {args.n}")
@@ -423,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(gpt, tok, files, n=args.n, seed=args.seed, bars=args.bars, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, continuations=not args.no_continuations,
                       top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt,
-                      min_p=args.min_p, follow_key=args.follow_key)
+                      min_p=args.min_p, follow_key=args.follow_key, threads=args.threads)
     if args.baselines is not None:
         from remi.shards import ShardError
 

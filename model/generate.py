@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from model.cpu_decode import ENGINES, CpuDecoder, usable
 from model.sampling import check_temperature, is_number, next_token
+from model.threads import decode_threads, threads_for
 from model.window import check_stride, window_start
 
 Allowed = Callable[[Tensor], Tensor]  # ids so far (B, n) -> bool (B, V): the ids permitted next
@@ -96,19 +98,39 @@ def cut_at_eos(rows: Sequence[Sequence[int]], prompt_len: int, eos_id: int | Non
 # ----------------------------------------------------------------------------- the loop
 
 
+class _TorchSteps:
+    """`GPT.decode_step` over caches of its own: the path for GPUs, bf16 and autocast."""
+
+    def __init__(self, gpt):
+        self.gpt, self.caches = gpt, gpt.new_caches()
+
+    def step(self, ids: Tensor, start: int) -> Tensor:
+        return self.gpt.decode_step(ids, self.caches, start)
+
+
+def _steps(gpt, idx: Tensor, engine: str):
+    """The decoding steps `engine` names ("auto": NumPy's where `cpu_decode.usable`, else torch)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: must be one of {', '.join(ENGINES)}")
+    if engine == "numpy" and not usable(gpt, idx):
+        raise ValueError("engine='numpy' needs a CPU model in float32 or float64, without autocast or gradients")
+    if engine == "torch" or (engine == "auto" and not usable(gpt, idx)):
+        return _TorchSteps(gpt)
+    return CpuDecoder(gpt, idx.shape[0])
+
+
 class _Window:
-    """The ids the model sees while decoding, and their key-value cache.
+    """The ids the model sees while decoding; `steps` holds their key-value cache.
 
     GPT-2's positions are absolute, so a full cache cannot roll by one token. When a new token
     would overflow the window `out[:, lo:n]` (after the `keep` pinned ids), its start moves
     `stride` tokens on (`window_start`) and the cache is rebuilt once for the tokens it keeps.
     """
 
-    def __init__(self, gpt, out: Tensor, keep: int, stride: int):
-        self.gpt, self.out, self.keep = gpt, out, keep
+    def __init__(self, gpt, out: Tensor, keep: int, stride: int, steps):
+        self.out, self.keep, self.steps = out, keep, steps
         self.tail = gpt.config.block_size - keep  # the sliding part of the window
         self.stride = min(stride, self.tail)
-        self.caches = gpt.new_caches()
         self.lo = -1
 
     def _ids(self, n: int) -> Tensor:
@@ -120,9 +142,9 @@ class _Window:
         fits in the window, else the window moves and the cache is rebuilt."""
         lo = self.keep + window_start(max(self.lo, self.keep) - self.keep, n - self.keep, self.tail, self.stride)
         if lo == self.lo:
-            return self.gpt.decode_step(self.out[:, n - 1:n], self.caches, self.keep + n - 1 - lo)
+            return self.steps.step(self.out[:, n - 1:n], self.keep + n - 1 - lo)
         self.lo = lo
-        return self.gpt.decode_step(self._ids(n), self.caches, 0)
+        return self.steps.step(self._ids(n), 0)
 
 
 def _check(gpt, idx: Tensor, keep: int, stride: int | None) -> int:
@@ -152,7 +174,8 @@ def _penalized(ids, vocab_size: int, device) -> Tensor | None:
 @torch.no_grad()
 def generate(gpt, idx: Tensor, max_new_tokens: int, sampler: Sampler = Sampler(), eos_id: int | None = None,
              allowed: Allowed | None = None, generator: torch.Generator | None = None, stride: int | None = None,
-             keep: int = 0, repetition_ids=None, logit_bias: Tensor | None = None) -> Tensor:
+             keep: int = 0, repetition_ids=None, logit_bias: Tensor | None = None, engine: str = "auto",
+             threads: int | None = None, on_token: Callable[[int], None] | None = None) -> Tensor:
     """Prompt ids (B, T) followed by up to `max_new_tokens` new ids: (B, T + n).
 
     Stops early once every row has produced `eos_id`; finished rows are padded with it.
@@ -160,35 +183,49 @@ def generate(gpt, idx: Tensor, max_new_tokens: int, sampler: Sampler = Sampler()
     far, never just the window); `keep` (at most half the context) pins the first `keep` ids at
     the front of every window; `stride` (None: half the context) is how far the window moves past
     the context (`_Window`); `logit_bias` (V,) is added to every step's logits after the mask;
-    `repetition_ids` limits the sampler's repetition penalty to those ids.
+    `repetition_ids` limits the sampler's repetition penalty to those ids. `engine`: "auto" (the
+    NumPy decoder of `model.cpu_decode` where it applies, else torch), "numpy" or "torch"
+    (`GPT.decode_step`); `threads`: CPU threads while decoding (None: `decode_threads`' rule);
+    `on_token(k)` is called after each step with the k new ids per row so far (a progress line).
     """
     stride = _check(gpt, idx, keep, stride)
     penalized = _penalized(repetition_ids, gpt.config.vocab_size, idx.device)
-    B, n = idx.shape
     was_training = gpt.training
     gpt.eval()
+    try:
+        steps = _steps(gpt, idx, engine)
+        with threads_for(decode_threads(idx.shape[0]) if threads is None else threads, idx.device):
+            return _loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, int(keep), stride, steps,
+                         penalized, logit_bias, on_token)
+    finally:
+        gpt.train(was_training)
+
+
+def _loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, stride, steps, penalized, logit_bias,
+          on_token):
+    B, n = idx.shape
+    n0 = n
     out = torch.empty(B, n + max_new_tokens, dtype=torch.long, device=idx.device)
     out[:, :n] = idx
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-    window = _Window(gpt, out, int(keep), stride)
-    try:
-        for _ in range(max_new_tokens):
-            logits = window.logits(n)
-            mask = None
-            if allowed is not None:
-                mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
-                if eos_id is not None:
-                    mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
-            tok = next_token(logits.float(), sampler.temperature, sampler.top_k, sampler.top_p, mask, generator,
-                             min_p=sampler.min_p, recent=sampler.recent(out, n), penalty=sampler.repetition_penalty,
-                             penalized=penalized, bias=logit_bias)  # (B,)
+    window = _Window(gpt, out, keep, stride, steps)
+    for _ in range(max_new_tokens):
+        logits = window.logits(n)
+        mask = None
+        if allowed is not None:
+            mask = torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool, device=logits.device)
             if eos_id is not None:
-                tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
-                finished |= tok == eos_id
-            out[:, n] = tok
-            n += 1
-            if eos_id is not None and bool(finished.all()):
-                break
-    finally:
-        gpt.train(was_training)
+                mask = mask | finished[:, None]  # finished rows are overwritten with EOS below
+        tok = next_token(logits.float(), sampler.temperature, sampler.top_k, sampler.top_p, mask, generator,
+                         min_p=sampler.min_p, recent=sampler.recent(out, n), penalty=sampler.repetition_penalty,
+                         penalized=penalized, bias=logit_bias)  # (B,)
+        if eos_id is not None:
+            tok = torch.where(finished, torch.full_like(tok, eos_id), tok)
+            finished |= tok == eos_id
+        out[:, n] = tok
+        n += 1
+        if on_token is not None:
+            on_token(n - n0)
+        if eos_id is not None and bool(finished.all()):
+            break
     return out[:, :n]

@@ -27,11 +27,11 @@ def mask_disallowed(logits: Tensor, allowed: Tensor) -> Tensor:
         raise ValueError(f"allowed mask has shape {tuple(allowed.shape)}, logits have {tuple(logits.shape)}")
     if allowed.dtype != torch.bool:
         raise ValueError(f"allowed mask must be a bool tensor, got {allowed.dtype}")
-    empty = ~allowed.any(dim=-1)
-    if empty.any():
-        rows = empty.nonzero().flatten().tolist()
+    some = allowed.any(dim=-1)
+    if not bool(some.all()):  # one check per step (the rows only when it fails)
+        rows = (~some).nonzero().flatten().tolist()
         raise ValueError(f"allowed mask permits no token at all in batch row(s) {rows}; the grammar is stuck")
-    return logits.masked_fill(~allowed, float("-inf"))
+    return torch.where(allowed, logits, float("-inf"))
 
 
 def is_number(x) -> bool:

@@ -35,12 +35,13 @@ import json
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 import remi
 from model import GPT
+from model import threads as model_threads
 
 from . import control as ctl
 from .checkpoint import load_checkpoint
@@ -80,7 +81,8 @@ class PianoLM:
     batch_size: int = 8
     key_penalty: float = ctl.KEY_PENALTY
 
-    def __init__(self, tokenizer: remi.Tokenizer, model: GPT, config: dict | None = None, device: str | None = None):
+    def __init__(self, tokenizer: remi.Tokenizer, model: GPT, config: dict | None = None, device: str | None = None,
+                 threads: int | None = None):
         if model.config.vocab_size != tokenizer.vocab_size:
             raise CheckpointError(f"model vocab_size {model.config.vocab_size} != tokenizer vocab_size "
                                   f"{tokenizer.vocab_size}: they do not belong together")
@@ -91,20 +93,29 @@ class PianoLM:
                                        "tokenizer_hash": tokenizer.hash, "train_step": None, "run": {},
                                        **(config or {})}
         self.last: list[dict] = []
+        # CPU threads while decoding; None: model.threads' rule (one thread for a few rows)
+        self.threads = None if threads is None else check_threads(threads)
+        self.on_token: Callable[[int], None] | None = None  # hears each step: new ids per row so far
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = "cpu") -> "PianoLM":
+    def load(cls, path: str | Path, device: str | None = "cpu", threads: int | None = None) -> "PianoLM":
         """A `.ckpt` written by train.py, a run folder (its checkpoints/last.ckpt), or a folder
-        written by `python -m pianolm export` (Hugging Face GPT-2 + tokenizer.json)."""
+        written by `python -m pianolm export` (Hugging Face GPT-2 + tokenizer.json). `threads`:
+        CPU threads while generating (None: one thread for up to 8 rows, `model.threads`)."""
         path = Path(path)
         device = pick_device(device)
+        if threads is not None:
+            check_threads(threads)
         if _is_hf_folder(path):
-            return cls._load_exported(path, device)
-        tok, gpt, extras = load_checkpoint(path, device)
-        return cls(tok, gpt, {"format": "checkpoint", "source": str(path), "train_step": extras.get("global_step"),
-                              "run": extras.get("cfg") or {}}, device)
+            lm = cls._load_exported(path, device)
+        else:
+            tok, gpt, extras = load_checkpoint(path, device)
+            lm = cls(tok, gpt, {"format": "checkpoint", "source": str(path), "train_step": extras.get("global_step"),
+                                "run": extras.get("cfg") or {}}, device)
+        lm.threads = threads
+        return lm
 
     @classmethod
     def _load_exported(cls, folder: Path, device: str) -> "PianoLM":
@@ -196,7 +207,8 @@ class PianoLM:
         rows: list[tuple[list[int], str]] = []
         for start in range(0, n, bs):
             rows += sample_ids(self.model, self.tokenizer, prompt_ids, min(bs, n - start), sampling, generator,
-                               continue_bars=continue_bars, allowed=allowed, logit_bias=bias)
+                               continue_bars=continue_bars, allowed=allowed, logit_bias=bias, threads=self.threads,
+                               on_token=self.on_token)
         self.last = [{"ids": ids, "stopped_by": stop, "seed": seed} for ids, stop in rows]
         return rows
 
@@ -284,6 +296,14 @@ class PianoLM:
                         max_bars=bars, keep_prompt=keep_prompt).check()
 
 
-def load(path: str | Path, device: str | None = "cpu") -> PianoLM:
+def load(path: str | Path, device: str | None = "cpu", threads: int | None = None) -> PianoLM:
     """`PianoLM.load`: a .ckpt, a run folder (checkpoints/last.ckpt) or an exported folder."""
-    return PianoLM.load(path, device)
+    return PianoLM.load(path, device, threads)
+
+
+def check_threads(threads) -> int:
+    """`threads` as given, or `model.threads.check_threads`' error as an InputError."""
+    try:
+        return model_threads.check_threads(threads)
+    except ValueError as e:
+        raise InputError(str(e)) from None

@@ -280,12 +280,15 @@ class Sampling:
 def sample_ids(gpt: GPT, tok: remi.Tokenizer, prompt_ids: Sequence[int], n: int, s: Sampling,
                generator: torch.Generator, continue_bars: bool = False,
                allowed: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               logit_bias: torch.Tensor | None = None) -> list[tuple[list[int], str]]:
+               logit_bias: torch.Tensor | None = None, threads: int | None = None,
+               on_token: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
     """`n` continuations of `prompt_ids` (BOS first), as (raw ids, stop reason): the one sampling
     path of sample.py and `pianolm.api` (grammar mask, length limits, `finish`).
 
     `allowed` (optional) wraps `make_allowed`'s mask: `allowed(ids, mask) -> mask` (e.g.
-    `pianolm.control`'s fixed start); `logit_bias` (V,) is added to every step's logits.
+    `pianolm.control`'s fixed start); `logit_bias` (V,) is added to every step's logits;
+    `threads`: CPU threads while decoding (None: `model.threads.decode_threads`' rule); `on_token(k)`
+    hears each step (k new ids per row so far).
     """
     device = next(gpt.parameters()).device
     idx = torch.tensor([list(prompt_ids)] * n, dtype=torch.long, device=device)
@@ -294,7 +297,8 @@ def sample_ids(gpt: GPT, tok: remi.Tokenizer, prompt_ids: Sequence[int], n: int,
     step_mask = mask if allowed is None else (lambda ids: allowed(ids, mask(ids)))
     keep = min(len(prompt_ids), gpt.config.block_size // 2) if s.keep_prompt else 0
     out = generate(gpt, idx, int(s.max_new_tokens), s.sampler(), eos_id=tok.eos_id, allowed=step_mask,
-                   generator=generator, stride=s.stride, keep=keep, logit_bias=logit_bias)
+                   generator=generator, stride=s.stride, keep=keep, logit_bias=logit_bias, threads=threads,
+                   on_token=on_token)
     return [finish(tok, row, len(prompt_ids), s.max_bars, s.max_seconds) for row in out.tolist()]
 
 

@@ -152,12 +152,13 @@ def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
 # ---------------------------------------------------------------- the model, through the Python API
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path, threads: int | None = None):
     """The checkpoint through the Python API: a `pianolm.PianoLM` (.tokenizer, .model, .block_size,
-    .generate(...) and .continue_midi(...), each returning a list of `remi.Score`)."""
+    .generate(...) and .continue_midi(...), each returning a list of `remi.Score`); `threads`: CPU
+    threads while generating (None: `model.threads`' rule)."""
     from .api import load
 
-    return load(path)
+    return load(path, threads=threads)
 
 
 def generate_one(m, params: dict, prompt: bytes | None, max_new_tokens: int | None) -> remi.Score:
@@ -170,24 +171,21 @@ def generate_one(m, params: dict, prompt: bytes | None, max_new_tokens: int | No
 
 
 class TokenCounter:
-    """Counts the tokens a generation has produced so far, for the page's progress line.
+    """Counts the tokens a generation has produced so far, for the page's progress line: the
+    decoding loop tells `PianoLM.on_token` after every step (whichever engine decodes)."""
 
-    `GPT.generate` computes logits through `lm_head` once per sampled token (once more to start),
-    so a forward hook on it counts steps without any change to the model or the API.
-    """
+    def __init__(self, lm):
+        self.count, self._lm = 0, lm
+        lm.on_token = self._heard
 
-    def __init__(self, gpt):
-        self.count = 0
-        self._handle = gpt.lm_head.register_forward_hook(self._hook)
-
-    def _hook(self, module, args, output) -> None:
-        self.count += 1
+    def _heard(self, new_tokens: int) -> None:
+        self.count = new_tokens
 
     def reset(self) -> None:
         self.count = 0
 
     def close(self) -> None:
-        self._handle.remove()
+        self._lm.on_token = None
 
 
 # ---------------------------------------------------------------- jobs
@@ -230,7 +228,7 @@ class Studio:
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._running: Job | None = None
-        self._counter = TokenCounter(model.model)
+        self._counter = TokenCounter(model)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pianolm-generate")
 
     def info(self) -> dict:
@@ -527,22 +525,19 @@ def main(argv: Sequence[str]) -> int:
                    help="seconds a request body (the prompt file) may take to arrive; a slower one gets HTTP 408")
     p.add_argument("--workdir", type=Path, default=None,
                    help="folder for the jobs' files, kept at exit (default: a temporary folder, removed at exit)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads while generating (default: one for a piece, model/threads.py's rule)")
     args = p.parse_args(argv)
     try:
         import uvicorn
     except ImportError:
         raise InputError(EXTRA_HINT) from None
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     renderer = None if args.no_audio else find_renderer(args.soundfont)
     if renderer is None and not args.no_audio:
         print(f"[serve] {INSTALL_HINT}", file=sys.stderr)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), max_new_tokens=args.max_new_tokens,
                     max_waiting=args.max_waiting, body_timeout=args.body_timeout)
-    studio = Studio(load_model(args.ckpt), renderer, limits, audio_format="." + args.audio_format,
+    studio = Studio(load_model(args.ckpt, args.threads), renderer, limits, audio_format="." + args.audio_format,
                     workdir=args.workdir, checkpoint=str(args.ckpt))
     app = build_app(studio)
     print(f"[serve] {args.ckpt} loaded; open http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
