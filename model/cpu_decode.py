@@ -36,61 +36,79 @@ def usable(gpt, idx: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled())
 
 
-def _np(p: Tensor | None) -> np.ndarray | None:
-    return None if p is None else p.detach().numpy()
+def _np(p: Tensor | None, dtype=None) -> np.ndarray | None:
+    return None if p is None else p.detach().numpy().astype(dtype or np.float64)
 
 
 class _Layer:
-    """One block's weights as NumPy views, the products' weights transposed (in, out) as views."""
+    """One block's weights, prepared once per decoder so a step needs few NumPy calls:
 
-    def __init__(self, block, B: int, block_size: int):
+    - each LayerNorm's gain and bias are folded into the product after it, and its 1/sqrt(C) too
+      (LN(x) @ W + c = (x - mean) / sqrt(sum((x - mean)^2) + C eps) @ (sqrt(C) diag(g) W) + (b W + c));
+    - attention's 1/sqrt(head size) is folded into the query's columns, GELU's 1/2 into the MLP's
+      output product.
+    Folding is done in float64 and stored in the model's dtype: the products differ from the
+    torch path's by rounding only. The key-value cache is laid out once: (B, heads, positions, hs).
+    """
+
+    def __init__(self, block, B: int, block_size: int, dtype):
         a, m = block.attn, block.mlp
-        self.ln1 = (_np(block.ln_1.weight), _np(block.ln_1.bias))
-        self.ln2 = (_np(block.ln_2.weight), _np(block.ln_2.bias))
-        self.qkv = (_np(a.c_attn.weight).T, _np(a.c_attn.bias))
-        self.proj = (_np(a.c_proj.weight).T, _np(a.c_proj.bias))
-        self.fc = (_np(m.c_fc.weight).T, _np(m.c_fc.bias))
-        self.out = (_np(m.c_proj.weight).T, _np(m.c_proj.bias))
-        dtype = self.ln1[0].dtype
-        # the cache, laid out once: (B, heads, positions, head size)
+        C = a.n_embd
+        scale = np.ones(3 * C)
+        scale[:C] = 1.0 / math.sqrt(a.head_size)
+        self.qkv = _fold(block.ln_1, a.c_attn, dtype, scale)
+        self.fc = _fold(block.ln_2, m.c_fc, dtype)
+        self.proj = (_np(a.c_proj.weight).T.astype(dtype), _bias(a.c_proj, dtype))
+        self.out = ((0.5 * _np(m.c_proj.weight).T).astype(dtype), _bias(m.c_proj, dtype))
         self.k = np.zeros((B, a.n_head, block_size, a.head_size), dtype)
         self.v = np.zeros((B, a.n_head, block_size, a.head_size), dtype)
 
 
-def _layer_norm(x: np.ndarray, wb) -> np.ndarray:
-    """LayerNorm over the last axis of x (N, C), eps 1e-5 as GPT-2: a new array."""
-    w, b = wb
-    inv_c = 1.0 / x.shape[-1]
-    d = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_c
-    var = np.add.reduce(d * d, axis=-1, keepdims=True)
-    var *= inv_c
-    var += 1e-5
-    np.sqrt(var, out=var)
-    d /= var
-    d *= w
-    if b is not None:
-        d += b
+def _bias(linear, dtype):
+    return None if linear.bias is None else _np(linear.bias).astype(dtype)
+
+
+def _fold(ln, linear, dtype, col_scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """(W', c') with LN(x) @ W.T + c == _normalized(x) @ W' + c' (see `_Layer`)."""
+    w = _np(linear.weight).T  # (in, out)
+    g = _np(ln.weight)
+    c = np.zeros(w.shape[1]) if linear.bias is None else _np(linear.bias)
+    if ln.bias is not None:
+        c = c + _np(ln.bias) @ w
+    w = (math.sqrt(w.shape[0]) * g)[:, None] * w
+    if col_scale is not None:
+        w, c = w * col_scale, c * col_scale
+    return np.ascontiguousarray(w, dtype=dtype), c.astype(dtype)
+
+
+def _normalized(x: np.ndarray, eps_c: float) -> np.ndarray:
+    """(x - mean) / sqrt(sum((x - mean)^2) + C eps) over the last axis of x (N, C): a new array
+    (LayerNorm without its gain, bias and sqrt(C), which `_fold` moved into the next product)."""
+    d = x - np.add.reduce(x, axis=-1, keepdims=True) * (1.0 / x.shape[-1])
+    ss = np.add.reduce(d * d, axis=-1, keepdims=True)
+    ss += eps_c
+    np.sqrt(ss, out=ss)
+    d /= ss
     return d
 
 
-def _affine(x: np.ndarray, wb) -> np.ndarray:
-    w, b = wb
+def _affine(x: np.ndarray, wc) -> np.ndarray:
+    w, c = wc
     y = x @ w
-    if b is not None:
-        y += b
+    if c is not None:
+        y += c
     return y
 
 
-def _gelu_tanh(u: np.ndarray) -> np.ndarray:
-    """GPT-2's GELU (the tanh approximation), in place on u."""
+def _gelu_tanh_2x(u: np.ndarray) -> np.ndarray:
+    """2 x GPT-2's GELU (the tanh approximation), in place on u: u (1 + tanh(k u + k 0.044715 u^3));
+    the 1/2 lives in the next product's weights."""
     g = u * u
+    g *= _GELU_C * 0.044715
+    g += _GELU_C
     g *= u
-    g *= 0.044715
-    g += u
-    g *= _GELU_C
     np.tanh(g, out=g)
     g += 1.0
-    g *= 0.5
     u *= g
     return u
 
@@ -100,19 +118,21 @@ class CpuDecoder:
 
     Same contract as `GPT.decode_step` with its caches: the ids sit at positions start .. start +
     t - 1, attend to the cached positions before `start` and to each other causally, and are
-    cached in turn (start 0 begins afresh).
+    cached in turn (start 0 begins afresh). The weights are read when the decoder is built (one
+    per `generate` call): later changes to the model are not seen.
     """
 
     def __init__(self, gpt, batch: int):
         c = gpt.config
         t = gpt.transformer
+        dtype = t.wte.weight.detach().numpy().dtype
         self.n_head, self.head_size, self.n_embd = c.n_head, c.head_size, c.n_embd
         self.block_size, self.batch = c.block_size, batch
-        self.wte, self.wpe = _np(t.wte.weight), _np(t.wpe.weight)
-        self.head = self.wte[: c.vocab_size].T  # tied: (C, V) view
-        self.ln_f = (_np(t.ln_f.weight), _np(t.ln_f.bias))
-        self.layers = [_Layer(block, batch, c.block_size) for block in t.h]
-        self.scale = self.wte.dtype.type(1.0 / math.sqrt(c.head_size))
+        self.eps_c = 1e-5 * c.n_embd  # GPT-2's LayerNorm eps, times C (see _normalized)
+        self.wte, self.wpe = t.wte.weight.detach().numpy(), t.wpe.weight.detach().numpy()
+        head = _np(t.wte.weight)[: c.vocab_size].T  # tied: (C, V)
+        self.head = _fold(t.ln_f, _Tied(head), dtype)
+        self.layers = [_Layer(block, batch, c.block_size, dtype) for block in t.h]
 
     def step(self, idx: Tensor, start: int) -> Tensor:
         B, t = idx.shape
@@ -121,15 +141,13 @@ class CpuDecoder:
             raise ValueError(f"this decoder holds caches for {self.batch} rows, got ids for {B}")
         if start < 0 or end > self.block_size:
             raise ValueError(f"sequence of {end} positions exceeds block_size {self.block_size}; crop the input")
-        ids = idx.numpy()
-        x = self.wte[ids].reshape(B * t, self.n_embd)  # a new array: the residual stream
+        x = self.wte[idx.numpy()].reshape(B * t, self.n_embd)  # a new array: the residual stream
         x += np.tile(self.wpe[start:end], (B, 1)) if B > 1 else self.wpe[start:end]
         for layer in self.layers:
-            self._attend(layer, _layer_norm(x, layer.ln1), x, B, t, start)
-            h = _gelu_tanh(_affine(_layer_norm(x, layer.ln2), layer.fc))
-            x += _affine(h, layer.out)
+            self._attend(layer, _normalized(x, self.eps_c), x, B, t, start)
+            x += _affine(_gelu_tanh_2x(_affine(_normalized(x, self.eps_c), layer.fc)), layer.out)
         last = x.reshape(B, t, self.n_embd)[:, -1]
-        return torch.from_numpy(_layer_norm(last, self.ln_f) @ self.head)
+        return torch.from_numpy(_affine(_normalized(last, self.eps_c), self.head))
 
     def _attend(self, layer: _Layer, h: np.ndarray, x: np.ndarray, B: int, t: int, start: int) -> None:
         """x += attention(h) for the t new positions, writing their keys and values to the cache."""
@@ -137,13 +155,18 @@ class CpuDecoder:
         qkv = _affine(h, layer.qkv).reshape(B, t, 3, nh, hs)
         layer.k[:, :, start:end] = qkv[:, :, 1].transpose(0, 2, 1, 3)
         layer.v[:, :, start:end] = qkv[:, :, 2].transpose(0, 2, 1, 3)
-        q = qkv[:, :, 0].transpose(0, 2, 1, 3)  # (B, nh, t, hs)
-        s = q @ layer.k[:, :, :end].swapaxes(-1, -2)  # (B, nh, t, end)
-        s *= self.scale
+        s = qkv[:, :, 0].transpose(0, 2, 1, 3) @ layer.k[:, :, :end].swapaxes(-1, -2)  # (B, nh, t, end), scaled
         if t > 1:  # query i sees keys 0 .. start + i
             s[..., np.triu(np.ones((t, end), dtype=bool), k=start + 1)] = -np.inf
         s -= s.max(axis=-1, keepdims=True)
         np.exp(s, out=s)
-        s /= np.add.reduce(s, axis=-1, keepdims=True)
-        y = (s @ layer.v[:, :, :end]).transpose(0, 2, 1, 3).reshape(B * t, self.n_embd)
-        x += _affine(y, layer.proj)
+        y = s @ layer.v[:, :, :end]  # (B, nh, t, hs), softmax's division after the product (fewer numbers)
+        y /= np.add.reduce(s, axis=-1, keepdims=True)
+        x += _affine(y.transpose(0, 2, 1, 3).reshape(B * t, self.n_embd), layer.proj)
+
+
+class _Tied:
+    """The head as a bias-free linear of weight (V, C), for `_fold`."""
+
+    def __init__(self, head_cv: np.ndarray):
+        self.weight, self.bias = torch.from_numpy(np.ascontiguousarray(head_cv.T)), None

@@ -102,15 +102,36 @@ def open_page(driver, url: str, timeout: float = 30.0) -> None:
     WebDriverWait(driver, timeout).until(lambda d: "context" in d.find_element("id", "model").text)
 
 
+# Stamps, in the page's own clock, the moment body[data-state] first becomes done or error.
+_STAMP_END = """
+window.__pianolmEnd = null;
+new MutationObserver((changes, observer) => {
+  const state = document.body.dataset.state;
+  if (state === "done" || state === "error") { window.__pianolmEnd = performance.now(); observer.disconnect(); }
+}).observe(document.body, { attributes: true, attributeFilter: ["data-state"] });
+"""
+
+
 def generate(driver, timeout: float = 300.0, prompt: Path | None = None, **settings) -> str:
     """Set the page's controls (temperature, top_p, bars, seed, prompt_bars), attach `prompt`,
     click Generate; returns the page's state once it is done or shows an error."""
+    return timed_generate(driver, timeout, prompt, **settings)[0]
+
+
+def timed_generate(driver, timeout: float = 300.0, prompt: Path | None = None, **settings) -> tuple[str, float]:
+    """`generate`, and the seconds from the click to the piece on the page (piano roll, audio and
+    MIDI link shown), measured by the browser's own clock: a MutationObserver stamps the state
+    change, so how often this side polls adds nothing."""
     for key, value in settings.items():
         set_value(driver, key, value)
     if prompt is not None:
         driver.find_element("id", "prompt").send_keys(str(Path(prompt).resolve()))
+    driver.execute_script(_STAMP_END)
+    start = driver.execute_script("return performance.now();")
     driver.find_element("id", "generate").click()
-    return wait_state(driver, ("done", "error"), timeout)
+    state = wait_state(driver, ("done", "error"), timeout)
+    end = driver.execute_script("return window.__pianolmEnd;")
+    return state, (end - start) / 1000.0
 
 
 def main(argv=None) -> int:
@@ -133,8 +154,8 @@ def main(argv=None) -> int:
         try:
             open_page(driver, url)
             extra = {"prompt_bars": args.prompt_bars} if args.prompt else {}
-            state = generate(driver, prompt=args.prompt, temperature=args.temperature, top_p=args.top_p,
-                             bars=args.bars, seed=args.seed, **extra)
+            state, seconds = timed_generate(driver, prompt=args.prompt, temperature=args.temperature,
+                                            top_p=args.top_p, bars=args.bars, seed=args.seed, **extra)
             if state != "done":
                 print(f"the page shows an error: {driver.find_element('id', 'error').text}", file=sys.stderr)
                 return 1
@@ -142,7 +163,8 @@ def main(argv=None) -> int:
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(1000, height + 40)
             driver.save_screenshot(str(args.out))
-            print(f"wrote {args.out}", file=sys.stderr)
+            print(f"wrote {args.out}; {driver.find_element('id', 'summary').text}; click to piece shown "
+                  f"{seconds:.2f} s (the browser's clock)", file=sys.stderr)
         finally:
             driver.quit()
     return 0

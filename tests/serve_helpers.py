@@ -42,6 +42,26 @@ def tiny_checkpoint(path: Path, block_size: int = 64, seed: int = 0) -> Path:
     return path
 
 
+def recipe_shaped_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Random weights of the recipe's shape (4 x 256, 4 heads, context 512) beside the rounds'
+    tokenizer (conf/tokenizer/coarse.yaml): what a page serving `make train-real`'s model computes
+    per token, for timing. EOS is made unlikely, so a piece runs to the bars asked for as a trained
+    model's would: the final LayerNorm's output is centred (its gain is 1), so with a constant bias
+    b and EOS's row of the tied head -20 b / |b|^2, EOS's logit is -20 whatever the input."""
+    torch.manual_seed(seed)
+    tok = remi.Tokenizer.from_yaml(Path(__file__).resolve().parents[1] / "conf" / "tokenizer" / "coarse.yaml")
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=4, n_head=4, n_embd=256,
+                       pad_vocab_multiple=64)
+    gpt = GPT(config)
+    with torch.no_grad():
+        direction = torch.full((config.n_embd,), config.n_embd ** -0.5)  # unit length, orthogonal to centred
+        gpt.transformer.ln_f.bias.copy_(direction)
+        gpt.lm_head.weight[tok.eos_id] = -20.0 * direction  # tied: also EOS's embedding, never an input
+    torch.save({"state_dict": {f"gpt.{k}": v for k, v in gpt.state_dict().items()},
+                "tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": config.to_dict()}, path)
+    return path
+
+
 def prompt_midi(n_bars: int = 4, tpq: int = 480) -> bytes:
     """A 4/4 file with one quarter note a beat: `n_bars` bars of a rising C major scale."""
     scale = [60, 62, 64, 65, 67, 69, 71, 72]

@@ -45,16 +45,17 @@ def test_steps_match_decode_step(dtype, tol, bias, B):
     assert worst < tol
 
 
-def test_decoder_reads_the_models_weights_not_a_copy():
+def test_each_decoder_reads_the_weights_as_they_are_when_built():
+    """generate builds a decoder per call, so a model trained in between is decoded as trained."""
     gpt = _gpt()
-    dec = CpuDecoder(gpt, 1)
     ids = torch.tensor([[3, 4, 5]])
     with torch.no_grad():
-        before = dec.step(ids, 0)
-        gpt.transformer.h[1].mlp.c_fc.weight.mul_(2.0)  # an optimizer step would do the same in place
-        after = dec.step(ids, 0)
+        before = CpuDecoder(gpt, 1).step(ids, 0)
+        gpt.transformer.h[1].mlp.c_fc.weight.mul_(2.0)  # an optimizer step does the same in place
+        gpt.transformer.ln_f.bias.add_(0.5)
+        after = CpuDecoder(gpt, 1).step(ids, 0)
         assert _max_rel(gpt.decode_step(ids, gpt.new_caches(), 0), after) < 5e-6
-    assert not torch.equal(before, after)
+    assert not torch.allclose(before, after)
 
 
 def test_decoder_refuses_positions_past_the_context_and_other_batches():

@@ -76,3 +76,21 @@ def test_a_non_midi_upload_shows_the_error_in_the_page(server, driver, tmp_path)
     # The page recovers: the button works again, and the result area was not filled.
     assert driver.find_element("id", "generate").is_enabled()
     assert not driver.find_element("id", "result").is_displayed()
+
+
+def test_eight_bars_from_scratch_timed_in_the_browser(driver, tmp_path, capsys):
+    """The page's latency as a user sees it: click to the finished piece shown (piano roll, audio,
+    MIDI link), by the browser's clock, for 8 bars from scratch on a model of the recipe's shape.
+    Printed, not asserted (speed lives in benchmarks: the figure is issue 28's, on a quiet machine)."""
+    from tests.serve_helpers import recipe_shaped_checkpoint
+
+    ckpt = recipe_shaped_checkpoint(tmp_path / "recipe.ckpt")
+    with browser.running_server(ckpt, log=tmp_path / "server.log") as url:
+        browser.open_page(driver, url)
+        browser.timed_generate(driver, temperature=0.9, top_p=0.95, bars=8, seed=3, timeout=240)  # warm-up
+        state, seconds = browser.timed_generate(driver, temperature=0.9, top_p=0.95, bars=8, seed=4, timeout=240)
+        assert state == "done", driver.find_element("id", "error").text
+        summary = driver.find_element("id", "summary").text
+    assert int(summary.split(" bars")[0]) == 8, summary
+    with capsys.disabled():
+        print(f"\n[browser] 8 bars from scratch, recipe's shape: click to piece shown {seconds:.2f} s ({summary})")
