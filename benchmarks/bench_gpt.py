@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--gen-batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--scale", default=None,
-                    help="take n_layer, n_head, n_embd and block_size from conf/scale/NAME.yaml (tiny, small, full)")
+                    help="take model.n_layer, n_head, n_embd and block_size from the scale preset "
+                         "conf/scale/NAME.yaml (tiny, cpu, small, full)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models for training")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-generate", action="store_true")
@@ -105,13 +106,16 @@ def main(argv=None) -> int:
     if args.scale:
         from pathlib import Path
 
-        from omegaconf import OmegaConf
+        from hydra import compose, initialize_config_dir
 
-        path = Path(__file__).resolve().parents[1] / "conf" / "scale" / f"{args.scale}.yaml"
-        if not path.is_file():
-            raise SystemExit(f"--scale {args.scale}: no {path}; choose one of conf/scale/*.yaml")
-        scale = OmegaConf.load(path)
-        args.n_layer, args.n_head, args.n_embd, args.block_size = scale.n_layer, scale.n_head, scale.n_embd, scale.block_size
+        import pianolm.config  # noqa: F401  registers the mul_int resolver the presets use
+
+        conf = Path(__file__).resolve().parents[1] / "conf"
+        if not (conf / "scale" / f"{args.scale}.yaml").is_file():
+            raise SystemExit(f"--scale {args.scale}: no conf/scale/{args.scale}.yaml; choose one of conf/scale/*.yaml")
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            m = compose("train", overrides=[f"scale={args.scale}"]).model  # the preset, as train.py composes it
+        args.n_layer, args.n_head, args.n_embd, args.block_size = m.n_layer, m.n_head, m.n_embd, m.block_size
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -64,9 +64,9 @@ class TrainWindows(IterableDataset):
                  transpose: int = 0, pitch_ids: tuple[int, int] | None = None, key_first: int | None = None):
         if len(tokens) < block_size + 1:
             raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
-                             f"block_size + 1 = {block_size + 1}; use more data or a smaller scale.block_size")
+                             f"block_size + 1 = {block_size + 1}; use more data or a smaller model.block_size")
         if not 0.0 <= song_start_share <= 1.0:
-            raise ValueError(f"scale.song_start_share must be in [0, 1], got {song_start_share}")
+            raise ValueError(f"datamodule.song_start_share must be in [0, 1], got {song_start_share}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.rank, self.position = seed, rank, position
         self.song_start_share = song_start_share
@@ -79,7 +79,7 @@ class TrainWindows(IterableDataset):
         starts = np.asarray(song_starts if song_starts is not None else [], dtype=np.int64)
         self.song_starts = starts[starts <= len(tokens) - block_size - 1]
         if song_start_share > 0 and len(self.song_starts) == 0:
-            raise ValueError("scale.song_start_share > 0 needs the training split's song starts; none was given "
+            raise ValueError("datamodule.song_start_share > 0 needs the training split's song starts; none was given "
                              "or none leaves room for a window")
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +145,7 @@ def spread_songs(n_songs: int, at_most: int | None) -> np.ndarray:
     if at_most is None or at_most >= n_songs:
         return np.arange(n_songs)
     if at_most < 1:
-        raise ValueError(f"scale.val_songs must be >= 1 or null, got {at_most}")
+        raise ValueError(f"datamodule.val_songs must be >= 1 or null, got {at_most}")
     return np.unique(np.linspace(0, n_songs - 1, at_most).round().astype(np.int64))
 
 

@@ -22,11 +22,12 @@ from .errors import ConfigError
 
 
 def mul_int(value: Any, factor: Any) -> int:
-    """`${mul_int:${scale.n_layer},1.5}`: an integer product, refusing to round silently."""
+    """`${mul_int:4,${depth_factor}}` (a scale preset's model.n_layer): an integer product,
+    refusing to round silently."""
     product = float(value) * float(factor)
     if abs(product - round(product)) > 1e-9:
         raise ValueError(f"mul_int: {value} x {factor} = {product} is not a whole number; "
-                         f"choose a scale whose n_layer makes it one")
+                         f"choose a depth_factor (or a model.n_layer) whose product is one")
     return int(round(product))
 
 
@@ -34,8 +35,8 @@ OmegaConf.register_new_resolver("mul_int", mul_int, replace=True)  # on import: 
 
 
 def _key(cfg: DictConfig, dotted: str) -> str:
-    """`optim.lr`, or `optim.lr (= ${scale.lr})` when the value comes from an interpolation,
-    so the message says which key to change."""
+    """`optim.lr`, or `model.n_layer (= ${mul_int:4,${depth_factor}})` when the value comes from
+    an interpolation, so the message says which key to change."""
     group, _, name = dotted.rpartition(".")
     node = OmegaConf.select(cfg, group) if group else cfg
     raw = OmegaConf.to_container(node, resolve=False).get(name) if isinstance(node, DictConfig) else None
@@ -60,16 +61,21 @@ def check_config(cfg: DictConfig) -> None:
     the bundled corpus, hours on a full one). Raises ConfigError naming the key, the value and
     what is allowed; the dataclasses' own checks (TokenizerConfig, DataConfig, GPTConfig) run here too."""
     pos_int = lambda v: v >= 1  # noqa: E731
-    for key in ("scale.batch_size", "scale.accumulate", "trainer.max_steps"):
+    for key in ("datamodule.batch_size", "trainer.accumulate_grad_batches", "trainer.max_steps"):
         _number(cfg, key, int, pos_int, "an integer >= 1")
     # The network's and the optimizer's fields are checked by their dataclasses, once.
     _build(cfg, "model", lambda **kw: GPTConfig(vocab_size=1, **kw), GPTConfig)
     _build(cfg, "optim", OptimConfig, OptimConfig)
-    for key in ("scale.val_songs", "scale.val_batch_size"):  # optional: null means all / batch_size
+    for key in ("datamodule.val_songs", "datamodule.val_batch_size"):  # optional: null means all / batch_size
         if OmegaConf.select(cfg, key) is not None:
             _number(cfg, key, int, pos_int, "an integer >= 1, or null")
-    if OmegaConf.select(cfg, "scale.song_start_share") is not None:
-        _number(cfg, "scale.song_start_share", float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    if OmegaConf.select(cfg, "datamodule.song_start_share") is not None:
+        _number(cfg, "datamodule.song_start_share", float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    window = OmegaConf.select(cfg, "datamodule.block_size")
+    if window != cfg.model.block_size:  # the model sees exactly the windows it is trained on
+        raise ConfigError(f"{_key(cfg, 'datamodule.block_size')}={window!r} differs from model.block_size="
+                          f"{cfg.model.block_size!r}: the training window is the model's context; "
+                          "set model.block_size (datamodule.block_size follows it)")
     transpose = OmegaConf.select(cfg, "augment.transpose")
     if transpose is not None:
         _number(cfg, "augment.transpose", int, lambda v: 0 <= v <= 12, "an integer in [0, 12] (semitones; 0: none)")

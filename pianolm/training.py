@@ -60,7 +60,7 @@ def prepare_data(cfg: DictConfig) -> tuple[remi.Tokenizer, Path, ShardSplit, Sha
 
 @dataclass(frozen=True)
 class Validation:
-    """The fixed validation set: every val song, or `scale.val_songs` of them spread evenly."""
+    """The fixed validation set: every val song, or `datamodule.val_songs` of them spread evenly."""
 
     songs: np.ndarray    # indices into the val split
     tokens: np.ndarray   # those songs' tokens, concatenated
@@ -69,15 +69,16 @@ class Validation:
 
 
 def validation_set(cfg: DictConfig, val: ShardSplit) -> Validation:
-    songs = spread_songs(len(val.offsets) - 1, cfg.scale.get("val_songs"))
+    songs = spread_songs(len(val.offsets) - 1, cfg.datamodule.get("val_songs"))
     tokens, offsets = take_songs(val.tokens, val.offsets, songs)
     return Validation(songs, tokens, offsets, int(np.asarray(val.notes)[songs].sum()))
 
 
 def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowConfig:
-    """The data module's settings: `model.block_size`, `scale.batch_size`, `scale.val_batch_size`
-    (null: batch_size), `scale.song_start_share` (null: 0), `augment.transpose` (null or absent: 0;
-    its Pitch ids come from `tok`, which must then be given and have no BPE) and `seed`."""
+    """The data module's settings: `datamodule.block_size` (= `model.block_size`),
+    `datamodule.batch_size`, `datamodule.val_batch_size` (null: batch_size),
+    `datamodule.song_start_share` (null: 0), `augment.transpose` (null or absent: 0; its Pitch ids
+    come from `tok`, which must then be given and have no BPE) and `seed`."""
     transpose = int(OmegaConf.select(cfg, "augment.transpose") or 0)
     pitch_ids = key_first = None
     if transpose:
@@ -88,9 +89,10 @@ def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowC
                              "a merged token holds pitches that cannot be shifted alone")
         pitch_ids = tok.pitch_id_range
         key_first = tok.key_id(0) if tok.config.key_tokens else None
-    return WindowConfig(block_size=int(cfg.model.block_size), batch_size=int(cfg.scale.batch_size), seed=int(cfg.seed),
-                        val_batch_size=cfg.scale.get("val_batch_size"),
-                        song_start_share=float(cfg.scale.get("song_start_share") or 0.0),
+    dm = cfg.datamodule
+    return WindowConfig(block_size=int(dm.block_size), batch_size=int(dm.batch_size), seed=int(cfg.seed),
+                        val_batch_size=dm.get("val_batch_size"),
+                        song_start_share=float(dm.get("song_start_share") or 0.0),
                         transpose=transpose, pitch_ids=pitch_ids, key_first=key_first)
 
 

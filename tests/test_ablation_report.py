@@ -194,7 +194,8 @@ def test_a_killed_study_resumes_from_its_checkpoint_and_ends_with_the_same_weigh
     """A run killed part-way (by a callback that exits the process without clean-up) resumes from
     its last.ckpt on the same command, not from step 0, and ends where a straight run ends."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
-    common = ["scale=tiny", "data=bundled", "rounds=[3]", "seeds=[0]", "steps=12", "scale.ckpt_every=4",
+    common = ["scale=tiny", "data=bundled", "rounds=[3]", "seeds=[0]", "steps=12",
+              "callbacks.checkpoint.every_n_train_steps=4",
               "eval_n=1", "eval_pieces=2", "eval_bars=2", "eval_max_new_tokens=64", "data.limit=40",
               "logger=none", "callbacks.samples=null", "torch_threads=1",
               f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}"]

@@ -57,13 +57,48 @@ def test_rounds_exist():
     assert set(ROUNDS) <= set(EXPERIMENTS)
 
 
+def preset(scale, depth_factor=1):
+    """conf/scale/<scale>.yaml on its own, its depth resolved at `depth_factor`."""
+    return OmegaConf.merge(OmegaConf.load(CONF / "scale" / f"{scale}.yaml"), {"depth_factor": depth_factor})
+
+
 @pytest.mark.parametrize("group", ["scale", "trainer", "logger", "callbacks", "paths", "model", "optim",
-                                   "data", "tokenizer"])
+                                   "datamodule", "data", "tokenizer"])
 def test_every_option_of_every_group_composes_and_resolves(group):
     for option in options(group):
         cfg = cfg_of(f"{group}={option}")
         flat(cfg)                                                   # resolves every interpolation
-        assert cfg.model.n_layer == cfg.scale.n_layer
+        assert cfg.model.n_layer == preset(option if group == "scale" else "tiny").model.n_layer
+
+
+# The group files a scale preset sets keys of (conf/scale/*.yaml are `# @package _global_`).
+PRESET_GROUPS = {"model": "model/gpt.yaml", "optim": "optim/adamw.yaml", "trainer": "trainer/default.yaml",
+                 "datamodule": "datamodule/default.yaml", "callbacks": "callbacks/default.yaml"}
+
+
+def yaml_keys(path: Path) -> set[str]:
+    """The dotted leaf keys a yaml file sets, interpolations unresolved."""
+    out = set()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else out.add(f"{prefix}{k}")
+    walk(OmegaConf.to_container(OmegaConf.load(path), resolve=False), "")
+    return out
+
+
+@pytest.mark.parametrize("scale", options("scale"))
+def test_a_scale_preset_sets_only_keys_its_groups_define(scale):
+    """A misspelt key in a preset would be a new key that nothing reads: each must exist in the
+    yaml of its group."""
+    own = yaml_keys(CONF / "scale" / f"{scale}.yaml")
+    known = {f"{g}.{k}" for g, f in PRESET_GROUPS.items() for k in yaml_keys(CONF / f)}
+    assert own and own <= known, f"scale/{scale}.yaml sets keys no group defines: {sorted(own - known)}"
+
+
+def test_no_config_reads_the_scale_as_a_table():
+    """The scale presets set the keys themselves; nothing interpolates `${scale.…}`."""
+    assert not [str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if "${scale." in p.read_text()]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -137,8 +172,8 @@ def test_round_diffs_are_exactly_the_documented_ones():
     # round 2 -> 3: BPE off, nothing else
     assert r["round3"].tokenizer.bpe_vocab_size == 0
     assert diff(r["round2"], r["round3"]) == {"tokenizer.bpe_vocab_size"} | LOG
-    # round 3 -> 4: depth only
-    assert diff(r["round3"], r["round4"]) == {"model.n_layer"} | LOG
+    # round 3 -> 4: depth only (the factor round 4 sets, and the layers it gives)
+    assert diff(r["round3"], r["round4"]) == {"model.n_layer", "depth_factor"} | LOG
 
 
 def _cli_cfg_job(*args) -> dict:
@@ -152,7 +187,7 @@ def _cli_cfg_job(*args) -> dict:
 def test_cfg_job_of_rounds_3_and_4_on_the_command_line():
     r3, r4 = _cli_cfg_job("+experiment=round3"), _cli_cfg_job("+experiment=round4")
     f3, f4 = flat(OmegaConf.create(r3)), flat(OmegaConf.create(r4))
-    assert {k for k in f3 if f3[k] != f4.get(k)} == {"model.n_layer"} | LOG
+    assert {k for k in f3 if f3[k] != f4.get(k)} == {"model.n_layer", "depth_factor"} | LOG
     assert f4["model.n_layer"] == 1.5 * f3["model.n_layer"]
 
 
@@ -201,6 +236,6 @@ def test_each_dataclass_checks_its_own_fields_and_check_config_names_the_key():
     with pytest.raises(ValueError, match=r"^n_layer=2.5: must be an integer >= 1"):
         GPTConfig(n_layer=2.5)
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["scale.warmup_steps=-1"])
-    with pytest.raises(ConfigError, match=r"^optim.warmup_steps \(= \$\{scale.warmup_steps\}\)=-1: must be an integer >= 0$"):
+        cfg = compose("train", overrides=["optim.warmup_steps=-1"])
+    with pytest.raises(ConfigError, match=r"^optim.warmup_steps=-1: must be an integer >= 0$"):
         check_config(cfg)

@@ -160,7 +160,7 @@ def test_window_config_passes_the_key_ids_to_the_transposition():
 
     from pianolm.training import window_config
     from tests.test_training import cfg_of
-    cfg = cfg_of("scale=tiny", "scale.block_size=8", "augment.transpose=3", "tokenizer.key_tokens=true")
+    cfg = cfg_of("scale=tiny", "model.block_size=8", "augment.transpose=3", "tokenizer.key_tokens=true")
     tok = Tokenizer(TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
     wc = window_config(cfg, tok)
     assert tok.tokens([wc.key_first]) == ["Key_C"]

@@ -52,8 +52,9 @@ def _train_tiny(run: Path, *extra: str) -> Path:
     for i in range(24):
         write_prompt(corpus / f"piece_{i:02d}.mid", n_bars=6 + i % 3, notes_per_beat=1 + i % 2, seed=100 + i)
     cmd = [PY, "train.py", "scale=tiny", f"data.sources=[{corpus}]", "data.name=sample_test",
-           "data.val_fraction=0.2", "data.test_fraction=0.1", "trainer.max_steps=2", "scale.ckpt_every=2",
-           "scale.val_every=1000", "logger=csv", "callbacks.samples=null", "trainer.enable_progress_bar=false",
+           "data.val_fraction=0.2", "data.test_fraction=0.1", "trainer.max_steps=2",
+           "callbacks.checkpoint.every_n_train_steps=2", "trainer.val_check_interval=1000", "logger=csv",
+           "callbacks.samples=null", "trainer.enable_progress_bar=false",
            "trainer.enable_model_summary=false", f"hydra.run.dir={run}", f"paths.cache_dir={run / 'cache'}",
            f"paths.data_dir={run / 'data'}", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)

@@ -76,7 +76,8 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path, cache_dir):
 
 
 def _straight_and_resumed(tmp_path, cache_dir):
-    common = ["+experiment=round3", "scale.ckpt_every=7", "scale.val_every=30", "optim.max_steps=60",
+    common = ["+experiment=round3", "callbacks.checkpoint.every_n_train_steps=7", "trainer.val_check_interval=30",
+              "optim.max_steps=60",
               "callbacks.samples=null"]
     straight = train.train(compose_cfg(tmp_path / "straight", cache_dir, *common, "trainer.max_steps=60"))
     # The first leg stops at 30 (periodic saves at 7, 14, .., 28, then the final one at 30); the cosine
@@ -177,8 +178,9 @@ def default_run(tmp_path_factory, cache_dir):
     """`python train.py` as a newcomer runs it (fresh HOME, no wandb account), made short."""
     tmp = tmp_path_factory.mktemp("default_run")
     run_dir = tmp / "run"
-    proc = _cli([f"data.limit={LIMIT}", "trainer.max_steps=6", "scale.val_every=3", "scale.sample_every=3",
-                 "scale.log_every=2", "callbacks.samples.max_new_tokens=32", "torch_threads=1",
+    proc = _cli([f"data.limit={LIMIT}", "trainer.max_steps=6", "trainer.val_check_interval=3",
+                 "callbacks.samples.every_n_steps=3", "trainer.log_every_n_steps=2",
+                 "callbacks.samples.max_new_tokens=32", "torch_threads=1",
                  f"paths.cache_dir={cache_dir}", f"paths.data_dir={cache_dir / 'data'}",
                  f"hydra.run.dir={run_dir}"], tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -206,7 +208,7 @@ def test_wandb_offline_run_holds_config_metrics_and_sample_media(default_run):
     [wandb_run] = (run_dir / "wandb").glob("offline-run-*")
     files = wandb_run / "files"
     cfg = yaml.safe_load((files / "run_config.yaml").read_text())
-    assert cfg["scale"]["n_layer"] == 4 and cfg["data"]["name"] == "bundled" and cfg["round"] == "dev"
+    assert cfg["model"]["n_layer"] == 4 and cfg["data"]["name"] == "bundled" and cfg["round"] == "dev"
     assert json.loads((files / "metrics.json").read_text())["steps"] == 6
     assert sorted((files / "media" / "images").rglob("*.png"))     # piano rolls as wandb images
     midi = sorted((files / "samples").rglob("*.mid"))

@@ -25,11 +25,11 @@ def split(lengths, first_note_count=3) -> ShardSplit:
 
 @pytest.mark.parametrize("overrides, batch, val_batch, share", [
     ([], 16, 16, 0.0625),                                              # tiny: val_batch_size null -> batch_size
-    (["scale.batch_size=6", "scale.val_batch_size=5", "scale.song_start_share=0.5"], 6, 5, 0.5),
-    (["scale.song_start_share=null"], 16, 16, 0.0),
+    (["datamodule.batch_size=6", "datamodule.val_batch_size=5", "datamodule.song_start_share=0.5"], 6, 5, 0.5),
+    (["datamodule.song_start_share=null"], 16, 16, 0.0),
 ])
 def test_every_batch_size_is_a_key_that_reaches_the_data_module(overrides, batch, val_batch, share):
-    cfg = cfg_of("scale=tiny", "seed=11", "scale.block_size=8", *overrides)
+    cfg = cfg_of("scale=tiny", "seed=11", "model.block_size=8", *overrides)
     wc = window_config(cfg)
     assert (wc.block_size, wc.batch_size, wc.seed, wc.song_start_share) == (8, batch, 11, share)
     assert (wc.val_batch_size or wc.batch_size) == val_batch
@@ -44,10 +44,10 @@ def test_every_batch_size_is_a_key_that_reaches_the_data_module(overrides, batch
 
 def test_validation_set_is_the_fixed_spread_of_val_songs():
     val = split([10 + s for s in range(9)])                          # song s: 10 + s tokens, s + 3 notes
-    everything = validation_set(cfg_of("scale=tiny", "scale.val_songs=null"), val)
+    everything = validation_set(cfg_of("scale=tiny", "datamodule.val_songs=null"), val)
     np.testing.assert_array_equal(everything.songs, np.arange(9))
     assert everything.tokens is val.tokens and everything.notes == sum(s + 3 for s in range(9))
-    three = validation_set(cfg_of("scale=tiny", "scale.val_songs=3"), val)
+    three = validation_set(cfg_of("scale=tiny", "datamodule.val_songs=3"), val)
     np.testing.assert_array_equal(three.songs, [0, 4, 8])             # spread evenly, first and last kept
     np.testing.assert_array_equal(three.tokens, np.concatenate([val.song(s) for s in (0, 4, 8)]))
     np.testing.assert_array_equal(three.offsets, [0, 10, 24, 42])
@@ -65,7 +65,7 @@ def test_augment_transpose_reaches_the_windows_with_the_tokenizers_pitch_ids():
     from omegaconf import OmegaConf
 
     import remi
-    cfg = cfg_of("scale=tiny", "scale.block_size=8", "augment.transpose=5")
+    cfg = cfg_of("scale=tiny", "model.block_size=8", "augment.transpose=5")
     tok = remi.Tokenizer(remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
     wc = window_config(cfg, tok)
     first, last = wc.pitch_ids
