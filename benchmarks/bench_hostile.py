@@ -34,6 +34,7 @@ and deleted afterwards.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -43,12 +44,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+
+def tests_helper(name: str):
+    """tests/<name>.py, the byte builders this benchmark shares with the hardening tests, loaded
+    from its file: tests/ is not an installed package (remi, model, pianolm are)."""
+    spec = importlib.util.spec_from_file_location(f"tests.{name}", ROOT / "tests" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 CAP_BYTES = 2 << 30
 _CHILD = textwrap.dedent("""
-    import resource, sys, time
-    sys.path.insert(0, {root!r})
+    import resource, time
     resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
     from remi import MidiReadError, read_midi
     t = time.perf_counter()
@@ -67,8 +76,7 @@ _CHILD = textwrap.dedent("""
 
 # Issue 29's child: read and encode (or prepare a folder) under an address-space cap (0: none).
 _CHILD_ENCODE = textwrap.dedent("""
-    import dataclasses, resource, sys, time, tracemalloc
-    sys.path.insert(0, {root!r})
+    import dataclasses, resource, time, tracemalloc
     if {cap}:
         resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
     import remi
@@ -110,7 +118,7 @@ def run_child(path: Path, mode: str = "encode", cap: int = CAP_BYTES, max_notes:
               cache: Path | None = None) -> tuple[str, float, float, float]:
     """(outcome, seconds inside the child, wall seconds with its start, peak RSS MB) of one
     `_CHILD_ENCODE` run; max_notes 0 keeps the config's."""
-    code = _CHILD_ENCODE.format(root=str(ROOT), cap=cap, conf=str(ROOT / "conf" / "tokenizer" / "coarse.yaml"),
+    code = _CHILD_ENCODE.format(cap=cap, conf=str(ROOT / "conf" / "tokenizer" / "coarse.yaml"),
                                 max_notes=max_notes, mode=mode, path=str(path), cache=str(cache))
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_ENV)
@@ -126,8 +134,9 @@ LIFTED = 10**9  # max_notes "off"
 
 def bounded_memory_rows(tmp: Path) -> None:
     from remi.config import DEFAULT_MAX_NOTES
-    from tests.hostile import note_pairs
-    from tests.midi_bytes import midi_file, note_events, track
+    note_pairs = tests_helper("hostile").note_pairs
+    midi_bytes = tests_helper("midi_bytes")
+    midi_file, note_events, track = midi_bytes.midi_file, midi_bytes.note_events, midi_bytes.track
 
     big = tmp / "played.mid"
     big.write_bytes(note_pairs(DEFAULT_MAX_NOTES, step=60))
@@ -215,20 +224,20 @@ def main() -> None:
     args = p.parse_args()
 
     import remi
-    from tests.hostile import alternating_meters, many_time_signatures, note_pairs, overlapping_notes
+    hostile = tests_helper("hostile")
 
     print(f"{'row':<58}{'seconds':>9}{'cpu s':>7}  target")
-    data = overlapping_notes(1_000_000)
+    data = hostile.overlapping_notes(1_000_000)
     t, c, score = best_of(args.repeat, lambda: remi.read_midi(data))
     assert len(score) == 1_000_000
     print(f"{'read 1e6 overlapping notes of one pitch (%.1f MB)' % (len(data) / 1e6):<58}{t:>9.2f}{c:>7.2f}  < 2 s")
 
     tok = remi.Tokenizer.from_file(ROOT / "conf" / "tokenizer" / "coarse.yaml")
-    ts_score = remi.read_midi(many_time_signatures(400_000))
+    ts_score = remi.read_midi(hostile.many_time_signatures(400_000))
     t, c, _ = best_of(args.repeat, lambda: tok.encode(ts_score))
     print(f"{'encode 4e5 time signatures (coarse)':<58}{t:>9.2f}{c:>7.2f}  < 2 s")
 
-    alt_score = remi.read_midi(alternating_meters(400_000))
+    alt_score = remi.read_midi(hostile.alternating_meters(400_000))
     t, c, ids = best_of(args.repeat, lambda: tok.encode(alt_score))
     assert tok.count_notes(ids) == 400_000
     print(f"{'encode 4e5 alternating meters, one per bar (coarse)':<58}{t:>9.2f}{c:>7.2f}  < 2 s")
@@ -239,9 +248,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         path = Path(tmp) / "big.mid"
-        path.write_bytes(note_pairs(100_000_000 // 6))
+        path.write_bytes(hostile.note_pairs(100_000_000 // 6))
         size = path.stat().st_size
-        code = _CHILD.format(root=str(ROOT), cap=CAP_BYTES, path=str(path))
+        code = _CHILD.format(cap=CAP_BYTES, path=str(path))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         line = (out.stdout.strip().splitlines() or [f"OTHER (exit {out.returncode}): {out.stderr.strip()[-300:]}|nan|nan"])[-1]
         outcome, dt, rss = line.split("|")

@@ -23,11 +23,15 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The load generator is the load test's own (tests/serve_helpers.py). tests/ is not installed: it is
+# made importable as the package `tests` from its folder, wherever this script is started from.
+_tests = types.ModuleType("tests")
+_tests.__path__ = [str(ROOT / "tests")]
+sys.modules.setdefault("tests", _tests)
 
 from tests.serve_helpers import LoadReport, prompt_midi, run_load, running_server, tiny_checkpoint  # noqa: E402
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import TokenizerConfig
 from .keys import best_key, duration_profile
 from .score import END, PITCH, START, VELOCITY, Score, Tempo, TimeSignature, merge_unisons, next_onset_of_pitch, sort_notes
 from .vocab import BAR, DEFAULT_TIME_SIGNATURE, DURATION, KEY, POSITION, TEMPO, Vocab, closest_index
@@ -161,78 +162,31 @@ def extend_by_pedal(notes: np.ndarray, pedals: list[tuple[int, int]]) -> np.ndar
 def quantize_grid(score: Score, vocab: Vocab) -> Grid:
     """Score (any ticks per beat) -> Grid. Pure; never mutates `score`."""
     cfg = vocab.config
-    tpq_in = int(score.ticks_per_beat)
-    notes = score.notes
-    lo, hi = cfg.pitch_range
-    notes = notes[(notes[:, PITCH] >= lo) & (notes[:, PITCH] <= hi)]
-    if len(notes) > 1 and np.any(notes[1:, START] < notes[:-1, START]):
-        notes = sort_notes(notes)  # a hand-built Score may be unsorted; the steps below need onsets ascending
-    if cfg.sustain_pedal == "extend":
-        notes = extend_by_pedal(notes, score.pedals)
+    notes = _notes_to_quantize(score, cfg)
 
     # 1. Time signatures in the vocabulary decide the resampled resolution.
-    if cfg.use_time_signatures:
-        allowed = set(vocab.time_signatures)
-        ts = [[t.tick, t.numerator, t.denominator] for t in score.time_signatures
-              if (t.numerator, t.denominator) in allowed]
-        if not ts or ts[0][0] != 0:
-            ts.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
-    else:
-        ts = [[0, *DEFAULT_TIME_SIGNATURE]]
-    ts = np.array(ts, dtype=np.int64)
-    max_den = int(ts[:, 2].max())
-    tpq = vocab.res * max_den // 4
-    factor = tpq / tpq_in
+    ts = _vocab_time_signatures(score, vocab)
+    tpq = vocab.res * int(ts[:, 2].max()) // 4
+    factor = tpq / int(score.ticks_per_beat)
 
     # 2. Resample (onset and duration rounded separately, as symusic's resample(min_dur=1)).
     starts = _round_half_up(notes[:, START] * factor)
     durs = np.maximum(_round_half_up((notes[:, END] - notes[:, START]) * factor), 1)
     ts[:, 0] = (ts[:, 0] * factor).astype(np.int64)  # truncated, not rounded (MidiTok)
-    if cfg.use_tempos:
-        t_ticks = _round_half_up(np.array([t.tick for t in score.tempos], dtype=np.float64) * factor)
-        mspq = np.array([round(60_000_000 / t.bpm) for t in score.tempos], dtype=np.float64)
+    tempo_changes = score.tempos if cfg.use_tempos else []
+    t_ticks = _round_half_up(np.array([t.tick for t in tempo_changes], dtype=np.float64) * factor)
+    mspq = np.array([round(60_000_000 / t.bpm) for t in tempo_changes], dtype=np.float64)
     if cfg.use_time_signatures:
         ts = _preprocess_time_signature_array(ts, tpq)
 
-    # 3. Snap onsets to their meter's grid when meters of different denominators mix.
+    # 3. Onsets and tempo changes onto the Positions of their bars.
     end_tick = int((starts + durs).max()) if len(starts) else 0
-    if np.any(ts[:, 2] != ts[0, 2]):
-        factors = _sections(ts, end_tick, lambda d: tpq // (vocab.res * d // 4))
-        starts = _snap_sorted(starts, factors)
-        if cfg.use_tempos and len(t_ticks):
-            t_ticks = _snap_sorted(t_ticks, factors)
-
-    # A Position token can only say which grid step of its bar an event is on; onsets between steps
-    # (possible when the widest denominator's meter was dropped above) go down to their step, as
-    # MidiTok's tokens put them. Then tempos that land on one tick collapse (below).
-    bars = Bars(ts, tpq, vocab.res)
-    starts = _floor_to_position(starts, bars)
-    if cfg.use_tempos and len(t_ticks):
-        t_ticks = _floor_to_position(t_ticks, bars)
+    starts, t_ticks = _to_positions(starts, t_ticks, ts, tpq, vocab.res, end_tick)
 
     # 4. Bins: velocity, duration (per meter: a beat is tpq*4/den ticks), tempo.
     vel_idx = closest_index(vocab.velocities, notes[:, VELOCITY])
-    # Onsets are ascending here; each note takes the beat length of its section (the last
-    # section also takes any onset past its end), one closest_index per distinct beat length.
-    dur_idx = np.zeros(len(starts), dtype=np.int64)
-    tpb_sections = _sections(ts, end_tick, lambda d: tpq * 4 // d)
-    sec = np.searchsorted(tpb_sections[:-1, 0], starts, side="right")  # as in _snap_sorted
-    tpb_of_note = tpb_sections[sec, 1]
-    for tpb in np.unique(tpb_of_note).tolist():
-        m = tpb_of_note == tpb
-        dur_idx[m] = closest_index(vocab.duration_ticks(tpb), durs[m])
-
-    if cfg.use_tempos:
-        if len(t_ticks):
-            t_idx = vocab.tempo_mspq_order[closest_index(vocab.tempo_mspq_sorted, mspq)]
-            keep = np.append(t_ticks[1:] != t_ticks[:-1], True)  # last change at a tick wins
-            tempos = np.stack([t_ticks[keep], t_idx[keep]], axis=1)
-            if tempos[0, 0] != 0:
-                tempos = np.vstack([[0, vocab.default_tempo_index], tempos])
-        else:
-            tempos = np.array([[0, vocab.default_tempo_index]], dtype=np.int64)
-    else:
-        tempos = np.zeros((0, 2), dtype=np.int64)
+    dur_idx = _duration_bins(starts, durs, ts, end_tick, tpq, vocab)
+    tempos = _tempo_bins(t_ticks, mspq, vocab) if cfg.use_tempos else np.zeros((0, 2), dtype=np.int64)
 
     grid_notes = np.stack([starts, dur_idx, notes[:, PITCH], vel_idx], axis=1).astype(np.int64)
     # Canonical order at one position: pitch, then duration, then velocity. MidiTok keeps the
@@ -244,6 +198,82 @@ def quantize_grid(score: Score, vocab: Vocab) -> Grid:
         grid = _trim_leading(grid, vocab)
     # Last, once every onset is final: the empty-bar cap moves onsets closer together.
     return one_voice_per_pitch_grid(_cap_empty_bars(grid, vocab), vocab)
+
+
+def _notes_to_quantize(score: Score, cfg: TokenizerConfig) -> np.ndarray:
+    """The score's notes inside the pitch range, onsets ascending, and (`sustain_pedal: extend`)
+    held by the pedal; still in the score's own ticks."""
+    notes = score.notes
+    lo, hi = cfg.pitch_range
+    notes = notes[(notes[:, PITCH] >= lo) & (notes[:, PITCH] <= hi)]
+    if len(notes) > 1 and np.any(notes[1:, START] < notes[:-1, START]):
+        notes = sort_notes(notes)  # a hand-built Score may be unsorted; the steps below need onsets ascending
+    if cfg.sustain_pedal == "extend":
+        notes = extend_by_pedal(notes, score.pedals)
+    return notes
+
+
+def _vocab_time_signatures(score: Score, vocab: Vocab) -> np.ndarray:
+    """(K, 3) int64 tick, numerator, denominator: the score's meters that the vocabulary holds
+    (only 4/4 without `use_time_signatures`), led by 4/4 at tick 0 when no kept meter starts there."""
+    if vocab.config.use_time_signatures:
+        allowed = set(vocab.time_signatures)
+        ts = [[t.tick, t.numerator, t.denominator] for t in score.time_signatures
+              if (t.numerator, t.denominator) in allowed]
+        if not ts or ts[0][0] != 0:
+            ts.insert(0, [0, *DEFAULT_TIME_SIGNATURE])
+    else:
+        ts = [[0, *DEFAULT_TIME_SIGNATURE]]
+    return np.array(ts, dtype=np.int64)
+
+
+def _to_positions(starts: np.ndarray, t_ticks: np.ndarray, ts: np.ndarray, tpq: int, res: int,
+                  end_tick: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending onsets and tempo ticks moved onto a Position of their bar (resampled ticks).
+
+    When meters of different denominators mix, each is first snapped to its meter's grid. A
+    Position token can only say which grid step of its bar an event is on; onsets between steps
+    (possible when the widest denominator's meter was dropped) go down to their step, as
+    MidiTok's tokens put them. Tempos that land on one tick then collapse (`_tempo_bins`)."""
+    if np.any(ts[:, 2] != ts[0, 2]):
+        factors = _sections(ts, end_tick, lambda d: tpq // (res * d // 4))
+        starts = _snap_sorted(starts, factors)
+        if len(t_ticks):
+            t_ticks = _snap_sorted(t_ticks, factors)
+    bars = Bars(ts, tpq, res)
+    starts = _floor_to_position(starts, bars)
+    if len(t_ticks):
+        t_ticks = _floor_to_position(t_ticks, bars)
+    return starts, t_ticks
+
+
+def _duration_bins(starts: np.ndarray, durs: np.ndarray, ts: np.ndarray, end_tick: int, tpq: int,
+                   vocab: Vocab) -> np.ndarray:
+    """(N,) duration-bin index of each note, binned in beats of the meter at its onset.
+
+    Onsets are ascending; each note takes the beat length of its section (the last section also
+    takes any onset past its end), one closest_index per distinct beat length."""
+    dur_idx = np.zeros(len(starts), dtype=np.int64)
+    tpb_sections = _sections(ts, end_tick, lambda d: tpq * 4 // d)
+    sec = np.searchsorted(tpb_sections[:-1, 0], starts, side="right")  # as in _snap_sorted
+    tpb_of_note = tpb_sections[sec, 1]
+    for tpb in np.unique(tpb_of_note).tolist():
+        m = tpb_of_note == tpb
+        dur_idx[m] = closest_index(vocab.duration_ticks(tpb), durs[m])
+    return dur_idx
+
+
+def _tempo_bins(t_ticks: np.ndarray, mspq: np.ndarray, vocab: Vocab) -> np.ndarray:
+    """(T, 2) tick, tempo-bin index: the last change at each tick, and the default tempo at
+    tick 0 until the first change."""
+    if not len(t_ticks):
+        return np.array([[0, vocab.default_tempo_index]], dtype=np.int64)
+    t_idx = vocab.tempo_mspq_order[closest_index(vocab.tempo_mspq_sorted, mspq)]
+    keep = np.append(t_ticks[1:] != t_ticks[:-1], True)  # last change at a tick wins
+    tempos = np.stack([t_ticks[keep], t_idx[keep]], axis=1)
+    if tempos[0, 0] != 0:
+        tempos = np.vstack([[0, vocab.default_tempo_index], tempos])
+    return tempos
 
 
 def _beat_ticks(grid: Grid, onsets: np.ndarray) -> np.ndarray:
@@ -362,17 +392,11 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     if vocab.config.key_tokens and len(grid.notes):
         key = best_key(duration_profile(grid.notes[:, 2], grid_durations(grid, vocab))).index
     first = vocab.first
-    ts_ticks = grid.time_sigs[:, 0] if use_ts else np.zeros(0, np.int64)
-    times = np.concatenate([ts_ticks, grid.tempos[:, 0], grid.notes[:, 0]])
-    kinds = np.concatenate([np.zeros(len(ts_ticks), np.int8), np.ones(len(grid.tempos), np.int8),
-                            np.full(len(grid.notes), 2, np.int8)])
-    payload = np.concatenate([np.arange(len(ts_ticks)), grid.tempos[:, 1], np.arange(len(grid.notes))])
-    order = np.argsort(times, kind="stable")
-    times, kinds, payload = times[order], kinds[order], payload[order]
-    n = len(times)
-    if n == 0:
+    times, kinds, payload = _sorted_events(grid, use_ts)
+    if len(times) == 0:
         return np.zeros(0, dtype=np.int64)
 
+    # Where each event's tokens go: its Bars (nb of them, w tokens each), its Position, its own.
     bars = Bars(grid.time_sigs, grid.tpq, vocab.res)
     bar_idx = bars.bar_of_tick(times)
     nb = np.diff(np.concatenate([[-1], bar_idx]))
@@ -384,19 +408,7 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     lengths = nb * w + need_pos + ev_len
     offs = np.cumsum(lengths) - lengths
     out = np.empty(int(lengths.sum()), dtype=np.int64)
-
-    # Bars 0..last, each owned by the first event at or after it.
-    n_bars = int(nb.sum())
-    bar_ev = np.repeat(np.arange(n), nb)
-    k = np.arange(n_bars) - np.repeat(np.cumsum(nb) - nb, nb)
-    bar_pos = offs[bar_ev] + k * w
-    out[bar_pos] = first[BAR]
-    if use_ts:
-        meters, which = np.unique(grid.time_sigs[:, 1:], axis=0, return_inverse=True)
-        ts_ids = np.array([vocab.timesig_id(nn, d) for nn, d in meters.tolist()], dtype=np.int64)[which.reshape(-1)]
-        out[bar_pos + 1] = ts_ids[bars.section_of_bar(np.arange(n_bars))]
-    if key is not None:
-        out[bar_pos + w - 1] = first[KEY] + key
+    _write_bars(out, offs, nb, w, grid, bars, vocab, key)
 
     pos_at = offs + nb * w
     sec = bars.section_of_tick(times)
@@ -413,6 +425,37 @@ def grid_to_ids(grid: Grid, vocab: Vocab) -> np.ndarray:
     out[at + 1] = first[VELOCITY_T] + nts[:, 3]
     out[at + 2] = first[DURATION] + nts[:, 1]
     return out
+
+
+def _sorted_events(grid: Grid, use_ts: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid's events stably sorted by tick (time signatures, tempos, notes at one tick), as
+    three (E,) arrays: tick; kind (0 time signature, 1 tempo, 2 note); payload (the time
+    signature's row, the tempo-bin index, the note's row)."""
+    ts_ticks = grid.time_sigs[:, 0] if use_ts else np.zeros(0, np.int64)
+    times = np.concatenate([ts_ticks, grid.tempos[:, 0], grid.notes[:, 0]])
+    kinds = np.concatenate([np.zeros(len(ts_ticks), np.int8), np.ones(len(grid.tempos), np.int8),
+                            np.full(len(grid.notes), 2, np.int8)])
+    payload = np.concatenate([np.arange(len(ts_ticks)), grid.tempos[:, 1], np.arange(len(grid.notes))])
+    order = np.argsort(times, kind="stable")
+    return times[order], kinds[order], payload[order]
+
+
+def _write_bars(out: np.ndarray, offs: np.ndarray, nb: np.ndarray, w: int, grid: Grid, bars: Bars,
+                vocab: Vocab, key: int | None) -> None:
+    """Bars 0..last into `out`, each owned by the first event at or after it: the `nb[e]` bars
+    of event e start at `offs[e]`, `w` tokens each (Bar; the TimeSig in force with
+    `use_time_signatures`; the Key when `key` is not None)."""
+    n_bars = int(nb.sum())
+    bar_ev = np.repeat(np.arange(len(nb)), nb)
+    k = np.arange(n_bars) - np.repeat(np.cumsum(nb) - nb, nb)
+    bar_pos = offs[bar_ev] + k * w
+    out[bar_pos] = vocab.first[BAR]
+    if vocab.config.use_time_signatures:
+        meters, which = np.unique(grid.time_sigs[:, 1:], axis=0, return_inverse=True)
+        ts_ids = np.array([vocab.timesig_id(nn, d) for nn, d in meters.tolist()], dtype=np.int64)[which.reshape(-1)]
+        out[bar_pos + 1] = ts_ids[bars.section_of_bar(np.arange(n_bars))]
+    if key is not None:
+        out[bar_pos + w - 1] = vocab.first[KEY] + key
 
 
 def grid_to_score(grid: Grid, vocab: Vocab) -> Score:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections import deque
+from collections import defaultdict, deque
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +127,13 @@ def _parse(data: bytes, source: str) -> Score:
 
 
 def _parse_track(data, i, end, track, source, notes, tempos, time_sigs, keys, pedal_events) -> None:
+    """One MTrk chunk, data[i:end]: paired notes to `notes`, CC64 to `pedal_events`, tempos, meters
+    and keys (`_system_event`) to theirs. Every MIDI event of a corpus passes through this loop."""
     tick = 0
     status = 0
     # channel*128+pitch -> FIFO of start*128+velocity. A deque: closing the earliest open note is
     # O(1) (list.pop(0) made 10^6 overlapping notes of one pitch take 68 s).
-    open_notes: dict[int, deque] = {}
+    open_notes: defaultdict[int, deque] = defaultdict(deque)
     extend_notes = notes.extend
     while i < end:
         # delta time (variable-length quantity, at most 4 bytes)
@@ -157,33 +159,7 @@ def _parse_track(data, i, end, track, source, notes, tempos, time_sigs, keys, pe
                 status = b
             else:
                 status = 0  # system messages cancel running status
-                if b == 0xFF:
-                    mtype = data[i]
-                    length, i = _varlen(data, i + 1)
-                    if i + length > end:
-                        raise MidiReadError(source, f"track {track}: meta event runs past the end of the track")
-                    if mtype == 0x2F:
-                        break
-                    if mtype == 0x51 and length == 3:
-                        mspq = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2]
-                        if mspq > 0:
-                            tempos.append((tick, mspq))
-                    elif mtype == 0x58 and length >= 2:
-                        if data[i] > 0 and data[i + 1] < 16:
-                            time_sigs.append((tick, data[i], 1 << data[i + 1]))
-                    elif mtype == 0x59 and length == 2:
-                        sf = data[i] - 256 if data[i] > 127 else data[i]
-                        key = (_MINOR_KEYS if data[i + 1] else _MAJOR_KEYS).get(sf)
-                        if key is not None:
-                            keys.append((tick, key))
-                    i += length
-                    continue
-                if b in (0xF0, 0xF7):
-                    length, i = _varlen(data, i)
-                    i += length
-                    continue
-                # other system common/real-time bytes carry fixed data sizes
-                i += {0xF1: 1, 0xF2: 2, 0xF3: 1}.get(b, 0)
+                i = _system_event(data, i, end, b, tick, track, source, tempos, time_sigs, keys)
                 continue
         elif status == 0:
             raise MidiReadError(source, f"track {track}: data byte 0x{b:02x} without a status byte at byte {i}")
@@ -197,26 +173,49 @@ def _parse_track(data, i, end, track, source, notes, tempos, time_sigs, keys, pe
                 continue
             key = (ch << 7) | pitch
             if hi == 0x90 and vel:
-                q = open_notes.get(key)
-                if q is None:
-                    open_notes[key] = deque((tick << 7 | vel,))
-                else:
-                    q.append(tick << 7 | vel)
-            else:
-                q = open_notes.get(key)
-                if q:
-                    sv = q.popleft()
-                    extend_notes((sv >> 7, tick, pitch, sv & 0x7F))
+                open_notes[key].append(tick << 7 | vel)
+            elif q := open_notes.get(key):  # a note-off closes the earliest open note, if any
+                sv = q.popleft()
+                extend_notes((sv >> 7, tick, pitch, sv & 0x7F))
         elif hi == 0xB0:
-            if data[i] == 64:
-                ch = status & 0x0F
-                if ch != DRUM_CHANNEL:
-                    pedal_events.append((tick, ch, (data[i + 1] & 0x7F) >= 64))
+            if data[i] == 64 and (status & 0x0F) != DRUM_CHANNEL:
+                pedal_events.append((tick, status & 0x0F, (data[i + 1] & 0x7F) >= 64))
             i += 2
         else:
             i += _DATA_LEN[hi]
     if i > end:
         raise MidiReadError(source, f"track {track}: last event runs past the end of the track")
+
+
+def _system_event(data, i, end, b, tick, track, source, tempos, time_sigs, keys) -> int:
+    """The system event whose status byte `b` came just before data[i]: a meta event's tempo,
+    meter or key goes to its list; a sysex or system common message is skipped. Returns where
+    the next event starts: `end` after End of Track (whatever follows it in the chunk is ignored)."""
+    if b == 0xFF:
+        mtype = data[i]
+        length, i = _varlen(data, i + 1)
+        if i + length > end:
+            raise MidiReadError(source, f"track {track}: meta event runs past the end of the track")
+        if mtype == 0x2F:
+            return end
+        if mtype == 0x51 and length == 3:
+            mspq = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2]
+            if mspq > 0:
+                tempos.append((tick, mspq))
+        elif mtype == 0x58 and length >= 2:
+            if data[i] > 0 and data[i + 1] < 16:
+                time_sigs.append((tick, data[i], 1 << data[i + 1]))
+        elif mtype == 0x59 and length == 2:
+            sf = data[i] - 256 if data[i] > 127 else data[i]
+            key = (_MINOR_KEYS if data[i + 1] else _MAJOR_KEYS).get(sf)
+            if key is not None:
+                keys.append((tick, key))
+        return i + length
+    if b in (0xF0, 0xF7):
+        length, i = _varlen(data, i)
+        return i + length
+    # other system common/real-time bytes carry fixed data sizes
+    return i + {0xF1: 1, 0xF2: 2, 0xF3: 1}.get(b, 0)
 
 
 def _varlen(data: bytes, i: int) -> tuple[int, int]:

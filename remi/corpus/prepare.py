@@ -358,84 +358,106 @@ def _encode_in_workers(items: list[tuple[str, str]], tok: Tokenizer, log: "Resul
     `_kill_after(timeout)` on one file, or one that dies (a crash, the OOM killer), is replaced;
     its file is recorded in `log` as skipped, with the reason, and the files queued behind it go
     back to the others. Results go to the workers' logs."""
-    ctx = pool_context()
-    tok_dict, folder = tok.to_dict(), str(log.folder)
-    pending = deque(items)
-    procs: dict[int, tuple[Any, Any]] = {}  # slot -> (process, connection)
-    queued: dict[int, deque] = {}  # slot -> the items sent to it and not answered, oldest first
-    started: dict[int, float] = {}  # slot -> when its oldest queued item started (monotonic)
+    pool = _WorkerPool(items, tok, log, timeout, on_done)
+    try:
+        for slot in range(workers):
+            pool.start(slot)
+            pool.give(slot)
+        while any(pool.queued.values()):
+            busy = [s for s, q in pool.queued.items() if q]
+            wait = None
+            if timeout:
+                wait = max(0.0, min(pool.started[s] for s in busy) + _kill_after(timeout) - time.monotonic())
+            ready = mp.connection.wait([pool.procs[s][1] for s in busy], timeout=wait)
+            for slot in [s for s in busy if pool.procs[s][1] in ready]:
+                pool.answered(slot)
+            if timeout:
+                pool.replace_overdue(busy)
+    finally:
+        pool.close()
 
-    def start(slot: int) -> None:
-        here, there = ctx.Pipe()
-        p = ctx.Process(target=_worker_main, args=(there, tok_dict, folder, timeout), daemon=True)
+
+class _WorkerPool:
+    """The worker processes of `_encode_in_workers`, one per slot, and the files each holds."""
+
+    def __init__(self, items: list[tuple[str, str]], tok: Tokenizer, log: "ResultLog", timeout: float | None,
+                 on_done) -> None:
+        self.ctx = pool_context()
+        self.worker_args = (tok.to_dict(), str(log.folder), timeout)
+        self.log, self.timeout, self.on_done = log, timeout, on_done
+        self.pending = deque(items)
+        self.procs: dict[int, tuple[Any, Any]] = {}  # slot -> (process, connection)
+        self.queued: dict[int, deque] = {}  # slot -> the items sent to it and not answered, oldest first
+        self.started: dict[int, float] = {}  # slot -> when its oldest queued item started (monotonic)
+        self.deaths_in_a_row = 0
+
+    def start(self, slot: int) -> None:
+        here, there = self.ctx.Pipe()
+        p = self.ctx.Process(target=_worker_main, args=(there, *self.worker_args), daemon=True)
         p.start()
         there.close()
-        procs[slot] = (p, here)
+        self.procs[slot] = (p, here)
 
-    def give(slot: int) -> None:
-        q = queued.setdefault(slot, deque())
+    def give(self, slot: int) -> None:
+        """Send the slot's worker pending items until it holds `_QUEUED`."""
+        q = self.queued.setdefault(slot, deque())
         if not q:
-            started[slot] = time.monotonic()
-        while pending and len(q) < _QUEUED:
-            item = pending.popleft()
+            self.started[slot] = time.monotonic()
+        while self.pending and len(q) < _QUEUED:
+            item = self.pending.popleft()
             q.append(item)
             try:
-                procs[slot][1].send(item)
+                self.procs[slot][1].send(item)
             except OSError:  # the worker is already dead: its connection reads EOF, handled below
                 break
 
-    deaths_in_a_row = 0
+    def answered(self, slot: int) -> None:
+        """The slot's connection is ready: its oldest file is done, or its worker died."""
+        try:
+            self.procs[slot][1].recv()
+        except (EOFError, OSError):
+            p = self.procs[slot][0]
+            p.join(5)
+            self.deaths_in_a_row += 1
+            if self.deaths_in_a_row >= MAX_DEATHS_IN_A_ROW:
+                raise RuntimeError(f"{self.deaths_in_a_row} worker processes died in a row (the last with exit code "
+                                   f"{p.exitcode}) before finishing a file: they cannot start or run here; "
+                                   "see their error output above, or rerun with --workers 1")
+            self.replace(slot, f"{_DIED} (exit code {p.exitcode}) while encoding this file")
+            return
+        self.deaths_in_a_row = 0
+        self.queued[slot].popleft()
+        self.started[slot] = time.monotonic()  # the next queued file starts now
+        self.on_done(1)
+        self.give(slot)
 
-    def replace(slot: int, reason: str) -> None:
-        p, conn = procs.pop(slot)
+    def replace_overdue(self, busy: list[int]) -> None:
+        """Replace every worker of `busy` still on one file `_kill_after(timeout)` seconds on."""
+        now, limit = time.monotonic(), _kill_after(self.timeout)
+        for slot in [s for s in busy if self.queued.get(s) and now - self.started[s] > limit]:
+            self.replace(slot, timed_out_reason(self.timeout) + f"; the worker was killed after {limit:g} s")
+
+    def replace(self, slot: int, reason: str) -> None:
+        """Kill the slot's worker, record its current file as skipped for `reason`, put the files
+        queued behind it back in front, and start a new worker in the slot."""
+        p, conn = self.procs.pop(slot)
         p.kill()
         p.join()
         conn.close()
-        q = queued.pop(slot)
+        q = self.queued.pop(slot)
         _, sha = q.popleft()
-        log.put(sha, FileResult(None, error=reason))
-        on_done(1)
-        pending.extendleft(reversed(q))
-        start(slot)
-        give(slot)
+        self.log.put(sha, FileResult(None, error=reason))
+        self.on_done(1)
+        self.pending.extendleft(reversed(q))
+        self.start(slot)
+        self.give(slot)
 
-    try:
-        for slot in range(workers):
-            start(slot)
-            give(slot)
-        while any(queued.values()):
-            busy = [s for s, q in queued.items() if q]
-            wait = None
-            if timeout:
-                wait = max(0.0, min(started[s] for s in busy) + _kill_after(timeout) - time.monotonic())
-            ready = mp.connection.wait([procs[s][1] for s in busy], timeout=wait)
-            for slot in [s for s in busy if procs[s][1] in ready]:
-                try:
-                    procs[slot][1].recv()
-                except (EOFError, OSError):
-                    p = procs[slot][0]
-                    p.join(5)
-                    deaths_in_a_row += 1
-                    if deaths_in_a_row >= MAX_DEATHS_IN_A_ROW:
-                        raise RuntimeError(f"{deaths_in_a_row} worker processes died in a row (the last with exit code "
-                                           f"{p.exitcode}) before finishing a file: they cannot start or run here; "
-                                           "see their error output above, or rerun with --workers 1")
-                    replace(slot, f"{_DIED} (exit code {p.exitcode}) while encoding this file")
-                    continue
-                deaths_in_a_row = 0
-                queued[slot].popleft()
-                started[slot] = time.monotonic()  # the next queued file starts now
-                on_done(1)
-                give(slot)
-            if timeout:
-                now = time.monotonic()
-                for slot in [s for s in busy if queued.get(s) and now - started[s] > _kill_after(timeout)]:
-                    replace(slot, timed_out_reason(timeout) + f"; the worker was killed after {_kill_after(timeout):g} s")
-    finally:
-        for p, conn in procs.values():
+    def close(self) -> None:
+        """Tell every worker to finish, then wait for it (killing one that does not stop)."""
+        for p, conn in self.procs.values():
             with contextlib.suppress(OSError):
                 conn.send(None)
-        for p, conn in procs.values():
+        for p, conn in self.procs.values():
             p.join(5)
             if p.is_alive():
                 p.kill()
