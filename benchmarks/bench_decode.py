@@ -1,17 +1,19 @@
-"""Decoding speed at batch 1, 4 and 48, side by side in one run: our generation path against
-Hugging Face's `GPT2LMHeadModel.generate` with the same weights (written by `model.hf.export_hf`,
-what `python -m pianolm export` writes, and read back by transformers), quiet and with a second
-2-thread torch job spinning on the same cores.
+"""Decoding speed at batch 1, 4 and 48, side by side in one run: the new path (the NumPy CPU
+decoder, `model/cpu_decode.py`), the torch path before it (`engine="torch"`) and Hugging Face's
+`GPT2LMHeadModel.generate` with the same weights (written by `model.hf.export_hf`, what `python -m
+pianolm export` writes, and read back by transformers); quiet and with a second 2-thread torch
+job spinning on the same cores; plus the grammar mask's cost per token.
 
-    python benchmarks/bench_decode.py                      # the recipe's shape (4 x 256, context 512, vocab 225)
+    python benchmarks/bench_decode.py --rounds 2     # the recipe's shape (4 x 256, context 512, coarse vocab)
     python benchmarks/bench_decode.py --ckpt outputs/recipe/checkpoints/last.ckpt   # + real-time factor on sampled piano
-    python benchmarks/bench_decode.py --threads 1 2 --batches 1 4 48 --new-tokens 600
+    python benchmarks/bench_decode.py --threads 1 2 --batches 1 4 48 --new-tokens 500
 
-For each (threads, batch, load) it prints tokens/s of each path (median of `--rounds`, the paths
-timed in turn each round so a load spike hits both) and the ratio. Sampling is at temperature 1
-from BOS with a fixed seed, no EOS, so every row runs `--new-tokens` steps: the same work for
-both. With `--ckpt` (a real model and tokenizer) it also prints the real-time factor of batch 1:
-seconds of music the sampled ids decode to, per second of compute. Any weights do for timing.
+For each (load, threads, batch) it prints tokens/s of each path (median of `--rounds`, the paths
+timed in turn each round so a load spike hits all) and the ratios; every path runs on `threads`
+threads. Sampling is at temperature 1 from BOS with a fixed seed, no EOS, so every row runs
+`--new-tokens` steps: the same work for all. With `--ckpt` (a real model and tokenizer) it also
+prints the real-time factor of batch 1: seconds of music the sampled ids decode to, per second
+of compute. Any weights do for timing (docs/sampling.md has the table).
 """
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=512)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 48])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--new-tokens", type=int, default=600)
+    p.add_argument("--new-tokens", type=int, default=500, help="per row (HF generate stops at the context: keep it under block_size)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-load", action="store_true", help="skip the runs beside a second 2-thread job")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's generate (transformers not installed)")
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
         name = "busy " if load else "quiet"
         with second_job(load):
             for threads in args.threads:
+                torch.set_num_threads(threads)  # Hugging Face's; ours are told by threads=
                 for batch in args.batches:
                     fns = paths(gpt, hf, batch, args.new_tokens, tok.bos_id, threads)
                     if hf is None:

@@ -194,7 +194,8 @@ def generate(gpt, idx: Tensor, max_new_tokens: int, sampler: Sampler = Sampler()
     gpt.eval()
     try:
         steps = _steps(gpt, idx, engine)
-        with threads_for(decode_threads(idx.shape[0]) if threads is None else threads, idx.device):
+        rule = decode_threads(idx.shape[0], numpy=isinstance(steps, CpuDecoder))
+        with threads_for(rule if threads is None else threads, idx.device):
             return _loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, int(keep), stride, steps,
                          penalized, logit_bias, on_token)
     finally:

@@ -16,19 +16,26 @@ from typing import Iterator
 
 import torch
 
-SINGLE_THREAD_MAX_BATCH = 8  # up to this many rows, one thread decodes fastest (docs/sampling.md)
+SINGLE_THREAD_MAX_BATCH = 8  # torch's decoding: up to this many rows, one thread is fastest
 
 
-def decode_threads(batch: int) -> int:
-    """Threads for decoding `batch` rows at once: 1 for small batches, else torch's thread count."""
-    return 1 if batch <= SINGLE_THREAD_MAX_BATCH else torch.get_num_threads()
+def decode_threads(batch: int, numpy: bool = True) -> int:
+    """Threads for decoding `batch` rows at once (docs/sampling.md's table):
+
+    - the NumPy decoder (`model.cpu_decode`): 1 at every batch measured (1, 4 and 48). Its BLAS
+      products are matrix-vector or thin, and a second OpenBLAS thread made batch 4 3.6x and batch
+      48 1.5x slower on 2 cores, quiet or busy;
+    - torch's path: 1 up to SINGLE_THREAD_MAX_BATCH rows, else torch's thread count (batch 48 ran
+      1.4x faster on 2 threads than on 1).
+    """
+    return 1 if numpy or batch <= SINGLE_THREAD_MAX_BATCH else torch.get_num_threads()
 
 
 def check_threads(n) -> int:
     """`n`, or the one ValueError for a thread count that is not an integer >= 1."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads={n!r}: must be an integer >= 1 (CPU threads while decoding), or None for the "
-                         f"rule (one thread for up to {SINGLE_THREAD_MAX_BATCH} rows)")
+                         "rule (model/threads.py: one thread on the CPU decoder)")
     return n
 
 

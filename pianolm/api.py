@@ -93,7 +93,7 @@ class PianoLM:
                                        "tokenizer_hash": tokenizer.hash, "train_step": None, "run": {},
                                        **(config or {})}
         self.last: list[dict] = []
-        # CPU threads while decoding; None: model.threads' rule (one thread for a few rows)
+        # CPU threads while decoding; None: model.threads' rule (one thread on the CPU decoder)
         self.threads = None if threads is None else check_threads(threads)
         self.on_token: Callable[[int], None] | None = None  # hears each step: new ids per row so far
 
@@ -103,7 +103,7 @@ class PianoLM:
     def load(cls, path: str | Path, device: str | None = "cpu", threads: int | None = None) -> "PianoLM":
         """A `.ckpt` written by train.py, a run folder (its checkpoints/last.ckpt), or a folder
         written by `python -m pianolm export` (Hugging Face GPT-2 + tokenizer.json). `threads`:
-        CPU threads while generating (None: one thread for up to 8 rows, `model.threads`)."""
+        CPU threads while generating (None: `model.threads`' rule, one thread on the CPU)."""
         path = Path(path)
         device = pick_device(device)
         if threads is not None:

@@ -114,8 +114,9 @@ def test_thread_rule_and_restore():
     def blas_threads():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
-    assert T.decode_threads(1) == 1 and T.decode_threads(T.SINGLE_THREAD_MAX_BATCH) == 1
-    assert T.decode_threads(48) == torch.get_num_threads()
+    assert T.decode_threads(1) == 1 and T.decode_threads(48) == 1  # the NumPy decoder
+    assert T.decode_threads(T.SINGLE_THREAD_MAX_BATCH, numpy=False) == 1
+    assert T.decode_threads(48, numpy=False) == torch.get_num_threads()
     torch_before, blas_before = torch.get_num_threads(), blas_threads()
     seen = []
     gpt = _gpt()
