@@ -23,7 +23,6 @@ import multiprocessing as mp
 import statistics
 import tempfile
 import time
-
 from pathlib import Path
 
 import torch
