@@ -16,7 +16,7 @@ starts, so a study stopped part-way already compares the rounds:
    continuation of every piece's first 4 bars by 12 with the prompt kept in the window, grammar
    constraint off, one `temperature` and `sample_seed`); an evaluation newer than its
    checkpoint, on the same folder, is kept;
-4. experiments/report.py `build_ablation_report`: OUT/report.md and OUT/report.json, per round the
+4. experiments/ablation_report.py `build_ablation_report`: OUT/report.md and OUT/report.json, per round the
    mean, seed spread and a bootstrap interval over pieces of every number, and the original
    findings judged claim by claim.
 

@@ -1,6 +1,6 @@
 """The ablation report from run folders: one table, plots, and a JSON of every number.
 
-Shared by `ablate.py` (which trains and samples first) and `compare.py` (runs already trained).
+Used by `compare.py` (runs already trained); the four-round study's own report is `ablation_report.py`.
 A run folder is what `train.py` writes (`metrics.json`, `checkpoints/last.ckpt`) plus what the
 ablation samples into it:
 

@@ -163,7 +163,7 @@ class Piece:
 
 def make_allowed(tok: remi.Tokenizer, prompt_len: int, grammar: bool, max_bars: int | None, continue_bars: bool,
                  max_seconds: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-step mask for one `GPT.generate` call.
+    """The per-step mask for one generation (`model.generate.generate`, through `sample_ids`).
 
     grammar: only ids the REMI grammar allows next (the tokenizer's grammar automaton, advanced
         one id at a time).
