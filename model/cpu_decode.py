@@ -36,8 +36,9 @@ def usable(gpt, idx: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled())
 
 
-def _np(p: Tensor | None, dtype=None) -> np.ndarray | None:
-    return None if p is None else p.detach().numpy().astype(dtype or np.float64)
+def _np(p: Tensor | None) -> np.ndarray | None:
+    """A parameter as a float64 array (folding is done in float64), or None."""
+    return None if p is None else p.detach().numpy().astype(np.float64)
 
 
 class _Layer:
@@ -56,8 +57,8 @@ class _Layer:
         C = a.n_embd
         scale = np.ones(3 * C)
         scale[:C] = 1.0 / math.sqrt(a.head_size)
-        self.qkv = _fold(block.ln_1, a.c_attn, dtype, scale)
-        self.fc = _fold(block.ln_2, m.c_fc, dtype)
+        self.qkv = _fold(block.ln_1, _np(a.c_attn.weight).T, _np(a.c_attn.bias), dtype, scale)
+        self.fc = _fold(block.ln_2, _np(m.c_fc.weight).T, _np(m.c_fc.bias), dtype)
         self.proj = (_np(a.c_proj.weight).T.astype(dtype), _bias(a.c_proj, dtype))
         self.out = ((0.5 * _np(m.c_proj.weight).T).astype(dtype), _bias(m.c_proj, dtype))
         self.k = np.zeros((B, a.n_head, block_size, a.head_size), dtype)
@@ -68,11 +69,11 @@ def _bias(linear, dtype):
     return None if linear.bias is None else _np(linear.bias).astype(dtype)
 
 
-def _fold(ln, linear, dtype, col_scale=None) -> tuple[np.ndarray, np.ndarray]:
-    """(W', c') with LN(x) @ W.T + c == _normalized(x) @ W' + c' (see `_Layer`)."""
-    w = _np(linear.weight).T  # (in, out)
+def _fold(ln, w: np.ndarray, c: np.ndarray | None, dtype, col_scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """(W', c') with LN(x) @ w + c == _normalized(x) @ W' + c' for a product w (in, out) with bias
+    c (None: none) after the LayerNorm `ln` (see `_Layer`)."""
     g = _np(ln.weight)
-    c = np.zeros(w.shape[1]) if linear.bias is None else _np(linear.bias)
+    c = np.zeros(w.shape[1]) if c is None else c
     if ln.bias is not None:
         c = c + _np(ln.bias) @ w
     w = (math.sqrt(w.shape[0]) * g)[:, None] * w
@@ -130,8 +131,7 @@ class CpuDecoder:
         self.block_size, self.batch = c.block_size, batch
         self.eps_c = 1e-5 * c.n_embd  # GPT-2's LayerNorm eps, times C (see _normalized)
         self.wte, self.wpe = t.wte.weight.detach().numpy(), t.wpe.weight.detach().numpy()
-        head = _np(t.wte.weight)[: c.vocab_size].T  # tied: (C, V)
-        self.head = _fold(t.ln_f, _Tied(head), dtype)
+        self.head = _fold(t.ln_f, _np(t.wte.weight)[: c.vocab_size].T, None, dtype)  # the tied head, (C, V)
         self.layers = [_Layer(block, batch, c.block_size, dtype) for block in t.h]
 
     def step(self, idx: Tensor, start: int) -> Tensor:
@@ -164,9 +164,3 @@ class CpuDecoder:
         y /= np.add.reduce(s, axis=-1, keepdims=True)
         x += _affine(y.transpose(0, 2, 1, 3).reshape(B * t, self.n_embd), layer.proj)
 
-
-class _Tied:
-    """The head as a bias-free linear of weight (V, C), for `_fold`."""
-
-    def __init__(self, head_cv: np.ndarray):
-        self.weight, self.bias = torch.from_numpy(np.ascontiguousarray(head_cv.T)), None
