@@ -4,6 +4,7 @@
     python sample.py ckpt=... temperatures=[0.6,0.8,1.0,1.2,1.5]      # sweep + comparison figure
     python sample.py ckpt=... prompt=song.mid prompt_bars=4 max_bars=8 # continue the first 4 bars
     python sample.py ckpt=... tempo=100 meter=3/4 key=Dm max_bars=16    # fixed tempo, meter and key
+    python sample.py ckpt=... infill=song.mid infill_bars=[9,12]        # bars 9-12 anew, the rest kept
 
 A thin command line over the Python API (`pianolm.api.PianoLM`, docs/api.md): the checkpoint
 alone rebuilds tokenizer and GPT, `PianoLM.sample_ids` generates (the grammar-constrained path of
@@ -27,9 +28,9 @@ from model.window import check_stride
 from pianolm import control as ctl
 from pianolm.api import PianoLM, pick_device
 from pianolm.errors import InputError
-from pianolm.generate import Prompt, Sampling, load_prompts
+from pianolm.generate import Prompt, Sampling, load_prompts, safe_name
 from pianolm.media import MediaWriter
-from remi.bars import count_bars
+from remi.bars import bar_span_ticks, count_bars
 from remi.media.pianoroll import save_comparison
 
 # ---------------------------------------------------------------- the run
@@ -50,6 +51,13 @@ def check_config(cfg) -> None:
     if fixed and cfg.prompt is not None:
         raise InputError(f"{', '.join(fixed)} fix a piece generated from scratch; a continuation keeps its "
                          "prompt's: drop prompt= or " + "/".join(f"{k}=" for k in fixed))
+    if (cfg.get("infill") is None) != (cfg.get("infill_bars") is None):
+        raise InputError("infill= and infill_bars= go together: e.g. infill=song.mid infill_bars=[9,12]")
+    if cfg.get("infill") is not None:
+        others = [k for k in ("prompt", "tempo", "meter", "key", "temperatures") if cfg.get(k) is not None]
+        if others:
+            raise InputError(f"infill= regenerates bars inside a piece and keeps its tempo, meter and key; "
+                             f"drop {'/'.join(k + '=' for k in others)}")
 
 
 def check_length(cfg, block_size: int) -> None:
@@ -75,6 +83,8 @@ def sample(cfg: DictConfig) -> list[dict]:
     tok = lm.tokenizer
     check_length(cfg, lm.block_size)
     train_step = lm.config["train_step"]  # Lightning's global_step: which point of training this is
+    if cfg.get("infill") is not None:
+        return sample_infill(cfg, lm, device)
     prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, lm.block_size)
     control = ctl.fixed(tok, cfg.get("tempo"), cfg.get("meter"), cfg.get("key"), lm.key_penalty)
     out_dir = Path(cfg.out_dir)
@@ -119,6 +129,46 @@ def sample(cfg: DictConfig) -> list[dict]:
     (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {len(records)} piece{'' if len(records) == 1 else 's'} to {out_dir}"
           + (f" (audio with {Path(media.synth.soundfont).name})" if media.synth else ""), file=sys.stderr)
+    return records
+
+
+def sample_infill(cfg: DictConfig, lm: PianoLM, device: str) -> list[dict]:
+    """sample.py's `infill=`: n_samples versions of the piece with bars `infill_bars` anew."""
+    tok, src = lm.tokenizer, Path(cfg.infill)
+    bars = list(cfg.infill_bars) if not isinstance(cfg.infill_bars, str) else cfg.infill_bars
+    torch.manual_seed(int(cfg.seed))
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    lm.batch_size = int(cfg.batch_size)
+    rows = lm.infill_ids(src, bars, int(cfg.n_samples), Sampling.from_cfg(cfg), generator=generator)
+    first, last = lm.last[0]["bars"]
+    span = bar_span_ticks(tok, rows[0][0], first, last)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    media = MediaWriter.find(tok, audio=bool(cfg.audio), soundfont=cfg.soundfont, who="sample")
+    name = safe_name(src.stem)
+    records = []
+    for j, (ids, stop) in enumerate(rows):
+        stem = out_dir / f"{name}_infill_{j:03d}"
+        out = media.piece(ids, stem, title=f"{stem.name}  (bars {first}-{last} anew, T={float(cfg.temperature):g})",
+                          span=span)
+        r = out.rendered
+        record = {"midi": r.midi.name, "png": r.png.name, "wav": out.wav.name if out.wav else None,
+                  "seed": int(cfg.seed), "index": j, "batch_size": int(cfg.batch_size),
+                  "temperature": float(cfg.temperature), "top_k": cfg.top_k, "top_p": cfg.top_p,
+                  "min_p": cfg.get("min_p"), "repetition_penalty": cfg.get("repetition_penalty"),
+                  "grammar": bool(cfg.grammar), "infill": str(src), "infill_bars": [first, last],
+                  "infill_ticks": list(span), "n_tokens": r.n_tokens, "n_notes": r.n_notes,
+                  "n_bars": count_bars(tok, ids), "seconds": r.seconds, "token_errors": r.token_errors,
+                  "stopped_by": stop, "checkpoint": str(cfg.ckpt), "train_step": lm.config["train_step"], "ids": ids}
+        stem.with_suffix(".json").write_text(readable_json(record, one_line=("ids",)))
+        records.append(record)
+    summary = {"checkpoint": str(cfg.ckpt), "train_step": lm.config["train_step"], "tokenizer_hash": tok.hash,
+               "device": device, "config": OmegaConf.to_container(cfg, resolve=True),
+               "mean_token_errors": float(np.mean([r["token_errors"] for r in records])),
+               "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records]}
+    (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {len(records)} infilled version{'' if len(records) == 1 else 's'} of {src} (bars {first}-{last}) "
+          f"to {out_dir}", file=sys.stderr)
     return records
 
 

@@ -45,10 +45,77 @@ class WindowConfig:
     # First id of the 24 Key tokens (major tonics 0..11, then minor), which a transposition
     # moves with the pitches; None when the vocabulary has none.
     key_first: int | None = None
+    # Share of training windows rewritten as fill-in-the-middle examples (`Infill`); 0: none.
+    infill_share: float = 0.0
+    infill: "Infill | None" = None
 
 
 def _as_int64(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Infill:
+    """The ids a fill-in-the-middle example is laid out with, and the longest middle drawn.
+
+    A window of the piece it starts in (up to its EOS) is cut at two bar boundaries into
+    prefix | middle | suffix, the middle 1..`max_bars` whole bars (a Bar id opens each; the EOS
+    also closes one, so the last bars of a piece can be the middle), and laid out as
+
+        prefix  start  suffix  middle_mark  middle  end
+
+    cut back to the window's length from the prefix's front, then the suffix's back. The model
+    learns the middle given both sides, and `end` where it stops. Where `start` and `middle_mark`
+    go is the data's choice, not something to predict: those two targets are ignored (-1), as is
+    the padding after `end` when the piece ended inside the window.
+    """
+
+    start: int
+    middle: int
+    end: int
+    bar: int
+    eos: int
+    pad: int
+    max_bars: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_bars < 1:
+            raise ValueError(f"Infill.max_bars must be >= 1, got {self.max_bars}")
+
+    def rewrite(self, w: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """(row, ignored) for one window `w` (n,): the laid-out row (n,) and a bool (n - 1,) mask of
+        targets to ignore; None when the window's piece holds no whole bar to take out."""
+        n = len(w)
+        eos = np.flatnonzero(w == self.eos)
+        end = int(eos[0]) + 1 if len(eos) else n  # the piece this window starts in, EOS included
+        bounds = np.flatnonzero(w[:end] == self.bar)
+        if len(eos):
+            bounds = np.append(bounds, end - 1)
+        excess = end + 3 - n  # the three markers push this many tokens out of the window
+        # (i, k): the middle is bars i .. i + k - 1 of the window; the rest must have room to give
+        options = [(i, k) for k in range(1, min(self.max_bars, len(bounds) - 1) + 1)
+                   for i in range(len(bounds) - k) if bounds[i] + end - bounds[i + k] > excess]
+        if not options:
+            return None
+        ks = sorted({k for _, k in options})
+        k = ks[int(rng.integers(0, len(ks)))]
+        starts = [i for i, kk in options if kk == k]
+        i = starts[int(rng.integers(0, len(starts)))]
+        a, b = int(bounds[i]), int(bounds[i + k])
+        prefix, middle, suffix = w[:a], w[a:b], w[b:end]
+        if excess > 0:
+            cut = min(excess, len(prefix))
+            prefix, excess = prefix[cut:], excess - cut
+            suffix = suffix[:len(suffix) - excess]  # at least one token stays (`options`)
+        row = np.concatenate([prefix, [self.start], suffix, [self.middle], middle, [self.end]])
+        out = np.full(n, self.pad, dtype=w.dtype)
+        out[:len(row)] = row
+        ignored = np.zeros(n - 1, dtype=bool)
+        ignored[len(row) - 1:] = True  # padding
+        if len(prefix):
+            ignored[len(prefix) - 1] = True  # the target `start` (with no prefix it is no target)
+        ignored[len(prefix) + len(suffix)] = True  # the target `middle_mark`
+        return out, ignored
 
 
 class TrainWindows(IterableDataset):
@@ -61,7 +128,8 @@ class TrainWindows(IterableDataset):
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, position: Callable[[], int] = lambda: 0,
                  song_starts: np.ndarray | None = None, song_start_share: float = 0.0,
-                 transpose: int = 0, pitch_ids: tuple[int, int] | None = None, key_first: int | None = None):
+                 transpose: int = 0, pitch_ids: tuple[int, int] | None = None, key_first: int | None = None,
+                 infill_share: float = 0.0, infill: Infill | None = None):
         if len(tokens) < block_size + 1:
             raise ValueError(f"the training split has {len(tokens)} tokens, fewer than one window of "
                              f"block_size + 1 = {block_size + 1}; use more data or a smaller model.block_size")
@@ -75,6 +143,11 @@ class TrainWindows(IterableDataset):
         if transpose and (pitch_ids is None or pitch_ids[0] > pitch_ids[1]):
             raise ValueError("augment.transpose > 0 needs the vocabulary's Pitch token ids (first, last)")
         self.transpose, self.pitch_ids, self.key_first = int(transpose), pitch_ids, key_first
+        if not 0.0 <= infill_share <= 1.0:
+            raise ValueError(f"data.infill_share must be in [0, 1], got {infill_share}")
+        if infill_share > 0 and infill is None:
+            raise ValueError("data.infill_share > 0 needs the Infill token ids (a vocabulary with infill_tokens)")
+        self.infill_share, self.infill = float(infill_share), infill
         # song starts whose whole window fits (windows may run on into the next song, as any window)
         starts = np.asarray(song_starts if song_starts is not None else [], dtype=np.int64)
         self.song_starts = starts[starts <= len(tokens) - block_size - 1]
@@ -94,8 +167,20 @@ class TrainWindows(IterableDataset):
         w = self.tokens[idx].astype(np.int64)
         if self.transpose:  # drawn only then, so no transposition keeps the old stream
             w = transpose_windows(w, rng, self.transpose, *self.pitch_ids, key_first=self.key_first)
+        if self.infill_share > 0:  # drawn only then, so a share of 0 keeps the old stream
+            return self._infilled(w, rng)
         w = torch.from_numpy(w)
         return w[:, :-1], w[:, 1:]
+
+    def _infilled(self, w: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) with a share of the rows laid out as infilling examples (`Infill`)."""
+        y = w[:, 1:].copy()
+        for r in np.flatnonzero(rng.random(len(w)) < self.infill_share):
+            done = self.infill.rewrite(w[r], rng)
+            if done is not None:
+                w[r] = done[0]
+                y[r] = np.where(done[1], -1, w[r, 1:])
+        return torch.from_numpy(w[:, :-1]), torch.from_numpy(y)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         k = int(self.position())
@@ -208,7 +293,8 @@ class WindowDataModule(L.LightningDataModule):
                           song_starts=None if self.train_offsets is None else np.asarray(self.train_offsets)[:-1],
                           song_start_share=self.config.song_start_share,
                           transpose=self.config.transpose, pitch_ids=self.config.pitch_ids,
-                          key_first=self.config.key_first)
+                          key_first=self.config.key_first, infill_share=self.config.infill_share,
+                          infill=self.config.infill)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

@@ -5,6 +5,7 @@
     pieces = m.generate(n=2, bars=8, temperature=0.9, seed=0, tempo=100, meter="3/4", key="D minor")
     pieces[0].to_midi("piece.mid")                        # each piece is a remi.Score
     more = m.continue_midi("song.mid", prompt_bars=4, bars=12, seed=1)
+    varied = m.infill("song.mid", bars=(9, 12), seed=0)  # bars 9-12 anew (a model trained to infill)
     m.bits_per_note("held_out_midi/")                     # whole pieces, windowed as validation is
 
 Everything runs through the code sample.py runs (`pianolm.generate.sample_ids`: the grammar mask,
@@ -44,6 +45,7 @@ from model import GPT
 from model import threads as model_threads
 
 from . import control as ctl
+from . import infill
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, InputError, PromptError
 from .generate import Sampling, prompt_from, sample_ids
@@ -189,6 +191,59 @@ class PianoLM:
         rows = self.sample_ids(ids, self._count(n), s, seed=seed, continue_bars=True, control=control)
         return [ctl.carried(self.score(ids), control) for ids, _ in rows]
 
+    def infill(self, piece, bars, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+               grammar: bool = True) -> remi.Score:
+        """`piece` with bars `bars` = (first, last) regenerated between the bars around them.
+
+        piece: a MIDI file path, its bytes, a `mido.MidiFile` or a `remi.Score`. Bars count from 1
+        and both ends are included, as musicians number them (`(9, 12)` or `"9-12"`). Outside
+        them every note is the input's as the tokenizer quantizes it (same onsets, pitches,
+        durations, velocities); inside, the notes are new and the number of bars, their meters and
+        (with key tokens) the key are kept. The same seed gives the same piece. Needs a model
+        trained with `data.infill_share > 0`; bars and context that cannot be done raise
+        InputError saying why (`pianolm.infill`). Other arguments as in `generate`.
+        """
+        rows = self.infill_ids(piece, bars, 1, self._sampling(None, None, temperature, top_k, top_p, min_p,
+                                                             repetition_penalty, grammar), seed=seed)
+        return self.score(rows[0][0])
+
+    def infill_ids(self, piece, bars, n: int, sampling: Sampling, seed: int | None = None,
+                   generator: torch.Generator | None = None) -> list[tuple[list[int], str]]:
+        """The raw layer under `infill` (and sample.py's `infill=`): `n` infilled versions of
+        `piece` as (ids, why the middle stopped), drawn from one generator (`generator`, or one
+        seeded with `seed`); `last` also holds each one's bars, as under `sample_ids`."""
+        sampling.check()
+        infill.check_infill_model(self.tokenizer, self.config.get("run"), self.block_size)
+        what = f"infill piece {piece}" if isinstance(piece, (str, Path)) else "infill piece"
+        if isinstance(piece, (str, Path)) and not Path(piece).is_file():
+            raise PromptError(f"{what} does not exist")
+        try:
+            ids = self.tokenizer.encode(piece)
+        except TypeError:
+            raise PromptError(f"{what}: a MIDI file path, its bytes, a mido.MidiFile or a remi.Score, "
+                              f"not {type(piece).__name__}") from None
+        except Exception as e:  # remi.MidiReadError and whatever a broken file provokes
+            raise PromptError(f"{what} does not parse as MIDI ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]})") from None
+        p = infill.plan(self.tokenizer, ids, bars, self.block_size)
+        generator, seed = self._generator(generator, seed)
+        rows: list[tuple[list[int], str]] = []
+        bs = int(self.batch_size)
+        for start in range(0, self._count(n), bs):
+            rows += infill.infill_rows(self.model, self.tokenizer, p, min(bs, n - start), sampling.sampler(), generator,
+                                       grammar=sampling.grammar, threads=self.threads, on_token=self.on_token)
+        self.last = [{"ids": ids, "stopped_by": stop, "seed": seed, "bars": p.bars} for ids, stop in rows]
+        return rows
+
+    def _generator(self, generator: torch.Generator | None, seed: int | None) -> tuple[torch.Generator, int | None]:
+        """`generator`, or a new one seeded with `seed` (None: a fresh random seed); and the seed."""
+        if generator is not None:
+            return generator, seed
+        seed = random.SystemRandom().randrange(2**63) if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError(f"seed={seed!r}: must be an integer (or None for a random one)")
+        return torch.Generator(device=self.device).manual_seed(seed), seed
+
     def sample_ids(self, prompt_ids: Sequence[int], n: int, sampling: Sampling, seed: int | None = None,
                    generator: torch.Generator | None = None, continue_bars: bool = False,
                    control: ctl.Control | None = None, batch_size: int | None = None) -> list[tuple[list[int], str]]:
@@ -196,11 +251,7 @@ class PianoLM:
         continuing `prompt_ids`, each with why it stopped, in batches of `batch_size` drawn from one
         generator (`generator`, or one seeded with `seed`)."""
         sampling.check()
-        if generator is None:
-            seed = random.SystemRandom().randrange(2**63) if seed is None else seed
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise InputError(f"seed={seed!r}: must be an integer (or None for a random one)")
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator, seed = self._generator(generator, seed)
         bs = int(batch_size or self.batch_size)
         allowed = None if control is None else control.allowed(self.tokenizer, len(prompt_ids))
         bias = None if control is None else control.bias_tensor()

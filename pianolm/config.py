@@ -88,13 +88,17 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={seed!r}: must be an integer in [0, 2**32)")
     # The dataclasses' own checks, with the group named.
     try:
-        tok_cfg = remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"tokenizer: {e}") from None
-    try:
         data = DataConfig.from_mapping(cfg.data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data: {e}") from None
+    try:
+        tok_cfg = tokenizer_config(cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"tokenizer: {e}") from None
+    if data.infill_share and tok_cfg.bpe_vocab_size:
+        raise ConfigError(f"data.infill_share={data.infill_share} with tokenizer.bpe_vocab_size={tok_cfg.bpe_vocab_size}: "
+                          "infilling cuts pieces at Bar tokens, which BPE merges with what follows them; "
+                          "set one of them to 0")
     # Validation (val loss, bits per note) needs held-out songs: with val_fraction 0 a hash-split
     # source holds none out, and only a source with its own split (MAESTRO's CSV) supplies some.
     own_split = [s for s in data.active_sources() if s in SOURCES and SOURCES[s].split != "hash"]
@@ -106,6 +110,16 @@ def check_config(cfg: DictConfig) -> None:
     if tok_cfg.bpe_vocab_size and tok_cfg.bpe_vocab_size <= base_vocab:
         raise ConfigError(f"{_key(cfg, 'tokenizer.bpe_vocab_size')}={tok_cfg.bpe_vocab_size}: must be 0 (no BPE) or "
                           f"larger than the base vocabulary ({base_vocab})")
+
+
+def tokenizer_config(cfg: DictConfig) -> remi.TokenizerConfig:
+    """The tokenizer of a training config: `cfg.tokenizer`, with the Infill tokens when
+    `data.infill_share > 0` (the rewritten windows use them; without infilling the vocabulary, its
+    ids and its hash are those of `cfg.tokenizer` alone)."""
+    values = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    if float(OmegaConf.select(cfg, "data.infill_share") or 0) > 0:
+        values["infill_tokens"] = True
+    return remi.TokenizerConfig(**values)
 
 
 def _build(cfg: DictConfig, group: str, make, cls) -> Any:

@@ -37,10 +37,12 @@ class MediaWriter:
         return cls(tok, synth)
 
     def piece(self, ids: Sequence[int], stem: str | Path, title: str | None = None,
-              prompt_end: int | None = None, key_signature: str | None = None) -> Media:
+              prompt_end: int | None = None, key_signature: str | None = None,
+              span: tuple[int, int] | None = None) -> Media:
         """`<stem>.mid`, `<stem>.png` and (with a synth) `<stem>.wav` for one id sequence
-        (`key_signature`: see `remi.media.render.render`)."""
-        rendered = render(self.tok, ids, stem, title=title, prompt_end=prompt_end, key_signature=key_signature)
+        (`key_signature`, `span`: see `remi.media.render.render`)."""
+        rendered = render(self.tok, ids, stem, title=title, prompt_end=prompt_end, key_signature=key_signature,
+                          span=span)
         media = Media(rendered)
         if self.synth is not None:
             try:

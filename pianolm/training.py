@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import remi
 from model.callbacks import SampleCallback
-from model.data import WindowConfig, WindowDataModule, spread_songs, take_songs
+from model.data import Infill, WindowConfig, WindowDataModule, spread_songs, take_songs
 from remi.corpus.prepare import prepare_for_training
 from remi.shards import ShardSplit, load_split
 
+from .config import tokenizer_config
 from .errors import ConfigError
 from .media import MediaWriter
 
@@ -45,7 +46,7 @@ def file_lock(path: Path):
 def prepare_data(cfg: DictConfig) -> tuple[remi.Tokenizer, Path, ShardSplit, ShardSplit]:
     """(tokenizer with BPE if configured, shard folder, train split, val split); shards cached
     under paths.cache_dir."""
-    tok = remi.Tokenizer(remi.TokenizerConfig(**OmegaConf.to_container(cfg.tokenizer, resolve=True)))
+    tok = remi.Tokenizer(tokenizer_config(cfg))
     cache_dir = Path(cfg.paths.cache_dir)
     with file_lock(cache_dir / ".prepare.lock"):
         tok, shard_dir = prepare_for_training(cfg.data, tok, Path(cfg.paths.data_dir), cache_dir)
@@ -78,7 +79,8 @@ def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowC
     """The data module's settings: `datamodule.block_size` (= `model.block_size`),
     `datamodule.batch_size`, `datamodule.val_batch_size` (null: batch_size),
     `datamodule.song_start_share` (null: 0), `augment.transpose` (null or absent: 0; its Pitch ids
-    come from `tok`, which must then be given and have no BPE) and `seed`."""
+    come from `tok`, which must then be given and have no BPE), `data.infill_share` (its Infill ids
+    come from `tok` too) and `seed`."""
     transpose = int(OmegaConf.select(cfg, "augment.transpose") or 0)
     pitch_ids = key_first = None
     if transpose:
@@ -89,11 +91,19 @@ def window_config(cfg: DictConfig, tok: remi.Tokenizer | None = None) -> WindowC
                              "a merged token holds pitches that cannot be shifted alone")
         pitch_ids = tok.pitch_id_range
         key_first = tok.key_id(0) if tok.config.key_tokens else None
+    share = float(OmegaConf.select(cfg, "data.infill_share") or 0.0)
+    infill = None
+    if share > 0:
+        if tok is None or tok.infill_ids is None:
+            raise ValueError(f"data.infill_share={share}: window_config needs the tokenizer with its Infill tokens "
+                             "(pianolm.config.tokenizer_config adds them)")
+        infill = Infill(*tok.infill_ids, bar=tok.bar_id, eos=tok.eos_id, pad=tok.pad_id)
     dm = cfg.datamodule
     return WindowConfig(block_size=int(dm.block_size), batch_size=int(dm.batch_size), seed=int(cfg.seed),
                         val_batch_size=dm.get("val_batch_size"),
                         song_start_share=float(dm.get("song_start_share") or 0.0),
-                        transpose=transpose, pitch_ids=pitch_ids, key_first=key_first)
+                        transpose=transpose, pitch_ids=pitch_ids, key_first=key_first,
+                        infill_share=share, infill=infill)
 
 
 def build_datamodule(cfg: DictConfig, train: ShardSplit, val: Validation,

@@ -53,3 +53,20 @@ def prompt_end_tick(tok, prompt_ids: Sequence[int]) -> int:
     score = tok.decode_score(ids)
     starts = bar_starts(score, 0, min_count=n_bars + 1)
     return int(starts[n_bars])
+
+
+def bar_span_ticks(tok, ids: Sequence[int], first: int, last: int) -> tuple[int, int]:
+    """(tick where bar `first` starts, tick where bar `last` ends) of the piece `ids`, bars
+    counted from 1 as in `remi.bars.count_bars`, on the tokenizer's own bar grid."""
+    score = tok.decode_score([int(i) for i in ids])
+    starts = bar_starts(score, 0, min_count=last + 1)
+    return int(starts[first - 1]), int(starts[last])
+
+
+def notes_outside(score, start_tick: int, end_tick: int) -> tuple:
+    """(notes starting before `start_tick`, notes starting at or after `end_tick`) of a Score,
+    as (N, 4) arrays: what an infilled piece keeps of its input."""
+    from .score import START
+
+    s = score.notes[:, START]
+    return score.notes[s < start_tick], score.notes[s >= end_tick]

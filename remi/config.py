@@ -55,6 +55,11 @@ class TokenizerConfig:
         a continuation is told its prompt's key rather than left to infer it. Derived from the
         notes like the rest of the stream (decoding ignores it; `encode(decode(ids)) == ids`
         holds). A prompt cut from a piece is re-keyed to its own notes (`Tokenizer.set_key`).
+    infill_tokens: False, or True: three tokens after every other id (`Infill_Start`,
+        `Infill_Middle`, `Infill_End`) that lay out a fill-in-the-middle example (`remi.infill`).
+        They never appear in an encoded piece, so the ids of every piece are those without them;
+        training turns them on with `data.infill_share > 0`. Left out of `to_dict` when false,
+        so the hash is unchanged.
     max_notes: the most notes (as read from the file, before the pitch range) one piece may have;
         a piece over it is a `MidiReadError` naming the file, its count and this key, raised right
         after reading, before the encoder builds its arrays (~250 bytes a note at their peak), so
@@ -79,6 +84,7 @@ class TokenizerConfig:
     bpe_vocab_size: int = 0
     key_tokens: bool = False
     max_notes: int = DEFAULT_MAX_NOTES
+    infill_tokens: bool = False
 
     def __post_init__(self) -> None:
         # Normalise containers (yaml lists, JSON string keys) so equal configs compare and hash equal.
@@ -139,6 +145,8 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.special_tokens must list PAD, BOS, EOS, MASK once each, got {self.special_tokens}")
         if not isinstance(self.key_tokens, bool):
             raise ValueError(f"TokenizerConfig.key_tokens must be true or false, got {self.key_tokens!r}")
+        if not isinstance(self.infill_tokens, bool):
+            raise ValueError(f"TokenizerConfig.infill_tokens must be true or false, got {self.infill_tokens!r}")
         if isinstance(self.max_notes, bool) or not isinstance(self.max_notes, int) or self.max_notes < 1:
             raise ValueError(f"TokenizerConfig.max_notes must be an integer >= 1 (the most notes one piece may "
                              f"have), got {self.max_notes!r}")
@@ -170,6 +178,8 @@ class TokenizerConfig:
             del d["key_tokens"]
         if self.max_notes == DEFAULT_MAX_NOTES:
             del d["max_notes"]  # the same reason: added later, left out at its default
+        if not self.infill_tokens:
+            del d["infill_tokens"]  # the same reason
         return d
 
     @classmethod

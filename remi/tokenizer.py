@@ -24,7 +24,7 @@ from .config import TokenizerConfig
 from .keys import find_key
 from .midi_read import MidiReadError, read_midi
 from .score import Score
-from .vocab import BAR, KEY, PITCH, Vocab
+from .vocab import BAR, INFILL, KEY, PITCH, Vocab
 
 FORMAT_VERSION = 1
 T = TypeVar("T")
@@ -107,6 +107,14 @@ class Tokenizer:
     @property
     def bar_id(self) -> int:
         return self.vocab.first[BAR]
+
+    @property
+    def infill_ids(self) -> tuple[int, int, int] | None:
+        """(Infill_Start, Infill_Middle, Infill_End) ids, or None without `infill_tokens`."""
+        if not self.config.infill_tokens:
+            return None
+        first = self.vocab.first[INFILL]
+        return first, first + 1, first + 2
 
     @property
     def pitch_id_range(self) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """The vocabulary, derived from a `TokenizerConfig` alone: token strings, ids, and value tables.
 
 Id layout (contiguous blocks, in REMI reading order after the special tokens):
-    specials (PAD, BOS, EOS, MASK) | Bar | TimeSig* | Position* | Tempo* | Pitch* | Velocity* | Duration* | Key*
-(Key tokens only with `key_tokens`: last, so turning them on moves no other id.)
+    specials (PAD, BOS, EOS, MASK) | Bar | TimeSig* | Position* | Tempo* | Pitch* | Velocity* | Duration* | Key* | Infill*
+(Key tokens only with `key_tokens`, the three Infill tokens only with `infill_tokens`: last, so
+turning them on moves no other id.)
 Every block's first id and its values are stored here once; encode/decode/grammar use these.
 """
 from __future__ import annotations
@@ -15,8 +16,10 @@ from .config import TokenizerConfig
 from .keys import PITCH_NAMES
 
 # Token type codes, in the order their blocks appear in the vocabulary.
-SPECIAL, BAR, TIMESIG, POSITION, TEMPO, PITCH, VELOCITY, DURATION, KEY = range(9)
-TYPE_NAMES = ("Special", "Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration", "Key")
+SPECIAL, BAR, TIMESIG, POSITION, TEMPO, PITCH, VELOCITY, DURATION, KEY, INFILL = range(10)
+TYPE_NAMES = ("Special", "Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration", "Key", "Infill")
+# The fill-in-the-middle layout's markers (`remi.infill`), in id order.
+INFILL_NAMES = ("Infill_Start", "Infill_Middle", "Infill_End")
 # Key token values: tonic pitch class for major keys (0..11), 12 + tonic for minor keys, the index
 # order of `remi.keys.key_correlations`.
 DEFAULT_TEMPO_BPM = 120.0
@@ -32,6 +35,17 @@ def closest_index(bins: np.ndarray, values: np.ndarray) -> np.ndarray:
     upper = np.minimum(idx, len(bins) - 1)
     prev_closer = (idx == len(bins)) | (np.abs(values - bins[lower]) < np.abs(values - bins[upper]))
     return np.where(prev_closer, lower, upper)
+
+
+def _durations(config: TokenizerConfig) -> list[tuple[int, int, int]]:
+    """(beat, pos, res) of each Duration token: 1/res-beat steps over each beat range, plus one
+    of exactly the largest range's end; no zero duration."""
+    durations = []
+    ranges = config.beat_ranges()
+    for a, b, r in ranges:
+        durations += [(beat, pos, r) for beat in range(a, b) for pos in range(r)]
+    durations.append((ranges[-1][1], 0, ranges[-1][2]))
+    return durations[1:]
 
 
 @dataclass(frozen=True)
@@ -71,13 +85,7 @@ class Vocab:
         order = np.argsort(mspq, kind="stable")
         velocities = np.linspace(0, 127, config.num_velocities + 1, dtype=np.intc)[1:].astype(np.int64)
 
-        durations = []
-        ranges = config.beat_ranges()
-        for a, b, r in ranges:
-            durations += [(beat, pos, r) for beat in range(a, b) for pos in range(r)]
-        durations.append((ranges[-1][1], 0, ranges[-1][2]))
-        del durations[0]  # the zero duration
-
+        durations = _durations(config)
         blocks: list[tuple[int, list[str]]] = [
             (SPECIAL, [f"{s}_None" for s in config.special_tokens]),
             (BAR, ["Bar_None"]),
@@ -90,6 +98,8 @@ class Vocab:
         ]
         if config.key_tokens:
             blocks.append((KEY, [f"Key_{k}" for k in PITCH_NAMES] + [f"Key_{k}m" for k in PITCH_NAMES]))
+        if config.infill_tokens:
+            blocks.append((INFILL, list(INFILL_NAMES)))
         tokens, types, values, first = [], [], [], {}
         for code, names in blocks:
             first[code] = len(tokens)

@@ -47,6 +47,10 @@ class DataConfig:
     file_timeout: seconds one file may take to read and encode in `remi.corpus.prepare`; a file over
         it is skipped, named with the bound, and not tried again at the same or a lower bound
         (a higher bound tries it again). null: no bound. The slowest real file takes ~2 s.
+    infill_share: the share of training windows rewritten as fill-in-the-middle examples
+        (`model.data`, `remi.infill`; 0: none, the left-to-right stream). Read by training only:
+        it selects no file and is not part of the shard key. > 0 puts the Infill tokens in the
+        vocabulary (`pianolm.config.tokenizer_config`).
     """
 
     name: str = "bundled"
@@ -58,6 +62,7 @@ class DataConfig:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     file_timeout: float | None = 300.0
+    infill_share: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -86,6 +91,11 @@ class DataConfig:
             raise ValueError(f"data.file_timeout must be a number of seconds > 0 or null (no bound), got {t!r}")
         if t is not None:
             object.__setattr__(self, "file_timeout", float(t))  # 300 and 300.0: one shard key
+        s = self.infill_share
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+            raise ValueError(f"data.infill_share must be a number in [0, 1] (the share of training windows "
+                             f"rewritten as infilling examples; 0: none), got {s!r}")
+        object.__setattr__(self, "infill_share", float(s))
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | "DataConfig") -> "DataConfig":

@@ -533,7 +533,8 @@ class Prepared:
 
 def shard_key(tok: Tokenizer, cfg: DataConfig, entries: Sequence[FileEntry]) -> str:
     h = hashlib.sha256()
-    selection = {k: v for k, v in cfg.to_dict().items() if k != "name"}
+    # the name and the training windows' infill share select no file
+    selection = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "infill_share")}
     h.update(json.dumps({"tokenizer": tok.hash, "code": code_hash(), "data": selection, "format": shards.FORMAT_VERSION}, sort_keys=True).encode())
     for e in entries:
         # surrogateescape: a file name that is not UTF-8 hashes as its bytes

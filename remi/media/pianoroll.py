@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from ..score import END, PITCH, START, VELOCITY, Score, bar_starts  # noqa: E402
 
 PROMPT_LINE_LABEL = "prompt end"
+SPAN_LABEL = "regenerated bars"
 
 
 def roll_array(score: Score, ticks_per_cell: int | None = None) -> np.ndarray:
@@ -45,8 +46,10 @@ def draw_pianoroll(
     prompt_end_tick: int | None = None,
     pitch_range: tuple[int, int] | None = None,
     max_beats: float | None = None,
+    span: tuple[int, int] | None = None,
 ) -> None:
-    """Draw `score` on the matplotlib axes `ax` (notes as boxes shaded by velocity)."""
+    """Draw `score` on the matplotlib axes `ax` (notes as boxes shaded by velocity); `span`
+    (start, end ticks): bars regenerated inside the piece, shaded and labelled."""
     tpb = score.ticks_per_beat
     notes = score.notes
     # One quad per note, in (beats, pitch) coordinates: (N, 4 corners, 2).
@@ -68,6 +71,9 @@ def draw_pianoroll(
         ax.axvline(prompt_end_tick / tpb, color="red", linestyle="--", linewidth=1.2,
                    label=PROMPT_LINE_LABEL)
         ax.legend(loc="upper right", fontsize="small")
+    if span is not None:
+        ax.axvspan(span[0] / tpb, span[1] / tpb, color="#ffe9b3", zorder=0, label=SPAN_LABEL)
+        ax.legend(loc="upper right", fontsize="small")
     if pitch_range is None:
         lo, hi = (int(notes[:, PITCH].min()), int(notes[:, PITCH].max())) if len(notes) else (48, 84)
         pitch_range = (max(0, lo - 2), min(127, hi + 2))
@@ -80,11 +86,11 @@ def draw_pianoroll(
 
 
 def pianoroll_figure(score: Score, title: str | None = None,
-                     prompt_end_tick: int | None = None) -> Figure:
+                     prompt_end_tick: int | None = None, span: tuple[int, int] | None = None) -> Figure:
     """One piano roll as a figure, wide enough that bars stay legible."""
     beats = max(score.end_tick, prompt_end_tick or 0) / score.ticks_per_beat
     fig, ax = plt.subplots(figsize=(min(24.0, max(6.0, 0.12 * beats + 2)), 4.0), dpi=100)
-    draw_pianoroll(ax, score, title=title, prompt_end_tick=prompt_end_tick)
+    draw_pianoroll(ax, score, title=title, prompt_end_tick=prompt_end_tick, span=span)
     fig.tight_layout()
     return fig
 
@@ -94,6 +100,7 @@ def comparison_figure(
     labels: Sequence[str],
     title: str | None = None,
     prompt_end_ticks: Sequence[int | None] | None = None,
+    spans: Sequence[tuple[int, int] | None] | None = None,
 ) -> Figure:
     """Several piano rolls side by side (one column each), each titled with its label.
 
@@ -111,9 +118,9 @@ def comparison_figure(
                     for s, e in zip(scores, ends))
     fig, axes = plt.subplots(1, len(scores), figsize=(4.0 * len(scores), 4.5), dpi=100,
                              sharey=True, squeeze=False)
-    for ax, score, label, end in zip(axes[0], scores, labels, ends):
+    for ax, score, label, end, span in zip(axes[0], scores, labels, ends, spans or [None] * len(scores)):
         draw_pianoroll(ax, score, title=label, prompt_end_tick=end,
-                       pitch_range=pitch_range, max_beats=max_beats)
+                       pitch_range=pitch_range, max_beats=max_beats, span=span)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -130,12 +137,13 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def save_pianoroll(score: Score, path: str | Path, title: str | None = None,
-                   prompt_end_tick: int | None = None) -> Path:
-    return save_figure(pianoroll_figure(score, title=title, prompt_end_tick=prompt_end_tick), path)
+                   prompt_end_tick: int | None = None, span: tuple[int, int] | None = None) -> Path:
+    return save_figure(pianoroll_figure(score, title=title, prompt_end_tick=prompt_end_tick, span=span), path)
 
 
 def save_comparison(scores: Sequence[Score], labels: Sequence[str], path: str | Path,
                     title: str | None = None,
-                    prompt_end_ticks: Sequence[int | None] | None = None) -> Path:
+                    prompt_end_ticks: Sequence[int | None] | None = None,
+                    spans: Sequence[tuple[int, int] | None] | None = None) -> Path:
     return save_figure(comparison_figure(scores, labels, title=title,
-                                         prompt_end_ticks=prompt_end_ticks), path)
+                                         prompt_end_ticks=prompt_end_ticks, spans=spans), path)

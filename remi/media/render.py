@@ -35,12 +35,14 @@ class Rendered:
 
 
 def render(tok, ids: Sequence[int], stem: str | Path, title: str | None = None,
-           prompt_end: int | None = None, key_signature: str | None = None) -> Rendered:
+           prompt_end: int | None = None, key_signature: str | None = None,
+           span: tuple[int, int] | None = None) -> Rendered:
     """Write `<stem>.mid` and `<stem>.png` for one id sequence; return paths and measurements.
 
     ids: the raw sequence as sampled (BOS ... EOS, prompt included); the grammar error rate is
     measured on exactly these ids, before the decoder skips anything.
     prompt_end: tick where a prompt ends, drawn as a marker on the roll (None: no marker).
+    span: (start, end) ticks of bars regenerated inside the piece, shaded on the roll.
     key_signature: a MIDI key name ("Dm", "F#") written at tick 0 of the .mid (the tokens carry
     no key; a sampler that held the piece to a key says so here).
     """
@@ -53,7 +55,7 @@ def render(tok, ids: Sequence[int], stem: str | Path, title: str | None = None,
         score.key_signatures = [KeySignature(0, key_signature)]
     score_to_midifile(score).save(str(midi_path))
     save_pianoroll(score, png_path, title=title if title is not None else stem.name,
-                   prompt_end_tick=prompt_end)
+                   prompt_end_tick=prompt_end, span=span)
     return Rendered(midi=midi_path, png=png_path, n_tokens=len(ids), n_notes=len(score),
                     seconds=round(score.seconds(), 3),
                     token_errors=float(tok.token_errors(ids)))
