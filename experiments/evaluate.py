@@ -15,6 +15,9 @@ What it measures (docs/experiments.md says why each):
   the real distribution and the KL divergence from it (the same kernel density estimates); the grammar error rate over generated tokens; the empty pieces.
 - Continuations against the real continuations of the same prompts: key agreement with the
   prompt, tempo ratio, note-density ratio and pitch-range overlap, for both.
+- With `--infill` (a model trained with `data.infill_share > 0`): `infill`, bars 5-8 of every
+  real piece regenerated between bars 1-4 and 9-12, against a continuation of bars 1-4
+  (`experiments/infill_eval.py` says what each figure is).
 
 `--json` prints one JSON object: `bits_per_note`, `bits_per_second`, `metrics` (name -> {"mean",
 "real_mean", "overlap", "kl"}), `grammar_error_rate`, `empty_pieces`, `continuation` (name ->
@@ -37,6 +40,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from experiments.infill_eval import evaluate_infill, render_infill_text
 from model.generate import Sampler, cut_at_eos, only_eos_after
 from model.generate import generate as generate_ids
 from model.gpt import GPT
@@ -173,10 +177,11 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
              temperature: float = 1.0, max_new_tokens: int = 2048, continuations: bool = True,
              top_k: int | None = None, top_p: float | None = None, progress: bool = False,
              likelihood: bool = True, keep_prompt: bool = False, min_p: float | None = None,
-             follow_key: float | None = None, threads: int | None = None) -> dict:
+             follow_key: float | None = None, threads: int | None = None, infill: bool = False) -> dict:
     """Every number of the evaluation, and the generated pieces (ids) for whoever renders them.
     `likelihood=False` skips bits per note (NaN), e.g. for a temperature sweep; `threads`: CPU
-    threads while sampling (None: `model.threads`' rule)."""
+    threads while sampling (None: `model.threads`' rule); `infill`: add the infilling block
+    (`experiments.infill_eval`)."""
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     draw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 threads=threads)
@@ -195,7 +200,15 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                 "min_p": min_p, "max_new_tokens": max_new_tokens, "prompt_bars": PROMPT_BARS,
                 "continuation_bars": CONTINUATION_BARS, "grammar": False, "keep_prompt": keep_prompt,
                 "follow_key": follow_key}
-    return _result(tok, real, free, cont, settings, clock)
+    result = _result(tok, real, free, cont, settings, clock)
+    if infill:
+        block = evaluate_infill(gpt, tok, real["pieces"], seed=seed, temperature=temperature, top_k=top_k,
+                                top_p=top_p, min_p=min_p, max_new_tokens=max_new_tokens, threads=threads)
+        result["_generated"]["infill"] = block.pop("_ids")
+        result["infill"] = block
+        result["seconds"]["infill"] = round(time.time() - clock[-1], 1)
+        say(f"[evaluate] infilling on {block['pieces']} pieces ({result['seconds']['infill']:.0f} s)")
+    return result
 
 
 def _real_side(gpt: GPT, tok, files: Sequence[Path], bars: int, likelihood: bool) -> dict:
@@ -357,7 +370,27 @@ def write_media(tok, result: dict, out: Path, n_show: int = 4) -> dict:
     if scores:
         written["png"].append(str(save_comparison(scores, labels, out / "pianoroll_continuations.png",
                                                   prompt_end_ticks=ends).relative_to(out)))
+    _infill_media(tok, result, out, n_show, save, written)
     return written
+
+
+def _infill_media(tok, result: dict, out: Path, n_show: int, save, written: dict) -> None:
+    """The first infilled pieces beside the real ones and the continued ones, bars 5-8 shaded."""
+    from remi.bars import bar_span_ticks
+    from remi.media.pianoroll import save_comparison
+
+    shown = result.get("_generated", {}).get("infill", [])[:n_show]
+    if not shown:
+        return
+    kinds = ("real", "infilled", "continuation")
+    for i, (ids, name) in enumerate(zip(shown, result["infill"]["per_piece"]["file"])):
+        span = bar_span_ticks(tok, ids["real"], 5, 8)
+        scores = [tok.decode_score(ids[kind]) for kind in kinds]
+        for kind, score in zip(kinds, scores):
+            save(score, out / "infill" / f"{kind}_{i:02d}")
+        labels = [f"real: {Path(name).stem[:24]}", "bars 5-8 infilled", "bars 5-8 continued"]
+        written["png"].append(str(save_comparison(scores, labels, out / "infill" / f"pianoroll_{i:02d}.png",
+                                                  spans=[span] * len(kinds)).relative_to(out)))
 
 
 def to_ogg(wav: Path, quality: float = 0.4) -> Path:
@@ -415,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="continuations: PENALTY logits off every pitch outside the prompt's key (a sampling control, not the model)")
     p.add_argument("--baselines", type=Path, default=None, metavar="TRAIN_SHARDS",
                    help="also score a unigram model of this shard folder's train split and the step-0 network")
+    p.add_argument("--infill", action="store_true",
+                   help="also measure infilling (a model trained with data.infill_share > 0): adds `infill`")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's for the likelihood, model/threads.py's rule for sampling)")
     args = p.parse_args(argv)
@@ -427,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(gpt, tok, files, n=args.n, seed=args.seed, bars=args.bars, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, continuations=not args.no_continuations,
                       top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt,
-                      min_p=args.min_p, follow_key=args.follow_key, threads=args.threads)
+                      min_p=args.min_p, follow_key=args.follow_key, threads=args.threads, infill=args.infill)
     if args.baselines is not None:
         from remi.shards import ShardError
 
@@ -491,6 +526,8 @@ def render_text(r: dict) -> str:
     c = r["continuation"]
     for k in CONTINUATION_KEYS:
         lines.append(f"  {k:<22}{c[k]:>8.3f} | {c[k + '_real']:.3f}")
+    if "infill" in r:
+        lines.append(render_infill_text(r["infill"]))
     failed = [k for k, ok in r["checks"].items() if not ok]
     lines.append("checks: all pass" if not failed else f"checks failed: {', '.join(failed)}")
     return "\n".join(lines)

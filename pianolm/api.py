@@ -192,20 +192,21 @@ class PianoLM:
         return [ctl.carried(self.score(ids), control) for ids, _ in rows]
 
     def infill(self, piece, bars, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-               grammar: bool = True) -> remi.Score:
+               min_p: float | None = None, repetition_penalty: float | None = None,
+               seed: int | None = None) -> remi.Score:
         """`piece` with bars `bars` = (first, last) regenerated between the bars around them.
 
         piece: a MIDI file path, its bytes, a `mido.MidiFile` or a `remi.Score`. Bars count from 1
         and both ends are included, as musicians number them (`(9, 12)` or `"9-12"`). Outside
         them every note is the input's as the tokenizer quantizes it (same onsets, pitches,
         durations, velocities); inside, the notes are new and the number of bars, their meters and
-        (with key tokens) the key are kept. The same seed gives the same piece. Needs a model
+        (with key tokens) the key are kept; the new bars always follow the REMI grammar (a token
+        out of place could put a note among the bars around them). The same seed gives the same piece. Needs a model
         trained with `data.infill_share > 0`; bars and context that cannot be done raise
         InputError saying why (`pianolm.infill`). Other arguments as in `generate`.
         """
         rows = self.infill_ids(piece, bars, 1, self._sampling(None, None, temperature, top_k, top_p, min_p,
-                                                             repetition_penalty, grammar), seed=seed)
+                                                             repetition_penalty, True), seed=seed)
         return self.score(rows[0][0])
 
     def infill_ids(self, piece, bars, n: int, sampling: Sampling, seed: int | None = None,
@@ -231,7 +232,7 @@ class PianoLM:
         bs = int(self.batch_size)
         for start in range(0, self._count(n), bs):
             rows += infill.infill_rows(self.model, self.tokenizer, p, min(bs, n - start), sampling.sampler(), generator,
-                                       grammar=sampling.grammar, threads=self.threads, on_token=self.on_token)
+                                       threads=self.threads, on_token=self.on_token)
         self.last = [{"ids": ids, "stopped_by": stop, "seed": seed, "bars": p.bars} for ids, stop in rows]
         return rows
 

@@ -15,7 +15,8 @@ they do not fit the context) and writes a new middle, under a mask that keeps th
 - `Infill_End` only where the REMI grammar would allow a piece to end, once the last bar is open;
 - no pitch struck while a note of the bars before still holds it (the decoder would end that
   note there: `remi.score.one_voice_per_pitch`);
-- with `grammar`, only what the REMI grammar allows after the prefix; never a special token.
+- only what the REMI grammar allows after the prefix (always: a Position past its bar would put a
+  note among the bars after), never a special token.
 
 The result is prefix + new middle + suffix: outside the bars asked for, every note is the input's
 as the tokenizer quantizes it. When the new middle leaves a different tempo in force than the old
@@ -166,7 +167,7 @@ def _fit(tok, ids, opens, a, b, start, end, room) -> list[int] | None:
     return ids[lo:start] + [s] + ids[end:hi] + [m]
 
 
-def middle_mask(tok: remi.Tokenizer, p: Plan, grammar: bool, prompt_len: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def middle_mask(tok: remi.Tokenizer, p: Plan, prompt_len: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-step mask of a middle (see the module docstring): `allowed(ids (B, n)) -> (B, V)`."""
     V = tok.vocab_size
     types = tok.vocab.types
@@ -187,8 +188,8 @@ def middle_mask(tok: remi.Tokenizer, p: Plan, grammar: bool, prompt_len: int) ->
         bars = int(np.count_nonzero(new == tok.bar_id))
         if new[-1] == tok.bar_id and p.timesigs[bars - 1] is not None:
             return only[p.timesigs[bars - 1]]
-        allowed = tok.allowed_after_state(state) if grammar else np.ones(V, dtype=bool)
-        can_end = bool(allowed[tok.eos_id]) or not grammar
+        allowed = tok.allowed_after_state(state)
+        can_end = bool(allowed[tok.eos_id])
         mask = allowed & free
         if p.held and state.pos >= 0:  # a pitch still held from before the middle cannot sound again yet
             first, step = p.bar_ticks[bars - 1]
@@ -269,13 +270,13 @@ def _restate_tempo(tok: remi.Tokenizer, old: Sequence[int], new: Sequence[int], 
 
 
 def infill_rows(gpt: GPT, tok: remi.Tokenizer, p: Plan, n: int, sampler, generator: torch.Generator,
-                grammar: bool = True, threads: int | None = None,
+                threads: int | None = None,
                 on_token: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
     """`n` infilled versions of the plan's piece: (ids, why the middle stopped) each."""
     prompt = p.context
     device = next(gpt.parameters()).device
     idx = torch.tensor([prompt] * n, dtype=torch.long, device=device)
     _, _, e = tok.infill_ids
-    out = generate(gpt, idx, p.budget, sampler, eos_id=e, allowed=middle_mask(tok, p, grammar, len(prompt)),
+    out = generate(gpt, idx, p.budget, sampler, eos_id=e, allowed=middle_mask(tok, p, len(prompt)),
                    generator=generator, threads=threads, on_token=on_token)
     return [assemble(tok, p, row[len(prompt):]) for row in out.tolist()]

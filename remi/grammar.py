@@ -194,6 +194,9 @@ def syntax_errors(ids, vocab: Vocab) -> dict[str, int]:
         if t == SPECIAL:
             continue
         val = int(values[tok])
+        if t not in table:  # an Infill marker inside a piece: an error, and the next token is judged against the one before
+            counts["type"] += 1
+            continue
         if prev is not None and t not in table[prev]:
             counts["type"] += 1
         elif t == BAR:

@@ -214,7 +214,7 @@ def test_a_held_note_is_not_struck_again_before_it_ends():
     q = tok.quantize(score)
     end50 = int(q.notes[q.notes[:, 2] == 50][0, 1])
     assert p.held == {pitch50: end50} and p.bar_ticks[1][0] < end50  # held into bar 3
-    mask = inf.middle_mask(tok, p, grammar=True, prompt_len=len(p.context))
+    mask = inf.middle_mask(tok, p, prompt_len=len(p.context))
     pos = tok.vocab.first[remi.vocab.POSITION]
     bar_and_meter = [tok.bar_id, p.timesigs[0]]
     at_start = mask(torch.tensor([p.context + bar_and_meter + [pos]]))[0]
@@ -223,7 +223,7 @@ def test_a_held_note_is_not_struck_again_before_it_ends():
     late = mask(torch.tensor([p.context + bar_and_meter + [tok.bar_id, p.timesigs[1], pos + 8]]))[0]
     assert not late[pitch50]
     q = inf.plan(tok, tok.encode(melody(6, held=(50, 7))), (2, 3), 512)  # ends at bar 3's start
-    free = inf.middle_mask(tok, q, grammar=True, prompt_len=len(q.context))(
+    free = inf.middle_mask(tok, q, prompt_len=len(q.context))(
         torch.tensor([q.context + bar_and_meter + [tok.bar_id, q.timesigs[1], pos]]))[0]
     assert free[pitch50]
     for seed in range(3):
@@ -234,7 +234,7 @@ def test_the_middle_has_its_bars_its_meters_and_ends_only_where_a_piece_may():
     tok = coarse(infill_tokens=True)
     score = melody(6)
     p = inf.plan(tok, tok.encode(score), (2, 3), 512)
-    mask = inf.middle_mask(tok, p, grammar=True, prompt_len=len(p.context))
+    mask = inf.middle_mask(tok, p, prompt_len=len(p.context))
     _, _, e = tok.infill_ids
     first = mask(torch.tensor([p.context]))[0]
     assert first.nonzero().flatten().tolist() == [tok.bar_id]
