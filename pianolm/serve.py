@@ -1,9 +1,11 @@
 """`python -m pianolm serve CKPT`: a local web page to generate piano pieces and listen to them.
 
 One model, loaded once. Generation runs on one worker thread (requests queue behind each other),
-so the server keeps answering while a piece is made; the page (`pianolm/web/`) polls its job
-until the piano roll, the audio and the MIDI are ready. starlette and uvicorn (the `serve` extra)
-are imported only when the app is built, so `import pianolm` works without them.
+so the server keeps answering while a piece is made; the page (`pianolm/web/`) polls its job,
+shows the piece (its piano roll, drawn from roll.json, and the MIDI link) as soon as it is
+decoded, and attaches the audio when the worker has rendered it after publishing the piece.
+starlette and uvicorn (the `serve` extra) are imported only when the app is built, so
+`import pianolm` works without them.
 
 The HTTP interface, JSON except the page and the media:
 
@@ -15,7 +17,9 @@ The HTTP interface, JSON except the page and the media:
          a body slower than Limits.body_timeout    -> 408 {"error": "..."}
          the queue already holds max_waiting jobs  -> 429 {"error": "..."}
     GET  /api/jobs/{id}             {"state": "queued"|"running"|"done"|"error", "tokens", ...}
-    GET  /api/jobs/{id}/{file}      piece.mid, piece.png and piece.flac (or .wav)
+                                    done: "result" with "midi", "roll", and "audio" and "png" (null
+                                    while "pending" names them: they are made after the piece is out)
+    GET  /api/jobs/{id}/{file}      piece.mid, roll.json, piece.flac (or .wav) and piece.png
     anything else                               -> 404 (405) {"error": "..."}
 
 Every refusal the app makes is a 4xx whose JSON names what was wrong; the event loop only parses,
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import re
 import shutil
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import unicodedata
 import uuid
 from collections import OrderedDict
@@ -46,12 +52,15 @@ import remi
 from remi.bars import count_bars
 from remi.media.audio import INSTALL_HINT, Renderer, find_renderer, render_audio
 from remi.media.pianoroll import save_pianoroll
+from remi.score import END, PITCH, START, VELOCITY, bar_starts
 
 from .errors import InputError, PromptError
 from .generate import prompt_from, safe_name
 
 EXTRA_HINT = "the web page needs the `serve` extra: pip install 'pianolm[serve]' (starlette and uvicorn)"
-MEDIA_TYPES = {".mid": "audio/midi", ".png": "image/png", ".flac": "audio/flac", ".wav": "audio/wav"}
+MEDIA_TYPES = {".mid": "audio/midi", ".json": "application/json", ".png": "image/png", ".flac": "audio/flac",
+               ".wav": "audio/wav"}
+INLINE = (".json", ".png")  # shown by the browser; the rest are downloads named pianolm-<job>
 
 
 @dataclass(frozen=True)
@@ -201,8 +210,13 @@ class Job:
     state: str = "queued"  # queued -> running -> done | error
     error: str | None = None
     started: float | None = None
-    finished: float | None = None
-    result: dict = field(default_factory=dict)
+    finished: float | None = None  # when the piece was published (done) or the job failed
+    result: dict = field(default_factory=dict)  # replaced whole under Studio._lock, never changed in place
+
+    @property
+    def pending(self) -> bool:
+        """Done, and its audio or PNG still being made: its folder must stay."""
+        return bool(self.result.get("pending"))
 
     def to_dict(self, tokens: int | None) -> dict:
         now = time.monotonic()
@@ -245,7 +259,8 @@ class Studio:
                 "queue": self.queue()}
 
     def queue(self) -> dict:
-        """How many jobs wait, and whether one runs (the load test reads it through /api/info)."""
+        """How many jobs wait, and whether the worker is busy: generating, or making the media of
+        the piece it has just published (the load test reads it through /api/info)."""
         with self._lock:
             return {"waiting": self._waiting(), "running": self._running is not None}
 
@@ -310,64 +325,99 @@ class Studio:
         return path if path.is_file() else None
 
     def _forget_old(self) -> list[Path]:
-        """Drop the oldest finished jobs beyond `jobs_kept` (under self._lock); returns their folders."""
-        done = [j for j in self.jobs.values() if j.state in ("done", "error")]
+        """Drop the oldest finished jobs beyond `jobs_kept` (under self._lock); returns their folders.
+        A job whose media are still being made is not finished: its folder is being written."""
+        done = [j for j in self.jobs.values() if j.state == "error" or (j.state == "done" and not j.pending)]
         dropped = done[: max(0, len(done) - self.limits.jobs_kept)]
         for job in dropped:
             del self.jobs[job.id]
         return [job.folder for job in dropped]
 
     def _run(self, job: Job) -> None:
+        """One job on the worker: generate, publish the piece (done), then render its audio and
+        PNG, still on this worker, so the next piece waits for them as it always has."""
         with self._lock:
             self._running, job.state, job.started = job, "running", time.monotonic()
             self._counter.reset()
         try:
             score = generate_one(self.model, job.params, job.prompt, self.limits.max_new_tokens)
-            result = self._write(job, score)
-            with self._lock:
-                job.result, job.state = result, "done"
+            self._publish(job, score)
         except InputError as e:
-            job.error, job.state = str(e), "error"
+            self._fail(job, str(e))
         except Exception as e:  # the page shows one line; the server's console keeps the trace
-            import traceback
-
             traceback.print_exc()
-            job.error, job.state = f"generation failed: {type(e).__name__}: {e}", "error"
+            self._fail(job, f"generation failed: {type(e).__name__}: {e}")
+        else:
+            self._render_media(job, score)
         finally:
             with self._lock:
-                job.finished, self._running = time.monotonic(), None
+                self._running = None
                 job.prompt = None  # up to max_upload_bytes a job: kept jobs need not hold it
 
-    def _write(self, job: Job, score: remi.Score) -> dict:
-        """piece.mid, piece.png and (with a renderer) the audio file of one generated score."""
-        midi = score.to_midi(job.folder / "piece.mid")
-        title = (f"T={job.params['temperature']:g}" + (f", top-p={job.params['top_p']:g}" if job.params["top_p"] else "")
-                 + (f", continuing {job.params['prompt_bars']} bars of {job.params['name']}" if job.prompt else ""))
-        save_pianoroll(score, job.folder / "piece.png", title=title, prompt_end_tick=job.prompt_end_tick)
-        files, audio, note = ["piece.mid", "piece.png"], None, None
-        if self.renderer is None:
-            note = INSTALL_HINT
-        else:
-            try:
-                out = render_audio(midi, job.folder / f"piece{self.audio_format}", self.renderer, seconds=score.seconds())
-                audio = out.name
-                files.append(out.name)
-            except (RuntimeError, OSError, ValueError) as e:
-                note = f"audio could not be rendered: {e}"
+    def _fail(self, job: Job, error: str) -> None:
+        with self._lock:
+            job.error, job.state, job.finished = error, "error", time.monotonic()
+
+    def _publish(self, job: Job, score: remi.Score) -> None:
+        """piece.mid and roll.json written, the job done: the page draws the piece now. The audio
+        and the PNG are null, named in `pending`, until `_render_media` has written them."""
+        score.to_midi(job.folder / "piece.mid")
+        (job.folder / "roll.json").write_text(json.dumps(roll_data(score, job.prompt_end_tick), separators=(",", ":")))
         url = f"/api/jobs/{job.id}/"
         ids = self.model.tokenizer.encode_score(score)
-        return {"files": files, "midi": url + "piece.mid", "png": url + "piece.png",
-                "audio": url + audio if audio else None, "audio_note": note,
-                "notes": len(score), "bars": count_bars(self.model.tokenizer, ids),
-                "seconds": round(score.seconds(), 2), "tokens": self._counter.count,
-                "seed": _seed_used(self.model)}
+        result = {"files": ["piece.mid", "roll.json"], "midi": url + "piece.mid", "roll": url + "roll.json",
+                  "audio": None, "audio_note": None if self.renderer else INSTALL_HINT, "png": None, "png_note": None,
+                  "pending": (["audio"] if self.renderer else []) + ["png"],
+                  "notes": len(score), "bars": count_bars(self.model.tokenizer, ids),
+                  "seconds": round(score.seconds(), 2), "tokens": self._counter.count,
+                  "seed": _seed_used(self.model)}
+        with self._lock:
+            job.result, job.state, job.finished = result, "done", time.monotonic()
 
+    def _render_media(self, job: Job, score: remi.Score) -> None:
+        """The audio (what the listener waits for), then the PNG (a download: the page draws its own
+        roll), each put on the job as soon as its file is written; a failure is the job's
+        audio_note or png_note, and the piece stays done."""
+        if self.renderer is not None:
+            self._attach(job, "audio", "audio could not be rendered", lambda: render_audio(
+                job.folder / "piece.mid", job.folder / f"piece{self.audio_format}", self.renderer,
+                seconds=score.seconds()))
+        p = job.params
+        title = (f"T={p['temperature']:g}" + (f", top-p={p['top_p']:g}" if p["top_p"] else "")
+                 + (f", continuing {p['prompt_bars']} bars of {p['name']}" if job.prompt_end_tick is not None else ""))
+        self._attach(job, "png", "the piano roll could not be drawn", lambda: save_pianoroll(
+            score, job.folder / "piece.png", title=title, prompt_end_tick=job.prompt_end_tick))
+
+    def _attach(self, job: Job, key: str, failed: str, make) -> None:
+        """Run `make` (it writes one file and returns its path); the job's `key` becomes the file's
+        URL, or `{key}_note` says why there is none; either way `key` leaves `pending`."""
+        try:
+            name = Path(make()).name
+            change = {key: f"/api/jobs/{job.id}/{name}", "files": job.result["files"] + [name]}
+        except (RuntimeError, OSError, ValueError) as e:
+            change = {f"{key}_note": f"{failed}: {e}"}
+        except Exception as e:  # the piece is out already: report it on the job, keep the trace
+            traceback.print_exc()
+            change = {f"{key}_note": f"{failed}: {type(e).__name__}: {e}"}
+        with self._lock:
+            pending = [k for k in job.result["pending"] if k != key]
+            job.result = {**job.result, **change, "pending": pending}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._counter.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def roll_data(score: remi.Score, prompt_end_tick: int | None) -> dict:
+    """What the page draws its piano roll from (roll.json), in ticks: the notes as [start, end,
+    pitch, velocity], the bar lines, where the prompt ends and where the roll ends."""
+    end_tick = max(score.end_tick, prompt_end_tick or 0, score.ticks_per_beat)
+    return {"ticks_per_beat": int(score.ticks_per_beat), "end_tick": int(end_tick),
+            "bars": bar_starts(score, end_tick)[:-1].tolist(),  # the last start lies past end_tick
+            "prompt_end_tick": prompt_end_tick,
+            "notes": score.notes[:, [START, END, PITCH, VELOCITY]].tolist()}
 
 
 def _track_counts(data: bytes) -> tuple[int, int]:
@@ -494,7 +544,7 @@ def build_app(studio: Studio):
         if path is None:
             return JSONResponse({"error": f"no file {shown(name)} for job {job}"}, status_code=404)
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
-                            filename=None if path.suffix in (".png",) else f"pianolm-{job}{path.suffix}")
+                            filename=None if path.suffix in INLINE else f"pianolm-{job}{path.suffix}")
 
     routes = [Route("/", page), Route("/api/info", info), Route("/api/generate", generate, methods=["POST"]),
               Route("/api/jobs/{job}", job_status), Route("/api/jobs/{job}/{name}", job_file),

@@ -4,7 +4,8 @@ chromium-driver): used by tests/test_serve_browser.py, and runnable for the docs
     python -m tests.browser CKPT docs/img/serve.png [--bars 8] [--seed 3] [--temperature 0.9]
 
 Starts the real server (uvicorn, in a subprocess, on a free port), opens the page, sets the
-sliders, clicks Generate and waits for the piece. Imports selenium only when a browser is made.
+sliders, clicks Generate and waits for the piece, then for its audio. Imports selenium only when
+a browser is made.
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests import serve_helpers
@@ -65,6 +69,31 @@ def running_server(ckpt: str | Path, *args: str, timeout: float = 180.0, log: Pa
         yield server.url
 
 
+@contextlib.contextmanager
+def in_process_server(studio, timeout: float = 30.0):
+    """`build_app(studio)` under uvicorn on a thread of this process, on a free port, until the
+    block ends; yields its base URL. For tests that reach into the server (hold or break its
+    audio rendering) while the browser drives the page."""
+    import uvicorn
+
+    from pianolm.serve import build_app
+
+    port = serve_helpers.free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(studio), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {port} within {timeout:.0f} s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def chrome(width: int = 1000, height: int = 1250):
     """A headless chromium under selenium, driven through the system's chromedriver (no download)."""
     from selenium import webdriver
@@ -85,13 +114,22 @@ def set_value(driver, element_id: str, value) -> None:
                           "e.dispatchEvent(new Event('input', {bubbles: true}));", element_id, str(value))
 
 
-def wait_state(driver, states: tuple[str, ...], timeout: float) -> str:
-    """Wait until the page's body[data-state] is one of `states`; returns it."""
+def wait_state(driver, states: tuple[str, ...], timeout: float, attribute: str = "data-state") -> str:
+    """Wait until the page's body[attribute] is one of `states`; returns it."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, timeout, poll_frequency=0.2).until(
-        lambda d: d.find_element("tag name", "body").get_attribute("data-state") in states)
-    return driver.find_element("tag name", "body").get_attribute("data-state")
+        lambda d: d.find_element("tag name", "body").get_attribute(attribute) in states)
+    return driver.find_element("tag name", "body").get_attribute(attribute)
+
+
+AUDIO_SETTLED = ("ready", "none", "unplayable")  # body[data-audio] once the audio is in, or will not come
+
+
+def wait_audio(driver, timeout: float) -> str:
+    """Wait until the shown piece's audio has settled: `ready` (the browser read its length),
+    `none` (no renderer, or rendering failed: the note says why) or `unplayable`; returns it."""
+    return wait_state(driver, AUDIO_SETTLED, timeout, attribute="data-audio")
 
 
 def open_page(driver, url: str, timeout: float = 30.0) -> None:
@@ -102,36 +140,55 @@ def open_page(driver, url: str, timeout: float = 30.0) -> None:
     WebDriverWait(driver, timeout).until(lambda d: "context" in d.find_element("id", "model").text)
 
 
-# Stamps, in the page's own clock, the moment body[data-state] first becomes done or error.
-_STAMP_END = """
-window.__pianolmEnd = null;
+# Stamps, in the page's own clock, the moment body[data-state] first becomes done or error (with
+# what body[data-audio] said then), and the moment body[data-audio] first settles after that.
+_STAMPS = """
+const settled = arguments[0];
+window.__pianolm = {end: null, audioAtEnd: null, audio: null};
 new MutationObserver((changes, observer) => {
-  const state = document.body.dataset.state;
-  if (state === "done" || state === "error") { window.__pianolmEnd = performance.now(); observer.disconnect(); }
-}).observe(document.body, { attributes: true, attributeFilter: ["data-state"] });
+  const t = performance.now(), state = document.body.dataset.state, audio = document.body.dataset.audio, s = window.__pianolm;
+  if (s.end === null && (state === "done" || state === "error")) { s.end = t; s.audioAtEnd = audio || null; }
+  if (s.end !== null && s.audio === null && settled.includes(audio)) { s.audio = t; }
+  if (s.audio !== null || state === "error") observer.disconnect();
+}).observe(document.body, { attributes: true, attributeFilter: ["data-state", "data-audio"] });
 """
+
+
+@dataclass
+class Timing:
+    """One click on Generate, by the browser's clock."""
+
+    state: str  # done | error
+    piece_s: float  # click to the piece shown: piano roll drawn, MIDI link, summary
+    audio_s: float | None  # click to the audio settled (player ready, or the note why not); None: not waited for
+    audio: str | None  # body[data-audio] once settled (ready | none | unplayable)
+    audio_at_piece: str | None  # body[data-audio] when the piece was shown: `pending` while it renders
 
 
 def generate(driver, timeout: float = 300.0, prompt: Path | None = None, **settings) -> str:
     """Set the page's controls (temperature, top_p, bars, seed, prompt_bars), attach `prompt`,
-    click Generate; returns the page's state once it is done or shows an error."""
-    return timed_generate(driver, timeout, prompt, **settings)[0]
+    click Generate; returns the page's state once it is done or shows an error (the audio may
+    still be on its way: `wait_audio`)."""
+    return timed_generate(driver, timeout, prompt, audio=False, **settings).state
 
 
-def timed_generate(driver, timeout: float = 300.0, prompt: Path | None = None, **settings) -> tuple[str, float]:
-    """`generate`, and the seconds from the click to the piece on the page (piano roll, audio and
-    MIDI link shown), measured by the browser's own clock: a MutationObserver stamps the state
-    change, so how often this side polls adds nothing."""
+def timed_generate(driver, timeout: float = 300.0, prompt: Path | None = None, audio: bool = True,
+                   **settings) -> Timing:
+    """`generate`, timed from the click by the browser's own clock: to the piece shown, and (with
+    `audio`) to its audio settled. A MutationObserver stamps the page's state changes, so how
+    often this side polls adds nothing."""
     for key, value in settings.items():
         set_value(driver, key, value)
     if prompt is not None:
         driver.find_element("id", "prompt").send_keys(str(Path(prompt).resolve()))
-    driver.execute_script(_STAMP_END)
+    driver.execute_script(_STAMPS, list(AUDIO_SETTLED))
     start = driver.execute_script("return performance.now();")
     driver.find_element("id", "generate").click()
     state = wait_state(driver, ("done", "error"), timeout)
-    end = driver.execute_script("return window.__pianolmEnd;")
-    return state, (end - start) / 1000.0
+    settled = wait_audio(driver, timeout) if audio and state == "done" else None
+    stamps = driver.execute_script("return window.__pianolm;")
+    audio_s = (stamps["audio"] - start) / 1000.0 if settled else None
+    return Timing(state, (stamps["end"] - start) / 1000.0, audio_s, settled, stamps["audioAtEnd"])
 
 
 def main(argv=None) -> int:
@@ -154,17 +211,22 @@ def main(argv=None) -> int:
         try:
             open_page(driver, url)
             extra = {"prompt_bars": args.prompt_bars} if args.prompt else {}
-            state, seconds = timed_generate(driver, prompt=args.prompt, temperature=args.temperature,
-                                            top_p=args.top_p, bars=args.bars, seed=args.seed, **extra)
-            if state != "done":
+            timing = timed_generate(driver, prompt=args.prompt, temperature=args.temperature,
+                                    top_p=args.top_p, bars=args.bars, seed=args.seed, **extra)
+            if timing.state != "done":
                 print(f"the page shows an error: {driver.find_element('id', 'error').text}", file=sys.stderr)
                 return 1
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            # The PNG comes last, after the audio: the page is complete when its link shows.
+            WebDriverWait(driver, 120).until(lambda d: d.find_element("id", "png-link").is_displayed())
             args.out.parent.mkdir(parents=True, exist_ok=True)
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(1000, height + 40)
             driver.save_screenshot(str(args.out))
             print(f"wrote {args.out}; {driver.find_element('id', 'summary').text}; click to piece shown "
-                  f"{seconds:.2f} s (the browser's clock)", file=sys.stderr)
+                  f"{timing.piece_s:.2f} s, to audio {timing.audio} {timing.audio_s:.2f} s (the browser's clock)",
+                  file=sys.stderr)
         finally:
             driver.quit()
     return 0

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 import threading
 import time
+from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
 import remi
+from pianolm import serve
 from pianolm.errors import InputError
 from pianolm.serve import Busy, Limits, Studio, build_app, load_model, parse_params
-from remi.media.audio import find_renderer
+from remi.media.audio import Renderer, find_renderer
 from tests.midi_bytes import midi_file, note_events, tempo, time_sig, track
 from tests.serve_helpers import prompt_midi, tiny_checkpoint
 
@@ -36,14 +40,22 @@ def client(tmp_path_factory):
         yield c
 
 
-def wait_done(client, job: str, timeout: float = 120.0) -> dict:
-    """Poll the job as the page does until it is done or failed."""
+def wait_done(client, job: str, timeout: float = 120.0, complete: bool = False) -> dict:
+    """Poll the job as the page does until it is done (with `complete`, until its audio and PNG
+    are in too) or failed."""
     deadline = time.monotonic() + timeout
     while True:
         status = client.get(f"/api/jobs/{job}").json()
-        if status["state"] in ("done", "error") or time.monotonic() > deadline:
+        if finished(status, complete) or time.monotonic() > deadline:
             return status
         time.sleep(0.05)
+
+
+def finished(status: dict, complete: bool = False) -> bool:
+    """The job is over (done or failed); with `complete`, a done job's media are in as well."""
+    if status["state"] == "error":
+        return True
+    return status["state"] == "done" and not (complete and status["result"]["pending"])
 
 
 def test_the_page_and_its_scripts_load(client):
@@ -61,7 +73,8 @@ def test_the_page_and_its_scripts_load(client):
 def test_generate_from_scratch_gives_a_midi_that_remi_reads(client):
     r = client.post("/api/generate?temperature=1.0&top_p=0.9&bars=2&seed=7")
     assert r.status_code == 202, r.text
-    status = wait_done(client, r.json()["job"])
+    job = r.json()["job"]
+    status = wait_done(client, job)
     assert status["state"] == "done", status
     result = status["result"]
     assert result["bars"] <= 2 and result["tokens"] > 1 and result["seed"] == "7"
@@ -69,6 +82,11 @@ def test_generate_from_scratch_gives_a_midi_that_remi_reads(client):
     assert midi.status_code == 200 and midi.headers["content-type"] == "audio/midi"
     score = remi.read_midi(midi.content)
     assert len(score) == result["notes"]
+    roll = client.get(result["roll"])
+    assert roll.status_code == 200 and len(roll.json()["notes"]) == result["notes"]
+    # The audio and the PNG come after the piece; once they are in, their URLs answer.
+    result = wait_done(client, job, complete=True)["result"]
+    assert result["pending"] == [] and result["png_note"] is None
     png = client.get(result["png"])
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     if client.studio.renderer is None:
@@ -226,6 +244,110 @@ def test_a_full_queue_is_refused_with_429_and_the_queue_drains(tmp_path):
         assert [s["state"] for s in states] == ["done"] * 3
         assert all(s["result"]["audio"] is None and "no audio" in s["result"]["audio_note"] for s in states)
         assert client.post("/api/generate?bars=1").status_code == 202  # room again
+
+
+class HeldRender:
+    """A stand-in for `remi.media.audio.render_audio` that waits until the test lets it go, then
+    writes a stub file (or raises `fail`): the piece's life after it is published, without timing
+    luck."""
+
+    def __init__(self, fail: Exception | None = None):
+        self.release, self.calls, self.fail = threading.Event(), 0, fail
+
+    def __call__(self, midi_path, out_path, renderer, **kwargs) -> Path:
+        self.calls += 1
+        assert self.release.wait(timeout=60), "the test never let the render go"
+        if self.fail is not None:
+            raise self.fail
+        Path(out_path).write_bytes(b"fLaC, a stub")
+        return Path(out_path)
+
+
+@pytest.fixture
+def held_studio(tmp_path, monkeypatch):
+    """A `Studio` maker over the tiny checkpoint whose audio renders through a `HeldRender`."""
+    model = load_model(tiny_checkpoint(tmp_path / "tiny.ckpt"))
+    made = []
+
+    def make(render: HeldRender, **limits) -> Studio:
+        monkeypatch.setattr(serve, "render_audio", render)
+        made.append((render, Studio(model, Renderer(None, "stub.sf2"), Limits(**limits), workdir=tmp_path / "jobs")))
+        return made[-1][1]
+
+    yield make
+    for render, studio in made:
+        render.release.set()
+        studio.close()
+
+
+def wait_status(studio: Studio, job: str, until, timeout: float = 30.0) -> dict:
+    """`studio.status(job)` once `until(status)` holds, or when `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not until(status := studio.status(job)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return status
+
+
+def test_the_piece_is_published_before_its_audio_and_the_audio_attaches_after(held_studio):
+    render = HeldRender()
+    studio = held_studio(render)
+    job = studio.submit(parse_params({"bars": "2", "seed": "4"})).id
+    done = wait_status(studio, job, finished)
+    # The audio render is held, and yet the piece is out: MIDI, the roll's notes, the summary.
+    assert done["state"] == "done", done
+    r = done["result"]
+    assert (r["audio"], r["png"], r["pending"], r["audio_note"]) == (None, None, ["audio", "png"], None)
+    assert r["files"] == ["piece.mid", "roll.json"] and studio.file(job, "piece.flac") is None
+    score = remi.read_midi(studio.file(job, "piece.mid").read_bytes())
+    roll = json.loads(studio.file(job, "roll.json").read_text())
+    assert len(score) == r["notes"] == len(roll["notes"]) > 0
+    in_beats = sorted((Fraction(int(n[0]), score.ticks_per_beat), int(n[2])) for n in score.notes)
+    assert in_beats == sorted((Fraction(a, roll["ticks_per_beat"]), p) for a, _, p, _ in roll["notes"])
+    assert roll["bars"][0] == 0 and roll["prompt_end_tick"] is None
+    # Let the render go: the audio arrives on the job, then the PNG, and the job stays done.
+    render.release.set()
+    final = wait_status(studio, job, lambda s: not s["result"]["pending"])
+    r = final["result"]
+    assert r["pending"] == [] and r["audio"] == f"/api/jobs/{job}/piece.flac" and r["audio_note"] is None
+    assert studio.file(job, "piece.flac").read_bytes() == b"fLaC, a stub"
+    assert r["png"] == f"/api/jobs/{job}/piece.png" and studio.file(job, "piece.png").read_bytes()[:4] == b"\x89PNG"
+    assert r["files"] == ["piece.mid", "roll.json", "piece.flac", "piece.png"]
+    assert final["state"] == "done" and final["seconds"] == done["seconds"]  # the piece's time, not the media's
+    assert render.calls == 1
+
+
+@pytest.mark.parametrize("fail, note", [
+    (RuntimeError("fluidsynth exited with status 1"), "audio could not be rendered: fluidsynth exited with status 1"),
+    (ZeroDivisionError("division by zero"), "audio could not be rendered: ZeroDivisionError: division by zero"),
+])
+def test_a_failed_render_is_the_jobs_audio_note_and_the_piece_stays(held_studio, fail, note):
+    render = HeldRender(fail=fail)
+    render.release.set()
+    studio = held_studio(render)
+    job = studio.submit(parse_params({"bars": "1", "seed": "1"})).id
+    final = wait_status(studio, job, lambda s: finished(s, complete=True))
+    r = final["result"]
+    assert final["state"] == "done" and final["error"] is None, final
+    assert (r["audio"], r["audio_note"], r["pending"]) == (None, note, [])
+    assert "piece.flac" not in r["files"] and studio.file(job, "piece.flac") is None
+    assert studio.file(job, "piece.mid") is not None and r["png"] is not None  # the rest still came
+
+
+def test_a_job_whose_audio_is_rendering_keeps_its_folder(held_studio):
+    render = HeldRender()
+    studio = held_studio(render, jobs_kept=0)  # every submit drops every finished job
+    first = studio.submit(parse_params({"bars": "1", "seed": "1"}))
+    assert wait_status(studio, first.id, finished)["result"]["pending"] == ["audio", "png"]
+    second = studio.submit(parse_params({"bars": "1", "seed": "2"}))  # drops finished jobs, not this one
+    assert studio.status(first.id) is not None and (first.folder / "piece.mid").is_file()
+    assert studio.status(second.id)["state"] == "queued"  # the worker still renders the first's audio
+    render.release.set()
+    assert wait_status(studio, first.id, lambda s: finished(s, complete=True))["result"]["audio"] is not None
+    assert wait_status(studio, second.id, lambda s: finished(s, complete=True))["state"] == "done"
+    third = studio.submit(parse_params({"bars": "1", "seed": "3"}))  # now both are finished, and dropped
+    assert studio.status(first.id) is None and not first.folder.exists()
+    assert studio.status(second.id) is None and not second.folder.exists()
+    assert wait_status(studio, third.id, finished)["state"] == "done"
 
 
 def test_serve_with_a_missing_checkpoint_is_one_line_and_status_2(tmp_path, capsys):
