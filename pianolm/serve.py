@@ -49,13 +49,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import remi
-from remi.bars import count_bars
+from remi.bars import bar_span_ticks, count_bars
 from remi.media.audio import INSTALL_HINT, Renderer, find_renderer, render_audio
 from remi.media.pianoroll import save_pianoroll
 from remi.score import END, PITCH, START, VELOCITY, bar_starts
 
 from .errors import InputError, PromptError
 from .generate import prompt_from, safe_name
+from .infill import check_infill_model, plan
 
 EXTRA_HINT = "the web page needs the `serve` extra: pip install 'pianolm[serve]' (starlette and uvicorn)"
 MEDIA_TYPES = {".mid": "audio/midi", ".json": "application/json", ".png": "image/png", ".flac": "audio/flac",
@@ -144,9 +145,10 @@ def _prompt_name(text: str) -> str:
 
 def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
     """The query string of POST /api/generate as checked settings; InputError names the bad key."""
-    unknown = sorted(set(query) - {"temperature", "top_p", "bars", "seed", "prompt_bars", "name"})
+    unknown = sorted(set(query) - {"temperature", "top_p", "bars", "seed", "prompt_bars", "name", "infill"})
     if unknown:
-        raise InputError(f"unknown parameter {unknown[0]!r}: use temperature, top_p, bars, seed, prompt_bars, name")
+        raise InputError(f"unknown parameter {unknown[0]!r}: use temperature, top_p, bars, seed, prompt_bars, name, "
+                         "infill")
     top_p = _number(query, "top_p", float, 0.0, 1.0, DEFAULTS["top_p"])
     if top_p == 0:
         raise InputError("top_p=0 keeps no token: it must lie in (0, 1] (1 turns nucleus sampling off)")
@@ -155,7 +157,20 @@ def parse_params(query: Mapping[str, str], limits: Limits = Limits()) -> dict:
             "bars": _number(query, "bars", int, 1, limits.max_bars, DEFAULTS["bars"]),
             "seed": _number(query, "seed", int, 0, 2**63 - 1, None),
             "prompt_bars": _number(query, "prompt_bars", int, 1, limits.max_prompt_bars, DEFAULTS["prompt_bars"]),
-            "name": _prompt_name(query.get("name") or "prompt.mid")}
+            "name": _prompt_name(query.get("name") or "prompt.mid"),
+            "infill": _bar_range(query.get("infill", ""))}
+
+
+def _bar_range(text: str) -> tuple[int, int] | None:
+    """`infill=9-12`: the bars of the uploaded piece to regenerate (from 1, both included), or None."""
+    if text in ("", "null", "none"):
+        return None
+    if len(text) > 24 or not re.fullmatch(r"\d+-\d+", text):
+        raise InputError(f"infill={shown(text)}: give the first and last bar to regenerate as FIRST-LAST, e.g. 9-12")
+    a, b = (int(x) for x in text.split("-"))
+    if a > b:
+        raise InputError(f"infill={shown(text)} is empty: the first bar comes after the last; e.g. {b}-{a}")
+    return a, b
 
 
 # ---------------------------------------------------------------- the model, through the Python API
@@ -172,6 +187,9 @@ def load_model(path: str | Path, threads: int | None = None):
 
 def generate_one(m, params: dict, prompt: bytes | None, max_new_tokens: int | None) -> remi.Score:
     """One piece with the page's settings: from scratch, or continuing the prompt file."""
+    if params.get("infill") is not None:
+        return m.infill(prompt, bars=params["infill"], temperature=params["temperature"], top_p=params["top_p"],
+                        seed=params["seed"])
     kwargs = dict(n=1, bars=params["bars"], temperature=params["temperature"], top_p=params["top_p"],
                   seed=params["seed"], max_new_tokens=max_new_tokens)
     if prompt is None:
@@ -207,6 +225,7 @@ class Job:
     folder: Path
     prompt: bytes | None = None  # the uploaded MIDI file
     prompt_end_tick: int | None = None
+    span: tuple[int, int] | None = None  # the ticks of the bars regenerated inside the prompt (infill)
     state: str = "queued"  # queued -> running -> done | error
     error: str | None = None
     started: float | None = None
@@ -221,6 +240,7 @@ class Job:
     def to_dict(self, tokens: int | None) -> dict:
         now = time.monotonic()
         d = {"job": self.id, "state": self.state, "error": self.error, "bars": self.params["bars"],
+             "infill": list(self.params["infill"]) if self.params.get("infill") else None,
              "seconds": round(((self.finished or now) - self.started), 1) if self.started else 0.0}
         if self.state == "running":
             d["tokens"] = tokens or 0
@@ -245,8 +265,20 @@ class Studio:
         self._counter = TokenCounter(model)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pianolm-generate")
 
+    def _run_config(self) -> dict:
+        """The training run's config, as the loaded model knows it ({} when it does not)."""
+        return (getattr(self.model, "config", None) or {}).get("run") or {}
+
+    def can_infill(self) -> bool:
+        """Whether the model was trained to regenerate bars inside a piece."""
+        try:
+            check_infill_model(self.model.tokenizer, self._run_config(), int(self.model.block_size))
+        except InputError:
+            return False
+        return True
+
     def info(self) -> dict:
-        return {"checkpoint": self.checkpoint, "block_size": int(self.model.block_size),
+        return {"checkpoint": self.checkpoint, "block_size": int(self.model.block_size), "infill": self.can_infill(),
                 "vocab_size": int(self.model.tokenizer.vocab_size),
                 "audio": self.renderer is not None, "audio_engine": self.renderer.engine if self.renderer else None,
                 "audio_note": None if self.renderer else INSTALL_HINT,
@@ -290,16 +322,33 @@ class Studio:
                               "re-save it from a MIDI editor")
         return prompt_from(self.model.tokenizer, data, prompt_bars, int(self.model.block_size), what=what).end_tick
 
+    def check_infill(self, data: bytes, name: str, bars: tuple[int, int]) -> tuple[int, int]:
+        """Check an infilling request before it is queued (the model can infill, the bars lie in
+        the uploaded piece and fit the context, as `pianolm.infill.plan` decides); returns the
+        ticks of the bars regenerated."""
+        tok = self.model.tokenizer
+        check_infill_model(tok, self._run_config(), int(self.model.block_size))
+        if not data:
+            raise PromptError(f"regenerating bars {bars[0]}-{bars[1]} needs a piece: upload a .mid file")
+        prompt_from(tok, data, None, 10**9, what=f"the uploaded piece {name}")  # parses, has notes
+        ids = tok.encode(data)
+        plan(tok, ids, bars, int(self.model.block_size))
+        return bar_span_ticks(tok, ids, *bars)
+
     def submit(self, params: dict, prompt: bytes | None = None) -> Job:
         """Queue one generation; a full queue raises Busy, a bad prompt PromptError, before
         anything is queued. Reads the prompt and deletes old jobs' folders: call it from a thread,
         never from the event loop."""
         with self._lock:
             self._check_room()  # before reading the prompt: a full queue costs no parsing
-        end_tick = None if prompt is None else self.check_prompt(prompt, params["name"], params["prompt_bars"])
+        end_tick = span = None
+        if params.get("infill") is not None:
+            span = self.check_infill(prompt or b"", params["name"], params["infill"])
+        elif prompt is not None:
+            end_tick = self.check_prompt(prompt, params["name"], params["prompt_bars"])
         job_id = uuid.uuid4().hex[:12]
         folder = self.workdir / job_id
-        job = Job(job_id, params, folder, prompt=prompt, prompt_end_tick=end_tick)
+        job = Job(job_id, params, folder, prompt=prompt, prompt_end_tick=end_tick, span=span)
         with self._lock:
             self._check_room()  # again: other requests may have filled the queue meanwhile
             folder.mkdir(parents=True)
@@ -362,7 +411,8 @@ class Studio:
         """piece.mid and roll.json written, the job done: the page draws the piece now. The audio
         and the PNG are null, named in `pending`, until `_render_media` has written them."""
         score.to_midi(job.folder / "piece.mid")
-        (job.folder / "roll.json").write_text(json.dumps(roll_data(score, job.prompt_end_tick), separators=(",", ":")))
+        (job.folder / "roll.json").write_text(json.dumps(roll_data(score, job.prompt_end_tick, job.span),
+                                                         separators=(",", ":")))
         url = f"/api/jobs/{job.id}/"
         ids = self.model.tokenizer.encode_score(score)
         result = {"files": ["piece.mid", "roll.json"], "midi": url + "piece.mid", "roll": url + "roll.json",
@@ -384,9 +434,10 @@ class Studio:
                 seconds=score.seconds()))
         p = job.params
         title = (f"T={p['temperature']:g}" + (f", top-p={p['top_p']:g}" if p["top_p"] else "")
-                 + (f", continuing {p['prompt_bars']} bars of {p['name']}" if job.prompt_end_tick is not None else ""))
+                 + (f", continuing {p['prompt_bars']} bars of {p['name']}" if job.prompt_end_tick is not None else "")
+                 + (f", bars {p['infill'][0]}-{p['infill'][1]} of {p['name']} anew" if job.span else ""))
         self._attach(job, "png", "the piano roll could not be drawn", lambda: save_pianoroll(
-            score, job.folder / "piece.png", title=title, prompt_end_tick=job.prompt_end_tick))
+            score, job.folder / "piece.png", title=title, prompt_end_tick=job.prompt_end_tick, span=job.span))
 
     def _attach(self, job: Job, key: str, failed: str, make) -> None:
         """Run `make` (it writes one file and returns its path); the job's `key` becomes the file's
@@ -410,13 +461,14 @@ class Studio:
             self._tmp.cleanup()
 
 
-def roll_data(score: remi.Score, prompt_end_tick: int | None) -> dict:
+def roll_data(score: remi.Score, prompt_end_tick: int | None, span: tuple[int, int] | None = None) -> dict:
     """What the page draws its piano roll from (roll.json), in ticks: the notes as [start, end,
-    pitch, velocity], the bar lines, where the prompt ends and where the roll ends."""
+    pitch, velocity], the bar lines, where the prompt ends, the bars regenerated inside the piece
+    (`span`, [start, end] or null) and where the roll ends."""
     end_tick = max(score.end_tick, prompt_end_tick or 0, score.ticks_per_beat)
     return {"ticks_per_beat": int(score.ticks_per_beat), "end_tick": int(end_tick),
             "bars": bar_starts(score, end_tick)[:-1].tolist(),  # the last start lies past end_tick
-            "prompt_end_tick": prompt_end_tick,
+            "prompt_end_tick": prompt_end_tick, "span": None if span is None else [int(span[0]), int(span[1])],
             "notes": score.notes[:, [START, END, PITCH, VELOCITY]].tolist()}
 
 

@@ -165,25 +165,25 @@ class Timing:
     audio_at_piece: str | None  # body[data-audio] when the piece was shown: `pending` while it renders
 
 
-def generate(driver, timeout: float = 300.0, prompt: Path | None = None, **settings) -> str:
-    """Set the page's controls (temperature, top_p, bars, seed, prompt_bars), attach `prompt`,
-    click Generate; returns the page's state once it is done or shows an error (the audio may
-    still be on its way: `wait_audio`)."""
-    return timed_generate(driver, timeout, prompt, audio=False, **settings).state
+def generate(driver, timeout: float = 300.0, prompt: Path | None = None, button: str = "generate", **settings) -> str:
+    """Set the page's controls (temperature, top_p, bars, seed, prompt_bars, infill_from,
+    infill_to), attach `prompt`, click Generate (or `button`, e.g. "regenerate"); returns the
+    page's state once it is done or shows an error (the audio may still be on its way: `wait_audio`)."""
+    return timed_generate(driver, timeout, prompt, audio=False, button=button, **settings).state
 
 
 def timed_generate(driver, timeout: float = 300.0, prompt: Path | None = None, audio: bool = True,
-                   **settings) -> Timing:
+                   button: str = "generate", **settings) -> Timing:
     """`generate`, timed from the click by the browser's own clock: to the piece shown, and (with
     `audio`) to its audio settled. A MutationObserver stamps the page's state changes, so how
     often this side polls adds nothing."""
-    for key, value in settings.items():
-        set_value(driver, key, value)
     if prompt is not None:
         driver.find_element("id", "prompt").send_keys(str(Path(prompt).resolve()))
+    for key, value in settings.items():
+        set_value(driver, key, value)
     driver.execute_script(_STAMPS, list(AUDIO_SETTLED))
     start = driver.execute_script("return performance.now();")
-    driver.find_element("id", "generate").click()
+    driver.find_element("id", button).click()
     state = wait_state(driver, ("done", "error"), timeout)
     settled = wait_audio(driver, timeout) if audio and state == "done" else None
     stamps = driver.execute_script("return window.__pianolm;")

@@ -42,6 +42,20 @@ def tiny_checkpoint(path: Path, block_size: int = 64, seed: int = 0) -> Path:
     return path
 
 
+def infill_checkpoint(path: Path, block_size: int = 256, seed: int = 0) -> Path:
+    """A genuine (untrained) checkpoint whose tokenizer has the Infill tokens (the rounds'
+    tokenizer, conf/tokenizer/coarse.yaml, with `infill_tokens`): a model the page offers Regenerate for."""
+    import dataclasses
+
+    torch.manual_seed(seed)
+    coarse = remi.TokenizerConfig.from_yaml(ROOT / "conf" / "tokenizer" / "coarse.yaml")
+    tok = remi.Tokenizer(dataclasses.replace(coarse, infill_tokens=True))
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)
+    torch.save({"state_dict": {f"gpt.{k}": v for k, v in GPT(config).state_dict().items()},
+                "tokenizer": tok.to_dict(), "tokenizer_hash": tok.hash, "model_config": config.to_dict()}, path)
+    return path
+
+
 def recipe_shaped_checkpoint(path: Path, seed: int = 0) -> Path:
     """Random weights of the recipe's shape (4 x 256, 4 heads, context 512) beside the rounds'
     tokenizer (conf/tokenizer/coarse.yaml): what a page serving `make train-real`'s model computes

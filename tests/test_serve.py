@@ -373,3 +373,62 @@ def test_bad_limits_are_one_line_before_the_checkpoint_is_read(tmp_path, capsys,
 
     assert main(["serve", str(tmp_path / "missing.ckpt"), "--no-audio", *option]) == 2
     assert capsys.readouterr().err.strip() == f"pianolm serve: error: {message}"
+
+
+# ---------------------------------------------------------------- regenerating bars (infill=)
+
+
+@pytest.fixture(scope="module")
+def infill_client(tmp_path_factory):
+    if MISSING:
+        pytest.skip(f"{', '.join(MISSING)} not installed (pip install 'pianolm[serve]' httpx)")
+    from starlette.testclient import TestClient
+
+    from tests.serve_helpers import infill_checkpoint
+
+    folder = tmp_path_factory.mktemp("serve_infill")
+    studio = Studio(load_model(infill_checkpoint(folder / "infill.ckpt")), None, workdir=folder / "jobs",
+                    checkpoint="infill.ckpt")
+    with TestClient(build_app(studio)) as c:
+        c.studio = studio
+        yield c
+
+
+def test_infill_regenerates_the_range_and_keeps_every_other_bar(infill_client):
+    from remi.bars import bar_span_ticks, notes_outside
+
+    assert infill_client.get("/api/info").json()["infill"] is True
+    song = prompt_midi(n_bars=8)
+    r = infill_client.post("/api/generate?infill=3-5&seed=2&name=song.mid", content=song)
+    assert r.status_code == 202, r.text
+    status = wait_done(infill_client, r.json()["job"], complete=True)
+    assert status["state"] == "done" and status["infill"] == [3, 5], status
+    tok = infill_client.studio.model.tokenizer
+    ids = tok.encode(song)
+    span = bar_span_ticks(tok, ids, 3, 5)
+    roll = infill_client.get(status["result"]["roll"]).json()
+    assert roll["span"] == list(span) and roll["prompt_end_tick"] is None
+    got = remi.read_midi(infill_client.get(status["result"]["midi"]).content)
+    new = tok.decode_score(tok.encode(got))
+    assert status["result"]["bars"] == 8
+    for kept, out in zip(notes_outside(tok.decode_score(ids), *span), notes_outside(new, *span)):
+        assert (kept == out).all() and len(kept) == len(out)
+    assert infill_client.get(status["result"]["png"]).content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("query,body,message", [
+    ("infill=3-9", "song", "outside the piece: it has 8 bars"),
+    ("infill=5-3", "song", "infill='5-3' is empty"),
+    ("infill=three", "song", "FIRST-LAST"),
+    ("infill=2-3", "", "needs a piece: upload a .mid file"),
+])
+def test_a_bad_infill_request_is_refused_before_it_is_queued(infill_client, query, body, message):
+    data = prompt_midi(n_bars=8) if body else b""
+    r = infill_client.post(f"/api/generate?{query}&name=song.mid", content=data)
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+def test_a_model_without_infilling_says_so(client):
+    assert client.get("/api/info").json()["infill"] is False
+    r = client.post("/api/generate?infill=2-3&name=song.mid", content=prompt_midi(n_bars=4))
+    assert r.status_code == 400 and "trained without infilling" in r.json()["error"]

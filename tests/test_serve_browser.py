@@ -176,3 +176,50 @@ def test_eight_bars_from_scratch_timed_in_the_browser(driver, tmp_path, capsys):
         print(f"\n[browser] 8 bars from scratch, recipe's shape: click to piece shown {timing.piece_s:.2f} s, "
               f"to audio {timing.audio} {timing.audio_s:.2f} s (audio {timing.audio_at_piece} when the piece "
               f"showed; {info['audio_engine']}) ({summary})")
+
+
+def test_regenerate_bars_of_the_prompt_in_the_browser(driver, tmp_path):
+    """With a model that can infill: choose a file, the bar range and Regenerate; the roll shades
+    the range, the MIDI keeps every other bar, and the whole piece plays."""
+    import remi
+    from remi.bars import bar_span_ticks, notes_outside
+    from tests.serve_helpers import infill_checkpoint, prompt_midi
+
+    song = tmp_path / "song.mid"
+    song.write_bytes(prompt_midi(n_bars=8))
+    with browser.running_server(infill_checkpoint(tmp_path / "infill.ckpt"), log=tmp_path / "server.log") as url:
+        info = browser.get_json(url + "/api/info")
+        browser.open_page(driver, url)
+        find = driver.find_element
+        assert not find("id", "infill-box").is_displayed()  # no file chosen yet
+        state = browser.generate(driver, prompt=song, button="regenerate", infill_from=3, infill_to=5, seed=8,
+                                 timeout=180)
+        assert state == "done", find("id", "error").text
+        check_piece_shown(driver)
+        tok = remi.Tokenizer.from_dict(__import__("torch").load(tmp_path / "infill.ckpt", weights_only=True)["tokenizer"])
+        ids = tok.encode(song)
+        span = bar_span_ticks(tok, ids, 3, 5)
+        assert find("id", "roll").get_attribute("data-span") == f"{span[0]}-{span[1]}"
+        with urllib.request.urlopen(find("id", "download").get_attribute("href"), timeout=30) as r:
+            got = tok.decode_score(tok.encode(r.read()))
+        for kept, out in zip(notes_outside(tok.decode_score(ids), *span), notes_outside(got, *span)):
+            assert (kept == out).all() and len(kept) == len(out)
+        assert browser.wait_audio(driver, 120) == ("ready" if info["audio"] else "none")
+        if info["audio"]:
+            check_audio_plays(driver, url)
+        driver.save_screenshot(str(tmp_path / "regenerate.png"))
+        # A range outside the piece: the page shows the server's sentence.
+        state = browser.generate(driver, button="regenerate", infill_from=7, infill_to=12, timeout=60)
+        assert state == "error" and "outside the piece: it has 8 bars" in find("id", "error").text
+        assert find("id", "regenerate").is_enabled()
+
+
+def test_the_regenerate_controls_stay_hidden_for_a_model_that_cannot_infill(server, driver, tmp_path):
+    from tests.serve_helpers import prompt_midi
+
+    song = tmp_path / "song.mid"
+    song.write_bytes(prompt_midi(n_bars=4))
+    browser.open_page(driver, server)
+    driver.find_element("id", "prompt").send_keys(str(song))
+    assert driver.find_element("id", "prompt").get_attribute("value")
+    assert not driver.find_element("id", "infill-box").is_displayed()

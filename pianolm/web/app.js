@@ -2,6 +2,8 @@
 // poll /api/jobs/<id>: the token count while it runs; as soon as it is done, the piece (its piano
 // roll, drawn here from roll.json, and the MIDI link); then, still polling, the audio player when
 // the server has rendered the audio, and the PNG link.
+// With a model trained to infill and a prompt file chosen, Regenerate sends infill=FIRST-LAST: the
+// whole piece comes back with those bars new, shaded on the roll.
 // document.body.dataset.state is idle | working | done | error, and dataset.audio is
 // pending | loading | ready | none | unplayable (the browser tests wait on both).
 "use strict";
@@ -18,7 +20,7 @@ function showError(message) {
   $("error").textContent = message;
   $("error").hidden = false;
   $("progress-box").hidden = true;
-  $("generate").disabled = false;
+  $("generate").disabled = $("regenerate").disabled = false;
   setState("error");
 }
 
@@ -39,27 +41,33 @@ async function loadInfo() {
   $("temperature").max = info.limits.max_temperature;
   $("prompt_bars").max = info.limits.max_prompt_bars;
   if (!info.audio) { $("audio-note").textContent = info.audio_note; }
+  canInfill = Boolean(info.infill);
+  showInfill();
 }
 
-function query() {
+let canInfill = false;  // the model was trained to regenerate bars inside a piece
+function showInfill() { $("infill-box").hidden = !(canInfill && $("prompt").files.length); }
+
+function query(infill) {
   const q = new URLSearchParams();
   for (const name of ["temperature", "top_p", "bars"]) q.set(name, $(name).value);
   if ($("seed").value !== "") q.set("seed", $("seed").value);
   const file = $("prompt").files[0];
   if (file) { q.set("name", file.name); q.set("prompt_bars", $("prompt_bars").value); }
+  if (infill) q.set("infill", `${$("infill_from").value}-${$("infill_to").value}`);
   return { q, file };
 }
 
-async function generate(event) {
+async function generate(event, infill = false) {
   event.preventDefault();
   $("error").hidden = true;
-  $("generate").disabled = true;
+  $("generate").disabled = $("regenerate").disabled = true;
   $("progress").removeAttribute("value");  // indeterminate until the first tokens arrive
   $("status").textContent = "sending…";
   $("progress-box").hidden = false;
   delete document.body.dataset.audio;  // the piece before this one's player keeps playing until this one shows
   setState("working");
-  const { q, file } = query();
+  const { q, file } = query(infill);
   let response;
   try {
     response = await fetch(`/api/generate?${q}`, { method: "POST", body: file || null,
@@ -81,7 +89,8 @@ async function poll(job, shown) {
   if (s.state === "queued") {
     $("status").textContent = "waiting for the generation before this one…";
   } else if (s.state === "running") {
-    $("status").textContent = `generating ${s.bars} bars: ${s.tokens} tokens so far (${s.seconds} s)`;
+    const what = s.infill ? `regenerating bars ${s.infill[0]}-${s.infill[1]}` : `generating ${s.bars} bars`;
+    $("status").textContent = `${what}: ${s.tokens} tokens so far (${s.seconds} s)`;
   } else if (s.state === "error") {
     showError(s.error); return;
   } else if (s.state === "done") {
@@ -115,7 +124,7 @@ async function show(s) {
   shownRoll = roll;
   drawRoll($("roll"), roll);
   media(r);
-  $("generate").disabled = false;
+  $("generate").disabled = $("regenerate").disabled = false;
   setState("done");
   return true;
 }
@@ -183,6 +192,8 @@ function drawRoll(canvas, roll) {
   const y = (pitch) => top + (hi - pitch) * row;
   const promptEnd = roll.prompt_end_tick;
   if (promptEnd !== null) { g.fillStyle = "#f0f0f0"; g.fillRect(left, top, x(promptEnd) - left, bottom - top); }
+  const span = roll.span;  // bars regenerated inside the piece, as the PNG shades them
+  if (span) { g.fillStyle = "#ffe9b3"; g.fillRect(x(span[0]), top, x(span[1]) - x(span[0]), bottom - top); }
   g.font = "10px system-ui, sans-serif";
   roll.bars.forEach((tick, i) => {
     g.fillStyle = "#ddd";
@@ -205,7 +216,9 @@ function drawRoll(canvas, roll) {
   }
   g.strokeStyle = "#ccc";
   g.strokeRect(left, top, right - left, bottom - top);
+  if (span) { g.fillStyle = "#a66b00"; g.fillText("regenerated", x(span[0]) + 3, top + 10); }
   canvas.dataset.notes = String(roll.notes.length);  // what the browser test compares with the summary
+  canvas.dataset.span = span ? `${span[0]}-${span[1]}` : "";
 }
 
 for (const name of SLIDERS) {
@@ -213,8 +226,10 @@ for (const name of SLIDERS) {
   $(name).addEventListener("input", update);
   update();
 }
-$("clear-prompt").addEventListener("click", () => { $("prompt").value = ""; });
-$("controls").addEventListener("submit", generate);
+$("clear-prompt").addEventListener("click", () => { $("prompt").value = ""; showInfill(); });
+$("prompt").addEventListener("change", showInfill);
+$("regenerate").addEventListener("click", (event) => generate(event, true));
+$("controls").addEventListener("submit", (event) => generate(event));
 window.addEventListener("resize", () => { if (shownRoll) drawRoll($("roll"), shownRoll); });
 setState("idle");
 loadInfo().catch((e) => showError(`the server cannot be reached (${e.message})`));
