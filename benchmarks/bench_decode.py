@@ -1,14 +1,17 @@
-"""Decoding speed at batch 1, 4 and 48, side by side in one run: the new path (the NumPy CPU
-decoder, `model/cpu_decode.py`), the torch path before it (`engine="torch"`) and Hugging Face's
-`GPT2LMHeadModel.generate` with the same weights (written by `model.hf.export_hf`, what `python -m
-pianolm export` writes, and read back by transformers); quiet and with a second 2-thread torch
-job spinning on the same cores; plus the grammar mask's cost per token.
+"""Decoding speed at batch 1, 4 and 48, side by side in one run: the new path (`engine="auto"`: the
+compiled decoder of `model/fused_decode.py` up to `FUSED_MAX_ROWS` rows, the NumPy decoder beyond),
+the NumPy decoder (`model/cpu_decode.py`, `engine="numpy"`), the torch path (`engine="torch"`) and
+Hugging Face's `GPT2LMHeadModel.generate` with the same weights (written by `model.hf.export_hf`,
+what `python -m pianolm export` writes, and read back by transformers); quiet and with a second
+2-thread torch job spinning on the same cores; plus the grammar mask's cost per token.
 
     python benchmarks/bench_decode.py --rounds 2     # the recipe's shape (4 x 256, context 512, coarse vocab)
     python benchmarks/bench_decode.py --ckpt outputs/recipe/checkpoints/last.ckpt   # + real-time factor on sampled piano
     python benchmarks/bench_decode.py --threads 1 2 --batches 1 4 48 --new-tokens 500
 
-For each (load, threads, batch) it prints tokens/s of each path (median of `--rounds`, the paths
+First it prints the fused decoder's first-call time in a fresh process: with an empty numba cache
+(compiling) and again with the cache that run wrote (loading machine code from disk). For each
+(load, threads, batch) it prints tokens/s of each path (median of `--rounds`, the paths
 timed in turn each round so a load spike hits all) and the ratios; every path runs on `threads`
 threads. Sampling is at temperature 1 from BOS with a fixed seed, no EOS, so every row runs
 `--new-tokens` steps: the same work for all. With `--ckpt` (a real model and tokenizer) it also
@@ -92,7 +95,7 @@ def hf_from(gpt: GPT):
 
 
 def paths(gpt: GPT, hf, batch: int, new: int, bos: int, threads: int) -> dict:
-    """The three decoders, each making `batch` rows of `new` tokens from BOS at temperature 1."""
+    """The four decoders, each making `batch` rows of `new` tokens from BOS at temperature 1."""
     idx = torch.full((batch, 1), bos, dtype=torch.long)
 
     def ours(engine):
@@ -105,7 +108,32 @@ def paths(gpt: GPT, hf, batch: int, new: int, bos: int, threads: int) -> dict:
             return hf.generate(idx, max_new_tokens=new, min_new_tokens=new, do_sample=True, top_k=0,
                                temperature=1.0, use_cache=True)
 
-    return {"new (numpy)": ours("auto"), "before (torch)": ours("torch"), "HF generate": theirs}
+    return {"new (auto)": ours("auto"), "numpy": ours("numpy"), "torch": ours("torch"), "HF generate": theirs}
+
+
+FIRST_CALL = """
+import time, torch
+t = time.perf_counter()
+from model import GPT, GPTConfig
+from model.generate import generate
+gpt = GPT(GPTConfig(vocab_size=201, block_size=64, n_layer=2, n_head=4, n_embd=64)).eval()
+t0 = time.perf_counter()
+generate(gpt, torch.zeros(1, 1, dtype=torch.long), 2, engine="fused")
+print(time.perf_counter() - t0)
+"""
+
+
+def first_call_seconds() -> tuple[float, float]:
+    """Seconds of the first fused `generate` of a fresh process (import of model.generate excluded,
+    numba's import included): with an empty numba cache, then with the cache that run wrote."""
+    import os
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
+        return tuple(float(subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, cwd=ROOT, check=True,
+                                          capture_output=True, text=True).stdout.split()[-1]) for _ in range(2))
 
 
 def timed(fns: dict, rounds: int) -> dict:
@@ -158,7 +186,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-load", action="store_true", help="skip the runs beside a second 2-thread job")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's generate (transformers not installed)")
+    p.add_argument("--no-compile", action="store_true", help="skip the fused decoder's first-call times")
     args = p.parse_args(argv)
+    if not args.no_compile:
+        cold, warm = first_call_seconds()
+        print(f"fused decoder's first call in a fresh process: {cold:.1f} s compiling (empty numba cache), "
+              f"{warm:.2f} s from the disk cache", flush=True)
     gpt, tok = load_model(args)
     hf = None if args.no_hf else hf_from(gpt)
     print(f"model: {gpt.config.n_layer} x {gpt.config.n_embd}, context {gpt.config.block_size}, vocab "
@@ -174,8 +207,8 @@ def main(argv=None) -> int:
                         fns.pop("HF generate")
                     tps = {k: batch * args.new_tokens / v for k, v in timed(fns, args.rounds).items()}
                     cells = "   ".join(f"{k} {v:7.0f}" for k, v in tps.items())
-                    ratios = "   ".join(f"new/{k.split()[0]} {tps['new (numpy)'] / v:.2f}x"
-                                       for k, v in tps.items() if k != "new (numpy)")
+                    ratios = "   ".join(f"new/{k.split()[0]} {tps['new (auto)'] / v:.2f}x"
+                                       for k, v in tps.items() if k != "new (auto)")
                     print(f"{name}  threads {threads}  batch {batch:>2}:  {cells}  tok/s   {ratios}", flush=True)
             plain, grammar = grammar_cost(gpt, tok, args.new_tokens, args.rounds)
             print(f"{name}  threads 1  batch  1:  grammar mask {grammar * 1e6:.0f} us/token vs {plain * 1e6:.0f} "

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-ENGINES = ("auto", "numpy", "torch")
+ENGINES = ("auto", "fused", "numpy", "torch")  # model.generate.generate's engine=
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
@@ -37,54 +37,91 @@ def usable(gpt, idx: Tensor) -> bool:
 
 
 def _np(p: Tensor | None) -> np.ndarray | None:
-    """A parameter as a float64 array (folding is done in float64), or None."""
+    """A parameter as a new float64 array (folding is done in float64), or None."""
     return None if p is None else p.detach().numpy().astype(np.float64)
 
 
-class _Layer:
-    """One block's weights, prepared once per decoder so a step needs few NumPy calls:
+_PRODUCTS = ("qkv", "proj", "fc", "out")  # a block's four products, in the order of a step
+
+
+def _block_products(block) -> dict:
+    """One block's products by name: (weight (out, in), bias or None, the LayerNorm before it or
+    None, a scale of its outputs or None, a factor on its inputs), folded by `_fold_into` so a step
+    needs few NumPy calls:
 
     - each LayerNorm's gain and bias are folded into the product after it, and its 1/sqrt(C) too
       (LN(x) @ W + c = (x - mean) / sqrt(sum((x - mean)^2) + C eps) @ (sqrt(C) diag(g) W) + (b W + c));
-    - attention's 1/sqrt(head size) is folded into the query's columns, GELU's 1/2 into the MLP's
+    - attention's 1/sqrt(head size) is folded into the query's outputs, GELU's 1/2 into the MLP's
       output product.
-    Folding is done in float64 and stored in the model's dtype: the products differ from the
-    torch path's by rounding only. The key-value cache is laid out once: (B, heads, positions, hs).
     """
-
-    def __init__(self, block, B: int, block_size: int, dtype):
-        a, m = block.attn, block.mlp
-        C = a.n_embd
-        scale = np.ones(3 * C)
-        scale[:C] = 1.0 / math.sqrt(a.head_size)
-        self.qkv = _fold(block.ln_1, _np(a.c_attn.weight).T, _np(a.c_attn.bias), dtype, scale)
-        self.fc = _fold(block.ln_2, _np(m.c_fc.weight).T, _np(m.c_fc.bias), dtype)
-        self.proj = (_np(a.c_proj.weight).T.astype(dtype), _bias(a.c_proj, dtype))
-        self.out = ((0.5 * _np(m.c_proj.weight).T).astype(dtype), _bias(m.c_proj, dtype))
-        self.k = np.zeros((B, a.n_head, block_size, a.head_size), dtype)
-        self.v = np.zeros((B, a.n_head, block_size, a.head_size), dtype)
+    a, m = block.attn, block.mlp
+    scale = np.ones(3 * a.n_embd)
+    scale[:a.n_embd] = 1.0 / math.sqrt(a.head_size)
+    return {"qkv": (a.c_attn.weight, a.c_attn.bias, block.ln_1, scale, 1.0),
+            "proj": (a.c_proj.weight, a.c_proj.bias, None, None, 1.0),
+            "fc": (m.c_fc.weight, m.c_fc.bias, block.ln_2, None, 1.0),
+            "out": (m.c_proj.weight, m.c_proj.bias, None, None, 0.5)}
 
 
-def _bias(linear, dtype):
-    return None if linear.bias is None else _np(linear.bias).astype(dtype)
+def _fold_into(dest: np.ndarray, weight: Tensor, bias, ln, out_scale, in_factor: float,
+               scratch: np.ndarray) -> np.ndarray:
+    """Write W' into `dest` (out, in), a view in the model's dtype, and return c' (out,) in float64,
+    with (LN(x) @ weight.T + bias) * out_scale == _normalized(x) @ W'.T + c' (without `ln`: x, not
+    _normalized(x); the inputs then arrive times 1 / `in_factor`). Folded in float64 in `scratch` (reused: a decoder is built per
+    `generate` call, and fresh memory costs a page fault per 4 KiB), rounded once into `dest`: the
+    products differ from the torch path's by rounding only."""
+    w = scratch[: weight.numel()].reshape(weight.shape)
+    np.copyto(w, weight.detach().numpy())
+    c = np.zeros(w.shape[0]) if bias is None else _np(bias)
+    if ln is not None:
+        if ln.bias is not None:
+            c += w @ _np(ln.bias)
+        w *= math.sqrt(w.shape[1]) * _np(ln.weight)
+    if in_factor != 1.0:
+        w *= in_factor
+    if out_scale is None:
+        np.copyto(dest, w, casting="unsafe")
+    else:
+        np.multiply(w, np.reshape(out_scale, (-1, 1)), out=dest, casting="unsafe")
+        c *= out_scale
+    return c
 
 
-def _fold(ln, w: np.ndarray, c: np.ndarray | None, dtype, col_scale=None) -> tuple[np.ndarray, np.ndarray]:
-    """(W', c') with LN(x) @ w + c == _normalized(x) @ W' + c' for a product w (in, out) with bias
-    c (None: none) after the LayerNorm `ln` (see `_Layer`)."""
-    g = _np(ln.weight)
-    c = np.zeros(w.shape[1]) if c is None else c
-    if ln.bias is not None:
-        c = c + _np(ln.bias) @ w
-    w = (math.sqrt(w.shape[0]) * g)[:, None] * w
-    if col_scale is not None:
-        w, c = w * col_scale, c * col_scale
-    return np.ascontiguousarray(w, dtype=dtype), c.astype(dtype)
+def _folded_weights(gpt, dtype, transposed: bool) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """Every block's products stacked by name, (L, in, out), or (L, out, in) if `transposed`; their
+    biases (L, out) (zeros where the model has none); the tied head's weight (C, V) or (V, C) and
+    bias. The weights share one buffer (large allocations get huge pages)."""
+    t, V = gpt.transformer, gpt.config.vocab_size
+    blocks = [_block_products(block) for block in t.h]
+    shapes = {n: tuple(blocks[0][n][0].shape) for n in _PRODUCTS}  # (out, in)
+    L, C = len(blocks), gpt.config.n_embd
+    buf = np.empty(sum(L * o * i for o, i in shapes.values()) + V * C, dtype)
+    scratch = np.empty(max(max(o * i for o, i in shapes.values()), V * C))
+    weights, biases, at = {}, {}, 0
+    for n, (o, i) in shapes.items():
+        weights[n] = buf[at:at + L * o * i].reshape((L, o, i) if transposed else (L, i, o))
+        at += L * o * i
+        biases[n] = np.array([_fold_into(weights[n][j] if transposed else weights[n][j].T, *blocks[j][n], scratch)
+                              for j in range(L)], dtype)
+    head_w = buf[at:].reshape((V, C) if transposed else (C, V))
+    head_c = _fold_into(head_w if transposed else head_w.T, t.wte.weight[:V], None, t.ln_f, None, 1.0, scratch)
+    return weights, biases, head_w, head_c.astype(dtype)
+
+
+class _Layer:
+    """One block's products (w (in, out), c (out,)) as views of its decoder's stacked arrays, and
+    its part of the key-value cache, laid out once: (B, heads, positions, hs)."""
+
+    def __init__(self, dec: CpuDecoder, i: int):
+        for name in _PRODUCTS:
+            w = dec.weights[name][i]
+            setattr(self, name, (w.T if dec.transposed else w, dec.biases[name][i]))
+        self.k, self.v = dec.k[i], dec.v[i]
 
 
 def _normalized(x: np.ndarray, eps_c: float) -> np.ndarray:
     """(x - mean) / sqrt(sum((x - mean)^2) + C eps) over the last axis of x (N, C): a new array
-    (LayerNorm without its gain, bias and sqrt(C), which `_fold` moved into the next product)."""
+    (LayerNorm without its gain, bias and sqrt(C), which `_fold_into` moved into the next product)."""
     d = x - np.add.reduce(x, axis=-1, keepdims=True) * (1.0 / x.shape[-1])
     ss = np.add.reduce(d * d, axis=-1, keepdims=True)
     ss += eps_c
@@ -96,8 +133,7 @@ def _normalized(x: np.ndarray, eps_c: float) -> np.ndarray:
 def _affine(x: np.ndarray, wc) -> np.ndarray:
     w, c = wc
     y = x @ w
-    if c is not None:
-        y += c
+    y += c
     return y
 
 
@@ -120,19 +156,24 @@ class CpuDecoder:
     Same contract as `GPT.decode_step` with its caches: the ids sit at positions start .. start +
     t - 1, attend to the cached positions before `start` and to each other causally, and are
     cached in turn (start 0 begins afresh). The weights are read when the decoder is built (one
-    per `generate` call): later changes to the model are not seen.
+    per `generate` call): later changes to the model are not seen. `transposed` stores every
+    product's weight as (out, in), the layout of `model.fused_decode`, which steps through this
+    class where BLAS is faster (the NumPy products then read the weights transposed).
     """
 
-    def __init__(self, gpt, batch: int):
+    def __init__(self, gpt, batch: int, transposed: bool = False):
         c = gpt.config
         t = gpt.transformer
         dtype = t.wte.weight.detach().numpy().dtype
         self.n_head, self.head_size, self.n_embd = c.n_head, c.head_size, c.n_embd
-        self.block_size, self.batch = c.block_size, batch
+        self.block_size, self.batch, self.transposed = c.block_size, batch, transposed
         self.eps_c = 1e-5 * c.n_embd  # GPT-2's LayerNorm eps, times C (see _normalized)
         self.wte, self.wpe = t.wte.weight.detach().numpy(), t.wpe.weight.detach().numpy()
-        self.head = _fold(t.ln_f, _np(t.wte.weight)[: c.vocab_size].T, None, dtype)  # the tied head, (C, V)
-        self.layers = [_Layer(block, batch, c.block_size, dtype) for block in t.h]
+        self.weights, self.biases, self.head_w, head_c = _folded_weights(gpt, dtype, transposed)
+        self.head = (self.head_w.T if transposed else self.head_w, head_c)  # the tied head
+        self.k = np.zeros((c.n_layer, batch, c.n_head, c.block_size, c.head_size), dtype)  # (L, B, nh, T, hs)
+        self.v = np.zeros_like(self.k)
+        self.layers = [_Layer(self, i) for i in range(c.n_layer)]
 
     def step(self, idx: Tensor, start: int) -> Tensor:
         B, t = idx.shape

@@ -109,14 +109,21 @@ class _TorchSteps:
 
 
 def _steps(gpt, idx: Tensor, engine: str):
-    """The decoding steps `engine` names ("auto": NumPy's where `cpu_decode.usable`, else torch)."""
+    """The decoding steps `engine` names. "auto", where `cpu_decode.usable` holds: the fused decoder
+    up to `FUSED_MAX_ROWS` rows, the NumPy decoder beyond (BLAS is faster there); elsewhere torch."""
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: must be one of {', '.join(ENGINES)}")
-    if engine == "numpy" and not usable(gpt, idx):
-        raise ValueError("engine='numpy' needs a CPU model in float32 or float64, without autocast or gradients")
+    if engine in ("fused", "numpy") and not usable(gpt, idx):
+        raise ValueError(f"engine={engine!r} needs a CPU model in float32 or float64, without autocast or gradients")
     if engine == "torch" or (engine == "auto" and not usable(gpt, idx)):
         return _TorchSteps(gpt)
-    return CpuDecoder(gpt, idx.shape[0])
+    if engine == "numpy":
+        return CpuDecoder(gpt, idx.shape[0])
+    from model.fused_decode import FUSED_MAX_ROWS, FusedDecoder  # numba: imported where it is used (~0.5 s)
+
+    if engine == "auto" and idx.shape[0] > FUSED_MAX_ROWS:
+        return CpuDecoder(gpt, idx.shape[0])
+    return FusedDecoder(gpt, idx.shape[0])
 
 
 class _Window:
@@ -183,9 +190,10 @@ def generate(gpt, idx: Tensor, max_new_tokens: int, sampler: Sampler = Sampler()
     far, never just the window); `keep` (at most half the context) pins the first `keep` ids at
     the front of every window; `stride` (None: half the context) is how far the window moves past
     the context (`_Window`); `logit_bias` (V,) is added to every step's logits after the mask;
-    `repetition_ids` limits the sampler's repetition penalty to those ids. `engine`: "auto" (the
-    NumPy decoder of `model.cpu_decode` where it applies, else torch), "numpy" or "torch"
-    (`GPT.decode_step`); `threads`: CPU threads while decoding (None: `decode_threads`' rule);
+    `repetition_ids` limits the sampler's repetition penalty to those ids. `engine`: "auto" (where
+    `cpu_decode.usable` holds, the compiled decoder of `model.fused_decode` for small batches and
+    the NumPy decoder of `model.cpu_decode` for large ones; else torch), "fused", "numpy" or
+    "torch" (`GPT.decode_step`); `threads`: CPU threads while decoding (None: `decode_threads`' rule);
     `on_token(k)` is called after each step with the k new ids per row so far (a progress line).
     """
     stride = _check(gpt, idx, keep, stride)

@@ -86,14 +86,14 @@ def test_float64_engines_draw_the_same_ids(kw):
     assert torch.equal(a, b)
 
 
-def test_auto_takes_numpy_on_cpu_and_torch_where_numpy_does_not_apply(monkeypatch):
+def test_numpy_engine_steps_through_the_numpy_decoder_and_auto_takes_torch_where_it_does_not_apply(monkeypatch):
     gpt = _gpt()
     idx = torch.tensor([[1]])
     calls = []
     real_step = CpuDecoder.step
-    monkeypatch.setattr(CpuDecoder, "step", lambda self, *a: calls.append(1) or real_step(self, *a))
-    generate(gpt, idx, 5, engine="auto")
-    assert len(calls) == 5
+    monkeypatch.setattr(CpuDecoder, "step", lambda self, *a: calls.append(type(self)) or real_step(self, *a))
+    generate(gpt, idx, 5, engine="numpy")
+    assert calls == [CpuDecoder] * 5
     calls.clear()
     generate(gpt, idx, 5, engine="torch")
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -104,7 +104,7 @@ def test_auto_takes_numpy_on_cpu_and_torch_where_numpy_does_not_apply(monkeypatc
     assert not usable(bf16, idx)
     with pytest.raises(ValueError, match="engine='numpy' needs a CPU model in float32 or float64"):
         generate(bf16, idx, 5, engine="numpy")
-    with pytest.raises(ValueError, match="engine='fast': must be one of auto, numpy, torch"):
+    with pytest.raises(ValueError, match="engine='fast': must be one of auto, fused, numpy, torch"):
         generate(gpt, idx, 5, engine="fast")
 
 
@@ -128,7 +128,7 @@ def test_thread_rule_and_restore():
 
     CpuDecoder.step, restore = spy, CpuDecoder.step
     try:
-        generate(gpt, torch.tensor([[1]]), 2)
+        generate(gpt, torch.tensor([[1]]), 2, engine="numpy")
     finally:
         CpuDecoder.step = restore
     assert {s[0] for s in seen} == {1} and all(set(s[1]) <= {1} for s in seen)
