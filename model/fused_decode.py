@@ -13,8 +13,8 @@ another order:
 
 - every product is a dot product over contiguous memory, which LLVM vectorizes once told it may
   reassociate sums (`fastmath` "reassoc" and "contract" (FMA) only: no assumption about NaN or
-  inf, no approximate functions); at batch 1 one output at a time (that streamed the weights
-  fastest), else four rows and two outputs at a time, so a weight read once serves four rows;
+  inf, no approximate functions); rows four at a time, so a weight read once serves four rows of
+  a batch or prompt;
 - float32 GELU's tanh is the odd rational 13/6 function that Eigen, XLA and ONNX Runtime's MLAS
   use, and softmax's exp a Cody-Waite reduction and Cephes' expf polynomial with 2^n written
   into the exponent bits: both vectorize, where libm's are a call per number (tanh cost ~60 µs a
@@ -47,7 +47,7 @@ _FM = {"contract", "reassoc"}  # FMA and reassociated sums; no assumption about 
 # (which kept LLVM from vectorizing any loop with one)
 _jit = njit(cache=True, fastmath=_FM, error_model="numpy", nogil=True, boundscheck=False)
 
-FUSED_MAX_ROWS = 8  # rows (batch x new ids) up to which a step is the compiled one (docs/sampling.md)
+FUSED_MAX_ROWS = 16  # rows (batch x new ids) up to which a step is the compiled one (docs/sampling.md)
 
 # The kernel's scalars live in one array of the model's dtype, read by these indices: numba would
 # carry float32 arithmetic with a Python float literal out in float64.
@@ -99,35 +99,22 @@ def _normalize(x, h, k):
 
 
 @_jit
-def _tile4(w, b, h, y, r, j, j2, add, k):
-    """y[r .. r+3, j] and y[r .. r+3, j2] (+)= h[r .. r+3] . w[j] + b[j] (and for j2): each weight
-    read once for four rows, eight sums held at once."""
-    a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = k[_ZERO]
+def _tile4(w, h, r, j, k):
+    """h[r .. r+3] . w[j]: the weight row read once for four rows (more rows or outputs at a time
+    ran slower below 16 rows)."""
+    a0 = a1 = a2 = a3 = k[_ZERO]
     for i in range(h.shape[1]):
-        u, v = w[j, i], w[j2, i]
-        h0, h1, h2, h3 = h[r, i], h[r + 1, i], h[r + 2, i], h[r + 3, i]
-        a0 += u * h0
-        a1 += u * h1
-        a2 += u * h2
-        a3 += u * h3
-        c0 += v * h0
-        c1 += v * h1
-        c2 += v * h2
-        c3 += v * h3
-    _put(y, r, j, a0 + b[j], add)
-    _put(y, r + 1, j, a1 + b[j], add)
-    _put(y, r + 2, j, a2 + b[j], add)
-    _put(y, r + 3, j, a3 + b[j], add)
-    if j2 != j:
-        _put(y, r, j2, c0 + b[j2], add)
-        _put(y, r + 1, j2, c1 + b[j2], add)
-        _put(y, r + 2, j2, c2 + b[j2], add)
-        _put(y, r + 3, j2, c3 + b[j2], add)
+        u = w[j, i]
+        a0 += u * h[r, i]
+        a1 += u * h[r + 1, i]
+        a2 += u * h[r + 2, i]
+        a3 += u * h[r + 3, i]
+    return a0, a1, a2, a3
 
 
 @_jit
 def _dot(w, h, r, j, k):
-    """h[r] . w[j]: for a single row one output at a time streams the weights fastest."""
+    """h[r] . w[j] (for a single row, one output at a time streamed the weights fastest)."""
     a = k[_ZERO]
     for i in range(h.shape[1]):
         a += w[j, i] * h[r, i]
@@ -142,14 +129,14 @@ def _put(y, r, j, value, add):
 @_jit
 def _product(w, b, h, y, add, k):
     """y[r] = h[r] @ w.T + b (add: y[r] += that) for rows r: w (out, in), b (out,), h (R, in).
-    Four rows at a time two outputs at a time (an odd last output is computed twice); the rows
-    left over one output at a time."""
-    R, n_out = h.shape[0], w.shape[0]
+    Rows four at a time, those left over (all of them at batch 1) one at a time."""
+    R = h.shape[0]
     R4 = R - R % 4
-    for j in range(0, n_out if R4 else 0, 2):
+    for j in range(w.shape[0]):
         for r in range(0, R4, 4):
-            _tile4(w, b, h, y, r, j, min(j + 1, n_out - 1), add, k)
-    for j in range(n_out):
+            a = _tile4(w, h, r, j, k)
+            for m in range(4):
+                _put(y, r + m, j, a[m] + b[j], add)
         for r in range(R4, R):
             _put(y, r, j, _dot(w, h, r, j, k) + b[j], add)
 

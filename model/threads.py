@@ -22,9 +22,10 @@ SINGLE_THREAD_MAX_BATCH = 8  # torch's decoding: up to this many rows, one threa
 def decode_threads(batch: int, numpy: bool = True) -> int:
     """Threads for decoding `batch` rows at once (docs/sampling.md's table):
 
-    - the NumPy decoder (`model.cpu_decode`): 1 at every batch measured (1, 4 and 48). Its BLAS
-      products are matrix-vector or thin, and a second OpenBLAS thread made batch 4 3.6x and batch
-      48 1.5x slower on 2 cores, quiet or busy;
+    - the NumPy decoder (`model.cpu_decode`) and the fused one built on it (`model.fused_decode`,
+      single-threaded compiled code, NumPy's step for long prompts): 1 at every batch measured (1,
+      4 and 48). The BLAS products are matrix-vector or thin, and a second OpenBLAS thread made
+      batch 4 3.6x and batch 48 1.5x slower on 2 cores, quiet or busy;
     - torch's path: 1 up to SINGLE_THREAD_MAX_BATCH rows, else torch's thread count (batch 48 ran
       1.4x faster on 2 threads than on 1).
     """
