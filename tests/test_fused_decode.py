@@ -14,7 +14,7 @@ from model import GPT, GPTConfig
 from model import fused_decode as F
 from model.cpu_decode import CpuDecoder
 from model.fused_decode import FUSED_MAX_ROWS, FusedDecoder
-from model.generate import generate
+from model.generate import Sampler, generate
 from tests.test_cpu_decode import _draw, _gpt, _max_rel
 
 # Tolerances on max |fused - torch| / max |torch| of the logits, weights ~ N(0, 0.4) so that every
@@ -141,3 +141,36 @@ def test_float32_gelu_with_the_rational_tanh_is_as_close_as_libm_tanh_in_float32
     scale = np.abs(u.astype(np.float64)) + 1e-38
     assert (np.abs(got[0] - exact) / scale).max() < 4e-7
     assert (np.abs(_gelu_tanh_2x(u.copy()) - exact) / scale).max() < 4e-7  # the reference's own rounding
+
+
+@pytest.fixture(scope="module")
+def pinned_gpt() -> GPT:
+    """The model of tests/test_generation_pins.py (float64, context 64, weights from numpy's seed 1234)."""
+    from tests.test_generation_pins import TOK
+
+    model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    rng = np.random.default_rng(1234)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            values = 1.0 + 0.1 * rng.standard_normal(p.shape) if name.endswith(".weight") and p.dim() == 1 \
+                else 0.3 * rng.standard_normal(p.shape)
+            p.copy_(torch.from_numpy(values))
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("engine", ["fused", "numpy", "torch"])
+def test_pinned_pieces_through_every_engine(pinned_gpt, engine):
+    """GPT.generate's two pinned cases (tests/test_generation_pins.py: plain past the context, and
+    every knob with keep and stride) give the pinned ids through each engine named."""
+    from tests.test_generation_pins import PINS, TOK, digest, prompt_ids
+
+    plain = generate(pinned_gpt, torch.full((3, 1), TOK.bos_id), 150, Sampler(temperature=1.0),
+                     generator=torch.Generator().manual_seed(0), engine=engine)
+    assert digest(plain.tolist()) == PINS["plain"]
+    bias = torch.zeros(TOK.vocab_size)
+    bias[TOK.pitch_id_range[0]:TOK.pitch_id_range[0] + 12] = -2.0
+    bias[TOK.eos_id] = -6.0
+    knobs = generate(pinned_gpt, torch.tensor([prompt_ids()] * 2), 120, Sampler(0.8, 40, 0.9, 0.02, 1.3, 16),
+                     eos_id=TOK.eos_id, generator=torch.Generator().manual_seed(7), stride=16, keep=8,
+                     logit_bias=bias, engine=engine)
+    assert digest(knobs.tolist()) == PINS["knobs"]
