@@ -58,9 +58,12 @@ def test_each_decoder_reads_the_weights_as_they_are_when_built():
     assert not torch.allclose(before, after)
 
 
-def test_decoder_refuses_positions_past_the_context_and_other_batches():
+@pytest.mark.parametrize("kind", ["numpy", "fused"])
+def test_decoder_refuses_positions_past_the_context_and_other_batches(kind):
+    from model.fused_decode import FusedDecoder
+
     gpt = _gpt(block=16)
-    dec = CpuDecoder(gpt, 2)
+    dec = (CpuDecoder if kind == "numpy" else FusedDecoder)(gpt, 2)
     with pytest.raises(ValueError, match="exceeds block_size 16"):
         dec.step(torch.zeros(2, 3, dtype=torch.long), 14)
     with pytest.raises(ValueError, match="caches for 2 rows"):

@@ -25,7 +25,11 @@ TOK = remi.Tokenizer()
 
 @pytest.fixture(scope="module")
 def gpt() -> GPT:
-    """A 2-layer GPT, context 64 (so 150 new tokens slide the window), weights from numpy."""
+    return pinned_model()
+
+
+def pinned_model() -> GPT:
+    """A 2-layer GPT in float64, context 64 (so 150 new tokens slide the window), weights from numpy."""
     model = GPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
     rng = np.random.default_rng(1234)
     with torch.no_grad():
