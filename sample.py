@@ -121,15 +121,21 @@ def sample(cfg: DictConfig) -> list[dict]:
                             [f"temperature {r['temperature']:g}" for r in firsts], out_dir / name,
                             title=f"{prompt.name}: first sample at each temperature (seed {cfg.seed})",
                             prompt_end_ticks=[prompt.end_tick] * len(firsts))
-    summary = {"checkpoint": str(cfg.ckpt), "train_step": train_step, "tokenizer_hash": tok.hash,
-               "device": device,
-               "config": OmegaConf.to_container(cfg, resolve=True),
-               "mean_token_errors": float(np.mean([r["token_errors"] for r in records])),
-               "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records]}
-    (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
+    write_summary(out_dir, cfg, tok, device, train_step, records)
     print(f"wrote {len(records)} piece{'' if len(records) == 1 else 's'} to {out_dir}"
           + (f" (audio with {Path(media.synth.soundfont).name})" if media.synth else ""), file=sys.stderr)
     return records
+
+
+def write_summary(out_dir: Path, cfg, tok: remi.Tokenizer, device: str, train_step: int | None,
+                  records: list[dict]) -> None:
+    """samples.json: the checkpoint, the config, the mean grammar error rate and every piece's
+    record (without its ids)."""
+    summary = {"checkpoint": str(cfg.ckpt), "train_step": train_step, "tokenizer_hash": tok.hash,
+               "device": device, "config": OmegaConf.to_container(cfg, resolve=True),
+               "mean_token_errors": float(np.mean([r["token_errors"] for r in records])),
+               "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records]}
+    (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
 
 
 def sample_infill(cfg: DictConfig, lm: PianoLM, device: str) -> list[dict]:
@@ -162,11 +168,7 @@ def sample_infill(cfg: DictConfig, lm: PianoLM, device: str) -> list[dict]:
                   "stopped_by": stop, "checkpoint": str(cfg.ckpt), "train_step": lm.config["train_step"], "ids": ids}
         stem.with_suffix(".json").write_text(readable_json(record, one_line=("ids",)))
         records.append(record)
-    summary = {"checkpoint": str(cfg.ckpt), "train_step": lm.config["train_step"], "tokenizer_hash": tok.hash,
-               "device": device, "config": OmegaConf.to_container(cfg, resolve=True),
-               "mean_token_errors": float(np.mean([r["token_errors"] for r in records])),
-               "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records]}
-    (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
+    write_summary(out_dir, cfg, tok, device, lm.config["train_step"], records)
     print(f"wrote {len(records)} infilled version{'' if len(records) == 1 else 's'} of {src} (bars {first}-{last}) "
           f"to {out_dir}", file=sys.stderr)
     return records

@@ -59,14 +59,6 @@ def _mean_pitch(score: Score) -> float:
     return float(score.notes[:, PITCH].mean()) if len(score) else M.NAN
 
 
-def _range_overlap(a: Score, b: Score) -> float:
-    if not len(a) or not len(b):
-        return M.NAN
-    pa, pb = a.notes[:, PITCH], b.notes[:, PITCH]
-    inter = max(0, min(pa.max(), pb.max()) - max(pa.min(), pb.min()) + 1)
-    return float(inter / (max(pa.max(), pb.max()) - min(pa.min(), pb.min()) + 1))
-
-
 def figures(tok, ids: Sequence[int], real_middle: Score) -> dict[str, float]:
     """The middle (bars 5-8) of a 12-bar piece `ids` against its surroundings and the real middle."""
     score = tok.decode_score(list(ids))
@@ -80,7 +72,7 @@ def figures(tok, ids: Sequence[int], real_middle: Score) -> dict[str, float]:
     return {
         "key_agree": float(key_agrees(k_mid, k_around)) if k_mid and k_around else M.NAN,
         "density_ratio": len(middle) / len(real_middle) if len(real_middle) else M.NAN,
-        "pitch_range_overlap": _range_overlap(middle, real_middle),
+        "pitch_range_overlap": M.pitch_range_overlap(middle, real_middle),
         "join_before": abs(_mean_pitch(bar(a - 1)) - _mean_pitch(bar(a))),
         "join_after": abs(_mean_pitch(bar(b - 1)) - _mean_pitch(bar(b))),
     }

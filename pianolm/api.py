@@ -48,7 +48,7 @@ from . import control as ctl
 from . import infill
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, InputError, PromptError
-from .generate import Sampling, prompt_from, sample_ids
+from .generate import Sampling, encode_source, prompt_from, sample_ids
 from .likelihood import bits_per_note as _bits_per_note
 from .likelihood import midi_files
 
@@ -215,17 +215,9 @@ class PianoLM:
         `piece` as (ids, why the middle stopped), drawn from one generator (`generator`, or one
         seeded with `seed`); `last` also holds each one's bars, as under `sample_ids`."""
         sampling.check()
-        infill.check_infill_model(self.tokenizer, self.config.get("run"), self.block_size)
+        infill.check_infill_model(self.tokenizer, self.config.get("run"))
         what = f"infill piece {piece}" if isinstance(piece, (str, Path)) else "infill piece"
-        if isinstance(piece, (str, Path)) and not Path(piece).is_file():
-            raise PromptError(f"{what} does not exist")
-        try:
-            ids = self.tokenizer.encode(piece)
-        except TypeError:
-            raise PromptError(f"{what}: a MIDI file path, its bytes, a mido.MidiFile or a remi.Score, "
-                              f"not {type(piece).__name__}") from None
-        except Exception as e:  # remi.MidiReadError and whatever a broken file provokes
-            raise PromptError(f"{what} does not parse as MIDI ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]})") from None
+        ids = encode_source(self.tokenizer, piece, what)
         p = infill.plan(self.tokenizer, ids, bars, self.block_size)
         generator, seed = self._generator(generator, seed)
         rows: list[tuple[list[int], str]] = []

@@ -58,6 +58,21 @@ def prompt_files(prompt: str | Path) -> list[Path]:
     return [path]
 
 
+def encode_source(tok: remi.Tokenizer, src, what: str, kind: str = "a piece") -> list[int]:
+    """A MIDI path, its bytes, a mido.MidiFile or a remi.Score as ids (BOS ... EOS), or a
+    PromptError naming `what`: missing file, wrong type, not MIDI."""
+    if isinstance(src, (str, Path)) and not Path(src).is_file():
+        raise PromptError(f"{what} does not exist")
+    try:
+        return tok.encode(src)
+    except TypeError:
+        raise PromptError(f"{what}: {kind} is a MIDI file path, its bytes, a mido.MidiFile or a remi.Score, "
+                          f"not {type(src).__name__}") from None
+    except Exception as e:  # remi.MidiReadError and whatever a broken file provokes
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PromptError(f"{what} does not parse as MIDI ({reason})") from None
+
+
 def prompt_from(tok: remi.Tokenizer, src, prompt_bars: int | None, block_size: int, name: str = "prompt",
                 what: str | None = None) -> Prompt:
     """One prompt: the first `prompt_bars` bars (None: all) of a MIDI path, its bytes, a
@@ -65,17 +80,7 @@ def prompt_from(tok: remi.Tokenizer, src, prompt_bars: int | None, block_size: i
     what = what or (f"prompt {src}" if isinstance(src, (str, Path)) else f"prompt ({type(src).__name__})")
     if prompt_bars is not None and (isinstance(prompt_bars, bool) or int(prompt_bars) != prompt_bars or prompt_bars < 1):
         raise PromptError(f"prompt_bars must be an integer >= 1 (or None for the whole file), got {prompt_bars!r}")
-    if isinstance(src, (str, Path)) and not Path(src).is_file():
-        raise PromptError(f"{what} does not exist")
-    try:
-        ids = tok.encode(src)
-    except TypeError:
-        raise PromptError(f"{what}: a prompt is a MIDI file path, its bytes, a mido.MidiFile or a remi.Score, "
-                          f"not {type(src).__name__}") from None
-    except Exception as e:  # remi.MidiReadError and whatever a broken file provokes
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise PromptError(f"{what} does not parse as MIDI ({reason})") from None
-    ids, n_bars = cut_bars(tok, ids, prompt_bars)
+    ids, n_bars = cut_bars(tok, encode_source(tok, src, what, "a prompt"), prompt_bars)
     if n_bars == 0 or tok.count_notes(ids) == 0:
         raise PromptError(f"{what} has no notes to continue")
     if len(ids) >= block_size:

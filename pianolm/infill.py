@@ -45,7 +45,7 @@ from .errors import InputError
 RESERVE_SHARE, RESERVE_MIN = 0.25, 16
 
 
-def check_infill_model(tok: remi.Tokenizer, run: dict | None, block_size: int) -> None:
+def check_infill_model(tok: remi.Tokenizer, run: dict | None) -> None:
     """InputError unless this tokenizer and training run can infill."""
     share = ((run or {}).get("data") or {}).get("infill_share")
     if tok.infill_ids is None or (share is not None and not share > 0):

@@ -55,7 +55,7 @@ from remi.media.pianoroll import save_pianoroll
 from remi.score import END, PITCH, START, VELOCITY, bar_starts
 
 from .errors import InputError, PromptError
-from .generate import prompt_from, safe_name
+from .generate import encode_source, prompt_from, safe_name
 from .infill import check_infill_model, plan
 
 EXTRA_HINT = "the web page needs the `serve` extra: pip install 'pianolm[serve]' (starlette and uvicorn)"
@@ -272,7 +272,7 @@ class Studio:
     def can_infill(self) -> bool:
         """Whether the model was trained to regenerate bars inside a piece."""
         try:
-            check_infill_model(self.model.tokenizer, self._run_config(), int(self.model.block_size))
+            check_infill_model(self.model.tokenizer, self._run_config())
         except InputError:
             return False
         return True
@@ -327,11 +327,12 @@ class Studio:
         the uploaded piece and fit the context, as `pianolm.infill.plan` decides); returns the
         ticks of the bars regenerated."""
         tok = self.model.tokenizer
-        check_infill_model(tok, self._run_config(), int(self.model.block_size))
+        check_infill_model(tok, self._run_config())
         if not data:
             raise PromptError(f"regenerating bars {bars[0]}-{bars[1]} needs a piece: upload a .mid file")
-        prompt_from(tok, data, None, 10**9, what=f"the uploaded piece {name}")  # parses, has notes
-        ids = tok.encode(data)
+        ids = encode_source(tok, data, f"the uploaded piece {name}")
+        if tok.count_notes(ids) == 0:
+            raise PromptError(f"the uploaded piece {name} has no notes to keep around new bars")
         plan(tok, ids, bars, int(self.model.block_size))
         return bar_span_ticks(tok, ids, *bars)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .score import bar_starts
+from .score import START, bar_starts
 
 
 def bar_ids(tok) -> set[int]:
@@ -66,7 +66,5 @@ def bar_span_ticks(tok, ids: Sequence[int], first: int, last: int) -> tuple[int,
 def notes_outside(score, start_tick: int, end_tick: int) -> tuple:
     """(notes starting before `start_tick`, notes starting at or after `end_tick`) of a Score,
     as (N, 4) arrays: what an infilled piece keeps of its input."""
-    from .score import START
-
     s = score.notes[:, START]
     return score.notes[s < start_tick], score.notes[s >= end_tick]

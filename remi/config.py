@@ -56,7 +56,7 @@ class TokenizerConfig:
         notes like the rest of the stream (decoding ignores it; `encode(decode(ids)) == ids`
         holds). A prompt cut from a piece is re-keyed to its own notes (`Tokenizer.set_key`).
     infill_tokens: False, or True: three tokens after every other id (`Infill_Start`,
-        `Infill_Middle`, `Infill_End`) that lay out a fill-in-the-middle example (`remi.infill`).
+        `Infill_Middle`, `Infill_End`) that lay out a fill-in-the-middle example (`model.data.Infill`).
         They never appear in an encoded piece, so the ids of every piece are those without them;
         training turns them on with `data.infill_share > 0`. Left out of `to_dict` when false,
         so the hash is unchanged.

@@ -460,13 +460,18 @@ def continuation_consistency(score: Score, prompt_bars: int, total_bars: int | N
     density_head = len(head) / (split / score.ticks_per_beat)
     density_tail = len(tail) / ((tail_end - split) / score.ticks_per_beat)
     out["density_ratio"] = density_tail / density_head
-    lo = max(head.notes[:, PITCH].min(), tail.notes[:, PITCH].min())
-    hi = min(head.notes[:, PITCH].max(), tail.notes[:, PITCH].max())
-    union = max(head.notes[:, PITCH].max(), tail.notes[:, PITCH].max()) - min(
-        head.notes[:, PITCH].min(), tail.notes[:, PITCH].min()
-    )
-    out["pitch_range_overlap"] = float(max(0, hi - lo + 1) / (union + 1))
+    out["pitch_range_overlap"] = pitch_range_overlap(head, tail)
     return out
+
+
+def pitch_range_overlap(a: Score, b: Score) -> float:
+    """|intersection| / |union| of two scores' [lowest, highest] pitches, in semitones counted
+    inclusively (NaN when either has no notes)."""
+    if len(a) == 0 or len(b) == 0:
+        return NAN
+    pa, pb = a.notes[:, PITCH], b.notes[:, PITCH]
+    inter = max(0, min(pa.max(), pb.max()) - max(pa.min(), pb.min()) + 1)
+    return float(inter / (max(pa.max(), pb.max()) - min(pa.min(), pb.min()) + 1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .keys import PITCH_NAMES
 # Token type codes, in the order their blocks appear in the vocabulary.
 SPECIAL, BAR, TIMESIG, POSITION, TEMPO, PITCH, VELOCITY, DURATION, KEY, INFILL = range(10)
 TYPE_NAMES = ("Special", "Bar", "TimeSig", "Position", "Tempo", "Pitch", "Velocity", "Duration", "Key", "Infill")
-# The fill-in-the-middle layout's markers (`remi.infill`), in id order.
+# The fill-in-the-middle layout's markers (`pianolm.infill`, `model.data.Infill`), in id order.
 INFILL_NAMES = ("Infill_Start", "Infill_Middle", "Infill_End")
 # Key token values: tonic pitch class for major keys (0..11), 12 + tonic for minor keys, the index
 # order of `remi.keys.key_correlations`.

@@ -48,7 +48,7 @@ class DataConfig:
         it is skipped, named with the bound, and not tried again at the same or a lower bound
         (a higher bound tries it again). null: no bound. The slowest real file takes ~2 s.
     infill_share: the share of training windows rewritten as fill-in-the-middle examples
-        (`model.data`, `remi.infill`; 0: none, the left-to-right stream). Read by training only:
+        (`model.data.Infill`, `pianolm.infill`; 0: none, the left-to-right stream). Read by training only:
         it selects no file and is not part of the shard key. > 0 puts the Infill tokens in the
         vocabulary (`pianolm.config.tokenizer_config`).
     """
