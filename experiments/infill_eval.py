@@ -161,8 +161,19 @@ def evaluate_infill(gpt: GPT, tok, pieces: Sequence[tuple], seed: int = 0, tempe
     for part in ("infilled", "continuation", "real"):
         out[part] = {k: M.nanmean(r[part][k] for r in rows) for k in FIGURES}
         out["per_piece"][part] = {k: [r[part][k] for r in rows] for k in FIGURES}
+    out["infilled_minus_continued"] = {k: paired_difference(out["per_piece"]["infilled"][k],
+                                                            out["per_piece"]["continuation"][k], seed)
+                                       for k in FIGURES}
     out["_ids"] = [r["ids"] for r in rows]
     return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict:
+    """Per-piece a - b over the pieces where both are finite: its mean, a 95% bootstrap interval
+    and the number of pieces (key_agree: above 0 means infilling agrees more; join_*: below 0
+    means smaller jumps than the continuation's)."""
+    d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    return {"mean": M.nanmean(d), "ci95": bootstrap_mean(d, seed), "n": len(d)}
 
 
 def render_infill_text(r: dict) -> str:
@@ -172,6 +183,13 @@ def render_infill_text(r: dict) -> str:
              f"{r['bits_prefix_only']:.4f} with the prefix only; gain {r['bits_gain']:.4f} "
              f"(95% CI {r['bits_gain_ci95'][0]:.4f} .. {r['bits_gain_ci95'][1]:.4f})",
              f"  {'':<22}{'infilled':>10}{'continued':>11}{'real':>8}"]
+    diff = r.get("infilled_minus_continued", {})
+    if diff:
+        lines[-1] += f"  {'infilled - continued (95% CI, pieces)':>40}"
     for k in FIGURES:
-        lines.append(f"  {k:<22}{r['infilled'][k]:>10.3f}{r['continuation'][k]:>11.3f}{r['real'][k]:>8.3f}")
+        line = f"  {k:<22}{r['infilled'][k]:>10.3f}{r['continuation'][k]:>11.3f}{r['real'][k]:>8.3f}"
+        if k in diff:
+            d = diff[k]
+            line += f"  {d['mean']:>+13.3f} ({d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, {d['n']})"
+        lines.append(line)
     return "\n".join(lines)

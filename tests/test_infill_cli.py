@@ -138,6 +138,15 @@ def test_the_infill_block_covers_the_pieces_that_fit_and_keeps_their_frame():
     for part in ("infilled", "continuation", "real"):
         assert set(r[part]) == set(FIGURES)
     assert r["real"]["density_ratio"] == 1 and r["real"]["pitch_range_overlap"] == 1
+    for k in FIGURES:  # paired per piece: infilled minus continued, over the pieces where both exist
+        a, b = (np.array(r["per_piece"][part][k], dtype=float) for part in ("infilled", "continuation"))
+        both = np.isfinite(a) & np.isfinite(b)
+        d = r["infilled_minus_continued"][k]
+        assert d["n"] == both.sum()
+        if d["n"]:
+            assert d["mean"] == pytest.approx((a - b)[both].mean())
+        if d["n"] >= 2:
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
     for ids, (_, whole) in zip(r["_ids"], [pieces[0], pieces[1], pieces[3]]):
         assert ids["real"] == whole[:len(ids["real"])] and count_bars(TOK, ids["real"]) == 12
         span = bar_span_ticks(TOK, ids["real"], 5, 8)
