@@ -177,3 +177,32 @@ def test_evaluate_py_infill_json_has_the_stated_keys(infill_ckpt, tmp_path):
     assert r["pieces"] + r["middle_too_long"] == 3 and all(math.isfinite(x) for x in r["per_piece"]["bits_with_context"])
     assert json.loads((out / "evaluation.json").read_text())["infill"]["pieces"] == r["pieces"]
     assert len(list((out / "infill").glob("pianoroll_*.png"))) == min(4, r["pieces"])
+
+
+def test_infill_table_prints_each_run_and_the_seed_mean_with_its_spread(tmp_path, capsys):
+    from experiments.evaluate import KEY_METRICS
+    from experiments.infill_table import main as table
+
+    def run(name, bits, overlap, infill=None):
+        r = {"bits_per_note": bits, "grammar_error_rate": 0.004, "continuation": {"key_agree": 0.6},
+             "metrics": {k: {"overlap": overlap} for k in KEY_METRICS}}
+        if infill:
+            r["infill"] = infill
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.json").write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    diff = {"mean": 0.1, "ci95": [0.05, 0.15], "n": 40}
+    block = {"bits_with_context": 7.5, "bits_prefix_only": 8.0, "bits_gain": 0.5, "bits_gain_ci95": [0.4, 0.6],
+             "infilled": {"key_agree": 0.7, "join_after": 3.0}, "continuation": {"key_agree": 0.6, "join_after": 5.0},
+             "infilled_minus_continued": {"key_agree": diff, "join_after": diff}}
+    a, b = run("a", 9.0, 0.8), run("b", 9.4, 0.7, block)
+    table([f"0={a}", f"0.5={b},{run('c', 9.6, 0.6, block)}"])
+    out = capsys.readouterr().out
+    assert "| 0 | a | 9.000 | 0.800 | 0.40% | 0.600 | n/a |" in out
+    assert "| 0.5 | b | 9.400 | 0.700 |" in out and "7.500 / 8.000 | +0.500 [+0.400, +0.600]" in out
+    assert "| bits_per_note | 9.000 | 9.500 (9.400..9.600) |" in out
+    with pytest.raises(SystemExit, match="evaluation.json does not exist"):
+        table([f"0={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit, match="SHARE=DIR"):
+        table([a])
