@@ -46,7 +46,7 @@ class GrammarState:
     """Incremental grammar automaton over base ids; `step` returns False on a rule break
     (the offending token is then ignored, as the decoder skips it)."""
 
-    __slots__ = ("vocab", "table", "last", "pos", "bar_positions", "pitch", "eos", "bos", "pad", "why")
+    __slots__ = ("vocab", "table", "last", "pos", "bar_positions", "pitch", "eos", "bos", "pad", "why", "type_masks")
 
     def __init__(self, vocab: Vocab, table: dict[int, tuple[int, ...]] | None = None):
         self.vocab = vocab
@@ -59,6 +59,7 @@ class GrammarState:
         self.bos = vocab.special_id("BOS")
         self.pad = vocab.special_id("PAD")
         self.why = ""  # after a False from `step`: which rule broke (see ERROR_KINDS)
+        self.type_masks: dict[int, np.ndarray] = {}  # last type -> `mask` before the value rules; shared by copies
 
     def copy(self) -> "GrammarState":
         s = GrammarState.__new__(GrammarState)
@@ -112,20 +113,24 @@ class GrammarState:
         """(V,) bool: base ids allowed next."""
         v = self.vocab
         allowed = self.table[self.last]
-        m = np.isin(v.types, [a for a in allowed if a != SPECIAL])
-        if POSITION in allowed:
+        base = self.type_masks.get(self.last)
+        if base is None:  # once per type: the type rule and the specials (a sampler asks every step)
+            base = np.isin(v.types, [a for a in allowed if a != SPECIAL])
+            if SPECIAL in allowed:
+                base[self.eos] = True
+            if self.last == START:
+                base[self.bos] = True
+            if self.last == END:
+                base[self.pad] = True
+            self.type_masks[self.last] = base
+        m = base.copy()
+        if POSITION in allowed:  # the value rules touch only the Position and Pitch blocks
             lo = v.first[POSITION]
             m[lo:lo + self.pos + 1] = False
             m[lo + self.bar_positions:lo + v.num_positions] = False
         if PITCH in allowed and self.pitch > 0:
             lo = v.first[PITCH]
             m[lo:lo + self.pitch] = False
-        if SPECIAL in allowed:
-            m[self.eos] = True
-        if self.last == START:
-            m[self.bos] = True
-        if self.last == END:
-            m[self.pad] = True
         return m
 
 

@@ -193,3 +193,18 @@ def test_incremental_state_gives_the_same_masks_as_allowed_next():
         np.testing.assert_array_equal(TOK.allowed_after_state(state), TOK.allowed_next(seq[:k]))
         assert TOK.allowed_next(seq[:k])[seq[k]]  # the encoder's own next token is always allowed
         state.step(seq[k])
+
+
+def test_a_returned_mask_is_the_callers_own_and_copies_share_the_type_masks():
+    from tests.test_tokenizer import small_midi
+
+    seq = TOK.encode(small_midi())
+    state = TOK.grammar_state(seq[:10])
+    first = state.mask()
+    first[:] = ~first  # a caller writing into its mask must not change the next step's
+    np.testing.assert_array_equal(state.mask(), TOK.allowed_next(seq[:10]))
+    twin = state.copy()
+    assert twin.type_masks is state.type_masks
+    twin.step(seq[10])
+    np.testing.assert_array_equal(twin.mask(), TOK.allowed_next(seq[:11]))
+    np.testing.assert_array_equal(state.mask(), TOK.allowed_next(seq[:10]))
