@@ -148,8 +148,10 @@ def timed(fns: dict, rounds: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def grammar_cost(gpt: GPT, tok, new: int, rounds: int) -> tuple[float, float]:
-    """Seconds per token at batch 1, without and with the REMI grammar mask (`pianolm.generate`)."""
+def grammar_cost(gpt: GPT, tok, new: int, rounds: int) -> tuple[float, float, float]:
+    """Seconds per token at batch 1 without and with the REMI grammar mask (`pianolm.generate`),
+    medians over rounds, and the median of the rounds' ratios: each round times the two back to
+    back, so the ratio is not moved by this VM's speed drifting between rounds (at least 9)."""
     from pianolm.generate import make_allowed
 
     idx = torch.tensor([[tok.bos_id]])
@@ -160,8 +162,17 @@ def grammar_cost(gpt: GPT, tok, new: int, rounds: int) -> tuple[float, float]:
         return lambda: generate(gpt, idx, new, Sampler(temperature=1.0), allowed=mask,
                                 generator=torch.Generator().manual_seed(0), threads=1)
 
-    t = timed({"plain": run(False), "grammar": run(True)}, rounds)
-    return t["plain"] / new, t["grammar"] / new
+    fns = {"plain": run(False), "grammar": run(True)}
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(max(rounds, 9)):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    ratio = statistics.median(g / p for p, g in zip(times["plain"], times["grammar"]))
+    return statistics.median(times["plain"]) / new, statistics.median(times["grammar"]) / new, ratio
 
 
 def real_time_factor(gpt: GPT, tok, new: int) -> float:
@@ -210,9 +221,9 @@ def main(argv=None) -> int:
                     ratios = "   ".join(f"new/{k.split()[0]} {tps['new (auto)'] / v:.2f}x"
                                        for k, v in tps.items() if k != "new (auto)")
                     print(f"{name}  threads {threads}  batch {batch:>2}:  {cells}  tok/s   {ratios}", flush=True)
-            plain, grammar = grammar_cost(gpt, tok, args.new_tokens, args.rounds)
+            plain, grammar, ratio = grammar_cost(gpt, tok, args.new_tokens, args.rounds)
             print(f"{name}  threads 1  batch  1:  grammar mask {grammar * 1e6:.0f} us/token vs {plain * 1e6:.0f} "
-                  f"without: {grammar / plain:.2f}x", flush=True)
+                  f"without (medians); median of paired rounds {ratio:.2f}x", flush=True)
             if args.ckpt:
                 print(f"{name}  rule     batch  1:  real-time factor {real_time_factor(gpt, tok, args.new_tokens):.1f} "
                       "s of music per s of compute", flush=True)
