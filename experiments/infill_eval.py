@@ -14,7 +14,11 @@ do not fit its context; the pieces whose middle alone does not fit are counted a
   the surrounding bars (the real prefix and suffix), its note density over the real middle's, the
   overlap of its pitch range with the real middle's, and the mean-pitch distance in semitones
   across the two joins (last prefix bar to first middle bar, last middle bar to first suffix bar);
-  `real` gives the same figures for the real middle, the reference.
+  `real` gives the same figures for the real middle, the reference;
+- `infilled_minus_continued`: each of those figures as the per-piece difference, infilled minus
+  continued, over the pieces where both exist, with its mean, 95% bootstrap interval and count
+  (key_agree above 0: infilling agrees more with the bars around; join_after below 0: a smaller
+  jump into the bars after than the continuation's).
 """
 from __future__ import annotations
 
