@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Sequence
 
 from experiments.common import ROOT, AblationConfig, parse_args, run_logged
-from model.callbacks import clock
+from model.callbacks import RecentSpan, clock
 
 
 @dataclass
@@ -76,7 +76,8 @@ class Progress:
 
     The study's estimate: every run's steps times its step cost (`round4_step_cost` for round 4,
     1 for the others) times the seconds per unit step measured so far (the current run's own rate
-    once it has one), plus, per evaluation still to run, the mean evaluation time measured so far.
+    over about its last ten minutes, `model.callbacks.RecentSpan`, once it has one), plus, per
+    evaluation still to run, the mean evaluation time measured so far.
     """
 
     def __init__(self, cfg: AblationConfig, commands: Sequence[TrainCommand], every_s: float = 60.0):
@@ -88,7 +89,7 @@ class Progress:
         self.current: TrainCommand | None = None
         self.step = self.max_steps = 0
         self._last_print = 0.0
-        self._t0 = self._step0 = None
+        self._recent: RecentSpan | None = None
 
     def cost(self, c: TrainCommand) -> float:
         return self.cfg.round4_step_cost if c.label == "round4" else 1.0
@@ -100,18 +101,18 @@ class Progress:
         return self.max_steps or None      # the scale's own: as the run in progress reports it
 
     def start(self, c: TrainCommand) -> None:
-        self.current, self._t0, self._step0, self.step = c, None, None, 0
+        self.current, self._recent, self.step = c, RecentSpan(), 0
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, now: float | None = None) -> None:
         m = PROGRESS.search(text)
         if m is None or self.current is None:
             return
         self.step, self.max_steps = int(m.group(1)), int(m.group(2))
-        now = time.time()
-        if self._t0 is None:
-            self._t0, self._step0 = now, self.step
-        elif self.step > self._step0:
-            self.rate = (now - self._t0) / (self.step - self._step0) / self.cost(self.current)
+        now = time.time() if now is None else now
+        self._recent.add(now, self.step)
+        seconds, (steps,) = self._recent.span()
+        if steps > 0:
+            self.rate = seconds / steps / self.cost(self.current)
         if now - self._last_print >= self.every_s or self.step == self.max_steps:
             self._last_print = now
             left = self.study_left()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,18 +98,41 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+class RecentSpan:
+    """How far counters moved over about the last `window_s` seconds: points (time, values...)
+    are added as work goes on, and the oldest kept is the newest one at least `window_s` old (the
+    first, until there is one), so a pause or a busy spell leaves the estimate once it lies that
+    far behind, where an average since the start carries it to the end."""
+
+    def __init__(self, window_s: float = 600.0):
+        self.window_s = float(window_s)
+        self.points: deque[tuple[float, tuple[float, ...]]] = deque()
+
+    def add(self, t: float, *values: float) -> None:
+        self.points.append((t, values))
+        while len(self.points) > 2 and t - self.points[1][0] >= self.window_s:
+            self.points.popleft()
+
+    def span(self) -> tuple[float, tuple[float, ...]]:
+        """(seconds, each value's increase) from the oldest point kept to the newest."""
+        (t0, v0), (t1, v1) = self.points[0], self.points[-1]
+        return t1 - t0, tuple(b - a for a, b in zip(v0, v1))
+
+
 class ProgressLog(L.Callback):
     """`[train] step 250/2500  loss 3.214  12,104 tokens/s  left 25m10s` every `every` steps.
 
     Printed by rank 0 when standard output is not a terminal (`make train-real > log`, a job
     scheduler, experiments/ablate.py, which reads these lines), or always with `always=True`.
-    Tokens/s and time left are measured over this process's steps, so a resumed run's estimate
-    does not count the steps it did not run.
+    Tokens/s and time left are measured over this process's steps of about the last `window_s`
+    seconds (`RecentSpan`), so a resumed run's estimate does not count the steps it did not run,
+    and a pause (a stopped process, a busy machine) leaves it ten minutes later.
     """
 
-    def __init__(self, every: int = 25, always: bool = False, stream: Any = None):
+    def __init__(self, every: int = 25, always: bool = False, stream: Any = None, window_s: float = 600.0):
         self.every, self.always, self.stream = max(1, int(every)), bool(always), stream
-        self._start: tuple[float, int] | None = None   # (time, global step) after the first step
+        self._recent: RecentSpan | None = None   # (time, global step, tokens) from after the first step
+        self._window_s = window_s
         self._tokens = 0
         self._printed = -1               # with gradient accumulation a step ends several batches
 
@@ -125,21 +149,22 @@ class ProgressLog(L.Callback):
         if not self.always and getattr(out, "isatty", lambda: False)():
             return
         now, step = time.perf_counter(), trainer.global_step
-        if self._start is None:         # the first step includes start-up: measure after it
-            self._start = (now, step)
+        if self._recent is None:         # the first step includes start-up: measure after it
+            self._recent = RecentSpan(self._window_s)
+            self._recent.add(now, step, 0)
             return
         self._tokens += batch[0].numel() * trainer.world_size
         if (step % self.every and step != trainer.max_steps) or step == self._printed:
             return
         self._printed = step
-        t0, step0 = self._start
-        elapsed, done = now - t0, step - step0
+        self._recent.add(now, step, self._tokens)
+        elapsed, (done, tokens) = self._recent.span()
         line = f"[train] step {step}/{trainer.max_steps}"
         loss = _loss_of(outputs)
         if loss is not None:
             line += f"  loss {float(loss.detach()):.4f}"
         if done > 0 and elapsed > 0:
-            line += f"  {self._tokens / elapsed:,.0f} tokens/s"
+            line += f"  {tokens / elapsed:,.0f} tokens/s"
             if trainer.max_steps and trainer.max_steps > 0:
                 line += f"  left {clock((trainer.max_steps - step) * elapsed / done)}"
         print(line, file=out, flush=True)

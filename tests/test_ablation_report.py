@@ -180,13 +180,29 @@ def test_ablate_progress_estimates_the_whole_study(tmp_path, capsys):
     cmds = ablate.train_commands(cfg)
     p = ablate.Progress(cfg, cmds, every_s=0.0)
     p.start(cmds[0])
-    p.line("[train] step 10/100  loss 3.0")
-    p._t0 -= 10.0        # 10 s per 10 steps: one second a step
-    p.line("[train] step 20/100  loss 2.9")
+    p.line("[train] step 10/100  loss 3.0", now=0.0)
+    p.line("[train] step 20/100  loss 2.9", now=10.0)  # 10 s per 10 steps: one second a step
     err = capsys.readouterr().err
     assert "round3-seed0: step 20/100" in err
     # 80 steps of round 3 at 1 s, then round 4's 67 steps at 1.5 s each
     assert p.study_left() == pytest.approx(80 + 67 * 1.5, rel=0.01)
+    # stopped for 1,000 s, then 10 s a step: the pause leaves the estimate ten minutes on
+    p.line("[train] step 21/100", now=1010.0)
+    assert p.rate > 40
+    for step in range(22, 100):
+        p.line(f"[train] step {step}/100", now=1010.0 + 10 * (step - 21))
+    assert p.rate == pytest.approx(10.0)
+
+
+def test_recent_span_keeps_the_newest_point_at_least_a_window_old():
+    from model.callbacks import RecentSpan
+
+    r = RecentSpan(window_s=100)
+    for t in range(0, 301, 50):
+        r.add(float(t), t // 10)
+    assert r.span() == (100.0, (10,))   # from t=200, the newest point 100 s old, to t=300
+    r.add(1000.0, 40)
+    assert r.span() == (700.0, (10,))   # t=300 is the newest point at least 100 s before 1000
 
 
 @pytest.mark.slow
@@ -223,3 +239,22 @@ def test_a_killed_study_resumes_from_its_checkpoint_and_ends_with_the_same_weigh
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "killed" / "report.json").read_text())["rounds"]["round3"]["n_seeds"] == 1
+
+
+def test_progress_log_rates_come_from_the_last_ten_minutes(monkeypatch):
+    import model.callbacks as cbm
+
+    clock_now = [0.0]
+    monkeypatch.setattr(cbm.time, "perf_counter", lambda: clock_now[0])
+    stream = io.StringIO()
+    cb = ProgressLog(every=10, stream=stream)
+    trainer = SimpleNamespace(is_global_zero=True, global_step=0, max_steps=800, world_size=1)
+    batch = (torch.zeros(4, 8, dtype=torch.long),)   # 32 tokens a step
+    for step in range(1, 801):
+        clock_now[0] += 1000.0 if step == 50 else 1.0   # one long stop at step 50, else 1 s a step
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, batch, step)
+    lines = stream.getvalue().splitlines()
+    assert "  32 tokens/s" in lines[-2] and lines[-2].endswith("left 10s")   # step 790: the stop ended 740 s before
+    at_50 = next(ln for ln in lines if " 50/800" in ln)
+    assert int(at_50.split("  ")[2].split()[0].replace(",", "")) < 2       # the stop dominates right after it
