@@ -17,6 +17,13 @@ threads. Sampling is at temperature 1 from BOS with a fixed seed, no EOS, so eve
 `--new-tokens` steps: the same work for all. With `--ckpt` (a real model and tokenizer) it also
 prints the real-time factor of batch 1: seconds of music the sampled ids decode to, per second
 of compute. Any weights do for timing (docs/sampling.md has the table).
+
+    python benchmarks/bench_decode.py --floor        # only the floor below, then exit
+
+`--floor` times, on one thread, what a batch-1 token cannot go under on this machine: a plain sum
+over as many float32 bytes as the model's weights, and one matrix-vector product over them (numba,
+the fused decoder's flags); and the grammar's own work a step: `make_allowed`'s callable replayed
+over ids a masked generation made, and the sampling step with and without its mask.
 """
 from __future__ import annotations
 
@@ -136,11 +143,12 @@ def first_call_seconds() -> tuple[float, float]:
                                           capture_output=True, text=True).stdout.split()[-1]) for _ in range(2))
 
 
-def timed(fns: dict, rounds: int) -> dict:
-    """Median seconds of each function over `rounds`; the order turns by one each round, so no
-    path always runs right after another. In the fixed order `auto` at batch 48, which is the
-    NumPy decoder there, came out 0.79-0.99x the NumPy column in six runs, always the first path
-    after Hugging Face's; alone, the two alternating measured the same (4,551 vs 4,466 tokens/s)."""
+def timed_runs(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each function in each of `rounds` rounds, after one warm-up call each; the order
+    turns by one each round, so no path always runs right after another. In the fixed order
+    `auto` at batch 48, which is the NumPy decoder there, came out 0.79-0.99x the NumPy column in
+    six runs, always the first path after Hugging Face's; alone, the two alternating measured the
+    same (4,551 vs 4,466 tokens/s)."""
     times = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
@@ -150,7 +158,12 @@ def timed(fns: dict, rounds: int) -> dict:
             t = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def timed(fns: dict, rounds: int) -> dict:
+    """Median seconds of each function over `rounds` (`timed_runs`)."""
+    return {k: statistics.median(v) for k, v in timed_runs(fns, rounds).items()}
 
 
 def grammar_cost(gpt: GPT, tok, new: int, rounds: int) -> tuple[float, float, float]:
@@ -167,17 +180,60 @@ def grammar_cost(gpt: GPT, tok, new: int, rounds: int) -> tuple[float, float, fl
         return lambda: generate(gpt, idx, new, Sampler(temperature=1.0), allowed=mask,
                                 generator=torch.Generator().manual_seed(0), threads=1)
 
-    fns = {"plain": run(False), "grammar": run(True)}
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(max(rounds, 9)):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+    times = timed_runs({"plain": run(False), "grammar": run(True)}, max(rounds, 9))
     ratio = statistics.median(g / p for p, g in zip(times["plain"], times["grammar"]))
     return statistics.median(times["plain"]) / new, statistics.median(times["grammar"]) / new, ratio
+
+
+def floor(gpt: GPT, tok, new: int, rounds: int) -> None:
+    """Print the batch-1 floor and the grammar's own work a step (see the module docstring)."""
+    import numpy as np
+    from numba import njit
+
+    from model.sampling import next_token
+    from pianolm.generate import make_allowed
+
+    @njit(fastmath={"reassoc", "contract"})
+    def stream(a):
+        s = np.float32(0)
+        for i in range(a.shape[0]):
+            s += a[i]
+        return s
+
+    @njit(fastmath={"reassoc", "contract"})
+    def matvec(w, h, y):
+        for j in range(w.shape[0]):
+            a = np.float32(0)
+            for i in range(w.shape[1]):
+                a += w[j, i] * h[i]
+            y[j] = a
+
+    n = sum(p.numel() for p in gpt.parameters()) // 256 * 256
+    a = np.random.default_rng(0).random(n, dtype=np.float32)
+    w, h = a.reshape(-1, 256), np.ones(256, np.float32)
+    y = np.empty(w.shape[0], np.float32)
+    t = timed_runs({"sum": lambda: stream(a), "matvec": lambda: matvec(w, h, y)}, 100 * rounds)
+    for k, v in t.items():
+        print(f"floor  {k:>6} over {a.nbytes / 1e6:.2f} MB of float32: median {statistics.median(v) * 1e6:.0f} us, "
+              f"best {min(v) * 1e6:.0f} us ({a.nbytes / statistics.median(v) / 1e9:.0f} GB/s median)", flush=True)
+    ids = generate(gpt, torch.tensor([[tok.bos_id]]), new, Sampler(temperature=1.0),
+                   allowed=make_allowed(tok, 1, grammar=True, max_bars=None, continue_bars=False),
+                   generator=torch.Generator().manual_seed(0), threads=1)
+    logits = torch.randn(1, tok.vocab_size)
+
+    def replay():
+        allowed = make_allowed(tok, 1, grammar=True, max_bars=None, continue_bars=False)
+        return [allowed(ids[:, :k]) for k in range(1, ids.shape[1])]
+
+    masks = replay()
+    steps = len(masks)
+    g = torch.Generator().manual_seed(0)
+    t = timed_runs({"callable": replay,
+                    "masked": lambda: [next_token(logits, 1.0, allowed=m, generator=g) for m in masks],
+                    "plain": lambda: [next_token(logits, 1.0, generator=g) for _ in masks]}, rounds)
+    us = {k: statistics.median(v) / steps * 1e6 for k, v in t.items()}
+    print(f"grammar's own work a step ({steps} steps): the callable {us['callable']:.1f} us; sampling "
+          f"{us['masked']:.1f} us masked vs {us['plain']:.1f} us plain", flush=True)
 
 
 def real_time_factor(gpt: GPT, tok, new: int) -> float:
@@ -203,7 +259,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-load", action="store_true", help="skip the runs beside a second 2-thread job")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's generate (transformers not installed)")
     p.add_argument("--no-compile", action="store_true", help="skip the fused decoder's first-call times")
+    p.add_argument("--floor", action="store_true", help="only the batch-1 floor and the grammar's own work a step")
     args = p.parse_args(argv)
+    if args.floor:
+        torch.set_num_threads(1)
+        gpt, tok = load_model(args)
+        floor(gpt, tok, args.new_tokens, args.rounds)
+        return 0
     if not args.no_compile:
         cold, warm = first_call_seconds()
         print(f"fused decoder's first call in a fresh process: {cold:.1f} s compiling (empty numba cache), "

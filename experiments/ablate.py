@@ -89,7 +89,7 @@ class Progress:
         self.current: TrainCommand | None = None
         self.step = self.max_steps = 0
         self._last_print = 0.0
-        self._recent: RecentSpan | None = None
+        self._recent = RecentSpan()
 
     def cost(self, c: TrainCommand) -> float:
         return self.cfg.round4_step_cost if c.label == "round4" else 1.0

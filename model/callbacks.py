@@ -131,8 +131,7 @@ class ProgressLog(L.Callback):
 
     def __init__(self, every: int = 25, always: bool = False, stream: Any = None, window_s: float = 600.0):
         self.every, self.always, self.stream = max(1, int(every)), bool(always), stream
-        self._recent: RecentSpan | None = None   # (time, global step, tokens) from after the first step
-        self._window_s = window_s
+        self._recent = RecentSpan(window_s)   # (time, global step, tokens) from after the first step
         self._tokens = 0
         self._printed = -1               # with gradient accumulation a step ends several batches
 
@@ -149,8 +148,7 @@ class ProgressLog(L.Callback):
         if not self.always and getattr(out, "isatty", lambda: False)():
             return
         now, step = time.perf_counter(), trainer.global_step
-        if self._recent is None:         # the first step includes start-up: measure after it
-            self._recent = RecentSpan(self._window_s)
+        if not self._recent.points:      # the first step includes start-up: measure after it
             self._recent.add(now, step, 0)
             return
         self._tokens += batch[0].numel() * trainer.world_size
