@@ -32,7 +32,16 @@ from pianolm.checkpoint import check_resume
 from pianolm.config import ConfigError, check_config, model_config
 from pianolm.errors import CheckpointError
 from pianolm.runinfo import code_fingerprint, gather, weights_digest
-from pianolm.training import build_callbacks, build_datamodule, build_loggers, prepare_data, validation_set, wandb_save
+from pianolm.training import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    cpu_flags,
+    emulated_bf16_warning,
+    prepare_data,
+    validation_set,
+    wandb_save,
+)
 from remi.corpus.datasets import DatasetMissingError
 
 # ----------------------------------------------------------------------------- train
@@ -84,6 +93,9 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
 def build_trainer(cfg: DictConfig, tok, out_dir: Path, resolved: dict, callbacks: list[L.Callback] | None):
     """(Lightning Trainer, loggers, callbacks) as configured, the resolved config logged and
     written beside the run (and into the wandb run)."""
+    warning = emulated_bf16_warning(cfg.trainer, cpu_flags())
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     loggers = build_loggers(cfg)
     cbs = build_callbacks(cfg, tok) + list(callbacks or [])
     if not loggers:  # `logger=none`: LearningRateMonitor refuses to run without a logger

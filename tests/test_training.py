@@ -77,3 +77,46 @@ def test_augment_transpose_reaches_the_windows_with_the_tokenizers_pitch_ids():
     bpe = remi.Tokenizer(tok.config).train_bpe([list(range(3, 90)) * 4], tok.base_vocab_size + 8)
     with pytest.raises(ValueError, match="without BPE"):
         window_config(cfg, bpe)
+
+
+def test_cpu_flags_reads_linux_cpuinfo_and_gives_none_where_it_cannot(tmp_path):
+    from pianolm.training import cpu_flags
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+                   "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 sve\n")
+    assert cpu_flags(x86) == {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_flags(arm) == {"fp", "asimd", "bf16", "sve"}
+    assert cpu_flags(tmp_path / "absent") is None
+    (tmp_path / "bare").write_text("processor\t: 0\n")
+    assert cpu_flags(tmp_path / "bare") is None
+
+
+@pytest.mark.parametrize("trainer, flags, warns", [
+    ("cpu_bf16", {"avx2", "fma"}, True),                 # AVX2-only: torch emulates bf16
+    ("cpu_bf16", {"avx2", "avx512_bf16"}, False),
+    ("cpu_bf16", {"avx2", "amx_bf16"}, False),
+    ("cpu_bf16", None, False),                           # flags unknown (not Linux): no guess
+    ("cpu", {"avx2"}, False),                            # fp32
+    ("gpu", {"avx2"}, False),                            # bf16 there runs on the GPU
+])
+def test_bf16_autocast_on_a_cpu_without_bf16_instructions_warns_and_names_the_fix(trainer, flags, warns):
+    from pianolm.training import emulated_bf16_warning
+    cfg = cfg_of(f"trainer={trainer}", *(["trainer.precision=bf16-mixed"] if trainer == "gpu" else []))
+    warning = emulated_bf16_warning(cfg.trainer, flags)
+    assert (warning is not None) == warns
+    if warns:
+        assert "trainer.precision=bf16-mixed" in warning and "trainer=cpu" in warning
+
+
+def test_train_py_prints_the_emulated_bf16_warning_before_training(tmp_path, monkeypatch, capsys):
+    import remi
+    import train
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx2"})
+    cfg = cfg_of("trainer=cpu_bf16", "logger=none", f"paths.output_dir={tmp_path}")
+    train.build_trainer(cfg, remi.Tokenizer(), tmp_path, {}, None)
+    assert "torch emulates bf16" in capsys.readouterr().err
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    train.build_trainer(cfg, remi.Tokenizer(), tmp_path, {}, None)
+    assert "emulates" not in capsys.readouterr().err
