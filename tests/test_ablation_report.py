@@ -134,6 +134,13 @@ def test_report_gives_every_number_an_interval_and_copies_seed_zeros_pieces(tmp_
     assert verdicts["bits_per_note"] == "holds"   # 20% fewer bits, far beyond the intervals
     # round 4's compute is its parameters' share of round 3's: 6 N D
     assert data["rounds"]["round4"]["run"]["train_compute"]["mean"] == pytest.approx(6 * 4000 * 100 * 8192)
+    # ... printed in FLOP beside its ratio to the round that spent least (round 3: 3,000 parameters)
+    md = (out / "report.md").read_text()
+    training = md.split("## Training")[1].split("##")[0]
+    training = {line.split(" | ")[0]: line for line in training.splitlines() if line.startswith("| round")}
+    assert training["| round4"].endswith(f"| {6 * 4000 * 100 * 8192:.3g} (×1.33) |")
+    assert training["| round3"].endswith("(×1.00) |")
+    assert A.BOOTSTRAP_BIAS in md   # why an overlap may sit above its interval
     # seed 0's pieces of each round, copied, with piano rolls of exactly those
     for label in ("round3", "round4"):
         m = data["media"][label]
