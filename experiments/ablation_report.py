@@ -38,7 +38,7 @@ BOOTSTRAP_GRID = 512
 BOOTSTRAP_BIAS = (
     "Overlaps (OA) and KL divergences are not means: drawing pieces with replacement adds noise to both "
     "density estimates, and noise can only lower an overlap (raise a divergence) on average, while "
-    "repeated pieces shrink Scott's bandwidth. Their intervals therefore sit below (OA) or above (KL) the "
+    "each resample moves Scott's bandwidth. Their intervals therefore sit below (OA) or above (KL) the "
     "figure over all pieces, which may lie at or beyond the interval's edge. They measure the spread over "
     "pieces and compare rounds like with like: every round's intervals carry the same shift.")
 SHOWN = 2  # pieces from scratch and continuations of each round copied beside the report
