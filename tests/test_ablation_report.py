@@ -265,3 +265,38 @@ def test_progress_log_rates_come_from_the_last_ten_minutes(monkeypatch):
     assert "  32 tokens/s" in lines[-2] and lines[-2].endswith("left 10s")   # step 790: the stop ended 740 s before
     at_50 = next(ln for ln in lines if " 50/800" in ln)
     assert int(at_50.split("  ")[2].split()[0].replace(",", "")) < 2       # the stop dominates right after it
+
+
+def test_claim_one_compares_each_rounds_excess_over_the_real_pieces_on_its_own_grid(tmp_path):
+    """Round 1's finer grid leaves the real pieces fewer notes per onset than round 2's coarser one:
+    a claim about big chords must compare each round with its own real pieces, not raw means."""
+    rng = np.random.default_rng(5)
+    claim1 = ("big_chord_share", "notes_per_onset", "short_ioi_share")
+    dirs, files = [], None
+    for r, real_at, free_at in ((1, -2.0, 0.0), (2, 0.0, 0.3)):   # raw means: round 2's higher; excess: round 1's
+        pp = fake_per_piece(rng, 48, 48)
+        files = files or pp["real"]["file"]
+        pp["real"]["file"] = pp["continuations"]["file"] = files
+        for k in claim1:
+            pp["real"]["metrics"][k] = list(rng.normal(real_at, 1, 48))
+            pp["free"]["metrics"][k] = list(rng.normal(free_at, 1, 48))
+        d = _fake_run(tmp_path, r, 0, pp, 10.0)
+        ev = json.loads((d / A.EVAL_DIR / A.EVALUATION_JSON).read_text())
+        for k in claim1:
+            ev["metrics"][k].update(mean=float(np.mean(pp["free"]["metrics"][k])),
+                                    real_mean=float(np.mean(pp["real"]["metrics"][k])))
+        (d / A.EVAL_DIR / A.EVALUATION_JSON).write_text(json.dumps(ev, default=lambda o: o.item()))
+        dirs.append(d)
+    result = A.build_ablation_report(dirs, tmp_path / "report", resamples=100, media=False)
+    n1 = result["rounds"]["round1"]["numbers"]
+    assert n1["metrics.notes_per_onset.excess"]["mean"] == pytest.approx(
+        n1["metrics.notes_per_onset.mean"]["mean"] - n1["metrics.notes_per_onset.real_mean"]["mean"])
+    lo, hi = n1["metrics.notes_per_onset.excess"]["ci95"]
+    assert lo < n1["metrics.notes_per_onset.excess"]["mean"] < hi and lo > 1.0
+    assert n1["metrics.notes_per_onset.mean"]["mean"] < result["rounds"]["round2"]["numbers"][
+        "metrics.notes_per_onset.mean"]["mean"]
+    claim = next(c for c in result["claims"] if c["first"] == "round1")
+    verdicts = {t["number"]: t["verdict"] for t in claim["tests"]}
+    assert {verdicts[f"metrics.{k}.excess"] for k in claim1} == {"holds"}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| real, round1's grid |" in md and "| real, round2's grid |" in md
