@@ -165,8 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {f.name}={default}")
         return 0
     cfg = parse_args(argv)
-    from experiments.ablation_report import build_ablation_report
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -174,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = train_commands(cfg)
     from pianolm.runinfo import code_fingerprint  # imported here: it pulls in torch
 
+    if cfg.report_only:
+        return report_only(cfg, argv, commands, out)
     current_code = code_fingerprint(ROOT)
     progress = Progress(cfg, commands)
     # Seed by seed: every round of one seed is trained and evaluated before the next seed starts,
@@ -186,18 +186,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in batch:
             evaluate_run(cfg, c, real, progress, timings)
 
-    command = "python experiments/ablate.py " + shlex.join(argv)
-    settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "round4_step_cost", "eval_n",
-                                             "eval_pieces", "eval_bars", "temperature", "keep_prompt",
-                                             "sample_seed")}
-    settings["train_overrides"] = cfg.overrides
     t = time.time()
-    result = build_ablation_report([c.run_dir for c in commands], out, command=command, settings=settings)
+    result = write_report(cfg, argv, [c.run_dir for c in commands], out)
     timings["report"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - t0, 1)
     (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     print(f"[ablate] report: {out / 'report.md'} ({len(result['runs'])} runs, {timings['total']:.0f} s)",
           file=sys.stderr)
+    return 0
+
+
+def write_report(cfg: AblationConfig, argv: Sequence[str], run_dirs: Sequence[Path], out: Path) -> dict:
+    """OUT/report.md and report.json of `run_dirs`, with the command and the settings that made them."""
+    from experiments.ablation_report import build_ablation_report
+
+    settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "round4_step_cost", "eval_n",
+                                             "eval_pieces", "eval_bars", "temperature", "keep_prompt",
+                                             "sample_seed")}
+    settings["train_overrides"] = cfg.overrides
+    command = "python experiments/ablate.py " + shlex.join([a for a in argv if not a.startswith("report_only=")])
+    return build_ablation_report(run_dirs, out, command=command, settings=settings)
+
+
+def report_only(cfg: AblationConfig, argv: Sequence[str], commands: Sequence[TrainCommand], out: Path) -> int:
+    """`report_only=true`: the report of the runs trained and evaluated so far; nothing is trained."""
+    real = Path(cfg.real) if cfg.real is not None else out / "test-pieces"
+    ready = [c.run_dir for c in commands if finished(c.run_dir) and evaluated(c.run_dir, real)]
+    for c in commands:
+        if c.run_dir not in ready:
+            state = "not evaluated on " + str(real) if finished(c.run_dir) else "not trained"
+            print(f"[ablate] {c.run_dir.name}: {state}, left out of the report", file=sys.stderr)
+    if not ready:
+        raise SystemExit(f"ablate: report_only=true, but no run under {out / 'runs'} is trained and evaluated "
+                         "yet; run the same command without report_only first")
+    result = write_report(cfg, argv, ready, out)
+    print(f"[ablate] report: {out / 'report.md'} ({len(result['runs'])} of {len(commands)} runs)", file=sys.stderr)
     return 0
 
 

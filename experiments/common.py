@@ -49,6 +49,10 @@ class AblationConfig:
     # tiny) every step recomputes the whole window, so long pieces dominate the sampling time.
     max_new_tokens: int = 512
     retrain: bool = False  # train again even where a finished run folder exists
+    # Build OUT/report.md and report.json from the runs already trained and evaluated, and train or
+    # evaluate nothing: a partial report while a study runs (seed 0 before seeds 1-2), or the
+    # report of finished runs rebuilt by newer report code.
+    report_only: bool = False
     # Equal compute for the deeper round 4: its steps are `steps` divided by its step cost relative
     # to round 3 (1.5x the layers: about 1.5x; measured figures are in each run's metrics.json).
     round4_step_cost: float = 1.5

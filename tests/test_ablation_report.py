@@ -300,3 +300,33 @@ def test_claim_one_compares_each_rounds_excess_over_the_real_pieces_on_its_own_g
     assert {verdicts[f"metrics.{k}.excess"] for k in claim1} == {"holds"}
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| real, round1's grid |" in md and "| real, round2's grid |" in md
+
+
+def test_report_only_reports_the_runs_trained_and_evaluated_so_far_and_trains_nothing(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    out, real = tmp_path / "study", tmp_path / "pieces"
+    real.mkdir()
+    files = None
+    for r in (1, 2, 3):
+        pp = fake_per_piece(rng, 16, 16)
+        files = files or pp["real"]["file"]
+        pp["real"]["file"] = files
+        d = _fake_run(out, r, 0, pp, 10.0)
+        ckpt = d / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir()
+        ckpt.write_bytes(b"weights")
+        os.utime(ckpt, (1, 1))                      # older than the evaluation
+        ev = d / A.EVAL_DIR / A.EVALUATION_JSON
+        data = json.loads(ev.read_text())
+        data["real_folder"] = str(real) if r < 3 else "another folder"   # round 3: evaluated elsewhere
+        ev.write_text(json.dumps(data))
+    args = ["rounds=[1,2,3,4]", "seeds=[0]", f"out={out}", f"real={real}", "scale=tiny"]
+    assert ablate.main(args + ["report_only=true"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(Path(r["dir"]).name for r in report["runs"]) == ["round1-seed0", "round2-seed0"]
+    assert "report_only=" not in report["command"] and f"real={real}" in report["command"]
+    err = capsys.readouterr().err
+    assert "round3-seed0: not evaluated on" in err and "round4-seed0: not trained" in err
+    assert not (out / "runs" / "round4-seed0").exists()   # nothing trained
+    with pytest.raises(SystemExit, match="no run under .* is trained and evaluated"):
+        ablate.main(["rounds=[4]", "seeds=[0]", f"out={out}", f"real={real}", "report_only=true"])
