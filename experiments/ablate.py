@@ -196,14 +196,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def write_report(cfg: AblationConfig, argv: Sequence[str], run_dirs: Sequence[Path], out: Path) -> dict:
-    """OUT/report.md and report.json of `run_dirs`, with the command and the settings that made them."""
+def write_report(cfg: AblationConfig, argv: Sequence[str], run_dirs: Sequence[Path], out: Path,
+                 left_out: Sequence[str] = ()) -> dict:
+    """OUT/report.md and report.json of `run_dirs`, with the command and the settings that made them
+    (`left_out`: the study's runs not in this report yet)."""
     from experiments.ablation_report import build_ablation_report
 
     settings = {k: getattr(cfg, k) for k in ("rounds", "seeds", "steps", "round4_step_cost", "eval_n",
                                              "eval_pieces", "eval_bars", "temperature", "keep_prompt",
                                              "sample_seed")}
     settings["train_overrides"] = cfg.overrides
+    settings["left_out"] = list(left_out)
     command = "python experiments/ablate.py " + shlex.join([a for a in argv if not a.startswith("report_only=")])
     return build_ablation_report(run_dirs, out, command=command, settings=settings)
 
@@ -219,7 +222,7 @@ def report_only(cfg: AblationConfig, argv: Sequence[str], commands: Sequence[Tra
     if not ready:
         raise SystemExit(f"ablate: report_only=true, but no run under {out / 'runs'} is trained and evaluated "
                          "yet; run the same command without report_only first")
-    result = write_report(cfg, argv, ready, out)
+    result = write_report(cfg, argv, ready, out, left_out=[c.run_dir.name for c in commands if c.run_dir not in ready])
     print(f"[ablate] report: {out / 'report.md'} ({len(result['runs'])} of {len(commands)} runs)", file=sys.stderr)
     return 0
 

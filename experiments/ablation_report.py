@@ -351,7 +351,12 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
               f"by 12 (temperature {s.get('temperature', '?')}, prompt kept in the window: "
               f"{s.get('keep_prompt', '?')}), with the grammar constraint off. Cells: mean ± standard deviation "
               f"over seeds [95% bootstrap interval over pieces, {b.get('resamples', '?')} resamples, seeds pooled].",
-              "", BOOTSTRAP_BIAS, "", "## Training", ""]
+              "", BOOTSTRAP_BIAS, ""]
+    if s.get("left_out"):
+        lines += [f"**A partial report** (`report_only=true`, while the study runs): {len(s['left_out'])} of its "
+                  f"runs are not trained and evaluated yet and are not in it: {', '.join(s['left_out'])}. "
+                  "With one seed a round has no seed spread, and its verdicts rest on the intervals alone.", ""]
+    lines += ["## Training", ""]
     header = ["round", "seeds", "steps", "wall s", "train tokens", "non-emb params", "vocab", "val bits/note",
               "compute (6ND FLOP)"]
     least = min((agg["run"]["train_compute"]["mean"] for agg in rounds.values()

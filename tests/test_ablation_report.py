@@ -327,6 +327,8 @@ def test_report_only_reports_the_runs_trained_and_evaluated_so_far_and_trains_no
     assert "report_only=" not in report["command"] and f"real={real}" in report["command"]
     err = capsys.readouterr().err
     assert "round3-seed0: not evaluated on" in err and "round4-seed0: not trained" in err
+    md = (out / "report.md").read_text()
+    assert "**A partial report**" in md and "round3-seed0, round4-seed0" in md
     assert not (out / "runs" / "round4-seed0").exists()   # nothing trained
     with pytest.raises(SystemExit, match="no run under .* is trained and evaluated"):
         ablate.main(["rounds=[4]", "seeds=[0]", f"out={out}", f"real={real}", "report_only=true"])
