@@ -141,6 +141,7 @@ def test_report_gives_every_number_an_interval_and_copies_seed_zeros_pieces(tmp_
     assert training["| round4"].endswith(f"| {6 * 4000 * 100 * 8192:.3g} (×1.33) |")
     assert training["| round3"].endswith("(×1.00) |")
     assert A.BOOTSTRAP_BIAS in md   # why an overlap may sit above its interval
+    assert A.GRID_BITS in md        # why round 1's bits are not compared with the others'
     # seed 0's pieces of each round, copied, with piano rolls of exactly those
     for label in ("round3", "round4"):
         m = data["media"][label]
