@@ -340,11 +340,21 @@ def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, c
 
 
 def render_ablation_markdown(result: dict, out_dir: Path) -> str:
-    rounds, s = result["rounds"], result["settings"]
+    rounds = result["rounds"]
 
     def cell(label: str, name: str, digits: int = 3, fixed: bool = False, section: str = "numbers") -> str:
         return fmt_ms(rounds[label][section].get(name), rounds[label]["n_seeds"], digits, fixed)
 
+    lines = _render_header(result) + _render_training(result) + _render_test_pieces(rounds, cell)
+    lines += _render_claims(result)
+    lines += render_media(result, out_dir)
+    lines += ["All numbers, per run: `report.json`; each run's own evaluation: `RUN/eval/report.md`.", ""]
+    return "\n".join(lines)
+
+
+def _render_header(result: dict) -> list[str]:
+    """Title, the command, the protocol, the bootstrap's caveat, and whether the report is partial."""
+    s = result["settings"]
     lines = ["# Ablation report: the four rounds", ""]
     if result.get("command"):
         lines += ["Produced by:", "", "```", result["command"], "```", ""]
@@ -360,7 +370,11 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
         lines += [f"**A partial report** (`report_only=true`, while the study runs): {len(s['left_out'])} of its "
                   f"runs are not trained and evaluated yet and are not in it: {', '.join(s['left_out'])}. "
                   "With one seed a round has no seed spread, and its verdicts rest on the intervals alone.", ""]
-    lines += ["## Training", ""]
+    return lines
+
+
+def _render_training(result: dict) -> list[str]:
+    rounds = result["rounds"]
     header = ["round", "seeds", "steps", "wall s", "train tokens", "non-emb params", "vocab", "val bits/note",
               "compute (6ND FLOP)"]
     least = min((agg["run"]["train_compute"]["mean"] for agg in rounds.values()
@@ -368,14 +382,19 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
     rows = [[label, ",".join(map(str, agg["seeds"]))] +
             [fmt_ms(agg["run"].get(k), agg["n_seeds"], 4) for k in RUN_FIGURES if k != "train_compute"] +
             [compute_cell(agg["run"].get("train_compute"), least)] for label, agg in rounds.items()]
-    lines += [markdown_table(header, rows), ""]
     fingerprints = sorted({r.get("code_fingerprint") or "not recorded" for r in result["runs"]})
-    lines += [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", "", "## Test pieces", ""]
+    return ["## Training", "", markdown_table(header, rows), "",
+            f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""]
+
+
+def _render_test_pieces(rounds: dict, cell) -> list[str]:
+    """Bits, errors and mean distances; each metric against the real pieces on the round's own grid;
+    the continuations beside the real ones on each round's grid."""
     header = ["round", "bits/note", "bits/second", "grammar errors", "empty", "mean OA (9 metrics)", "mean KL (9 metrics)"]
     rows = [[label, cell(label, "bits_per_note", 4), cell(label, "bits_per_second", 4),
              cell(label, "grammar_error_rate", 2), cell(label, "empty_pieces"),
              cell(label, "mean_overlap", 2, True), cell(label, "mean_kl", 2, True)] for label in rounds]
-    lines += [markdown_table(header, rows), "", GRID_BITS, ""]
+    lines = ["## Test pieces", "", markdown_table(header, rows), "", GRID_BITS, ""]
     lines += ["Each metric: mean of the pieces from scratch; the same real "
               "pieces' mean on the round's own grid (every round quantizes them as it quantizes its "
               "training data, so the real column differs between rounds whose grids differ) and the "
@@ -394,8 +413,12 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
     for label in rounds:  # the real continuations on each round's own grid
         rows += [[label] + [cell(label, f"continuation.{k}") for k in ckeys],
                  [f"real, {label}'s grid"] + [cell(label, f"continuation.{k}_real") for k in ckeys]]
-    lines += [markdown_table(["round"] + list(ckeys), rows), "", "## The original findings, claim by claim", "",
-              result.get("rule", RULE), ""]
+    return lines + [markdown_table(["round"] + list(ckeys), rows), ""]
+
+
+def _render_claims(result: dict) -> list[str]:
+    rounds = result["rounds"]
+    lines = ["## The original findings, claim by claim", "", result.get("rule", RULE), ""]
     for c in result["claims"]:
         lines += [f"**{c['claim']}: {c['overall']}.**", ""]
         header = ["number", "claim", c["first"], c["second"], "difference", "verdict"]
@@ -403,9 +426,7 @@ def render_ablation_markdown(result: dict, out_dir: Path) -> str:
                  fmt_ms(t["second"], rounds[c["second"]]["n_seeds"]), fmt(t["diff"]), t["verdict"]]
                 for t in c["tests"]]
         lines += [markdown_table(header, rows), ""]
-    lines += render_media(result, out_dir)
-    lines += ["All numbers, per run: `report.json`; each run's own evaluation: `RUN/eval/report.md`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def render_media(result: dict, out_dir: Path) -> list[str]:
