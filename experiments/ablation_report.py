@@ -72,10 +72,12 @@ CLAIMS = (
       ("grammar_error_rate", "lower")]),
 )
 RULE = ("A comparison *holds* when the difference goes the claimed way by more than the two rounds' "
-        "seed spreads added and their 95% intervals do not overlap; it is *reversed* when the same is "
-        "true the other way; otherwise it *cannot be told* at this budget. A claim holds when every "
-        "one of its comparisons holds, is reversed when every one is reversed, holds *partly* when "
-        "some hold, and otherwise cannot be told.")
+        "seed spreads added and the 95% bootstrap interval of the difference excludes 0 (one resampling "
+        "of both rounds: the same real pieces and the same prompts drawn for both, since every run is "
+        "scored on them, so bits per note compare piece by piece; pieces from scratch drawn per run); "
+        "it is *reversed* when the same is true the other way; otherwise it *cannot be told* at this "
+        "budget. A claim holds when every one of its comparisons holds, is reversed when every one is "
+        "reversed, holds *partly* when some hold, and otherwise cannot be told.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +210,59 @@ def bootstrap_intervals(per_pieces: Sequence[dict], resamples: int = BOOTSTRAP_R
     return out
 
 
+def _shared(lists: Sequence[Sequence]) -> bool:
+    return len({tuple(x) for x in lists}) == 1
+
+
+def difference_intervals(first: Sequence[dict], second: Sequence[dict], names: Sequence[str],
+                         resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                         grid: int = BOOTSTRAP_GRID) -> dict[str, list[float]]:
+    """name -> 95% interval of (first round's number - second's), each round's number averaged over
+    its seeds (`first`, `second`: their runs' `per_piece`), from one resampling of both rounds.
+
+    Paired where the design pairs them: when every run scored the same real pieces, one draw of
+    real pieces serves both rounds, so bits per note compare piece by piece; when every run
+    continued the same prompts, one draw of prompts serves all continuations. Pieces from scratch
+    are unrelated between runs and drawn per run. Without the shared pieces (or prompts) each
+    round draws its own, which gives the wider, unpaired interval."""
+    runs = list(first) + list(second)
+    if not first or not second:
+        return {}
+    real_paired = _shared([pp["real"]["file"] for pp in runs])
+    cont_paired = _shared([pp["continuations"].get("file", []) for pp in runs]) and \
+        bool(runs[0]["continuations"].get("file"))
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int, shared: dict, key: str, paired: bool) -> np.ndarray:
+        if not paired:
+            return rng.integers(0, n, n)
+        if key not in shared:
+            shared[key] = rng.integers(0, n, n)
+        return shared[key]
+
+    draws: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(resamples):
+        shared: dict[str, np.ndarray] = {}
+        sides = []
+        for group in (first, second):
+            nums = []
+            for pp in group:
+                n_real, n_free = len(pp["real"]["file"]), len(pp["free"]["errors"])
+                n_cont = len(pp["continuations"]["errors"])
+                nums.append(_numbers_of(pp, draw(n_real, shared, "real", real_paired), rng.integers(0, n_free, n_free),
+                                        draw(n_cont, shared, "cont", cont_paired), grid))
+            sides.append({n: _mean_finite(x.get(n) for x in nums) for n in names})
+        for n in names:
+            draws[n].append(sides[0][n] - sides[1][n])
+    out = {}
+    for n, v in draws.items():
+        v = np.asarray(v, dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[n] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return out
+
+
 def add_intervals(rounds: dict[str, dict], runs: Sequence[dict], **kw) -> None:
     """`ci95` beside `mean` in every round's numbers, from its runs' per-piece figures (a round
     whose evaluations predate `per_piece` gets none)."""
@@ -224,33 +279,43 @@ def add_intervals(rounds: dict[str, dict], runs: Sequence[dict], **kw) -> None:
 # Verdicts
 
 
-def judge(a: dict | None, b: dict | None, direction: str) -> tuple[str, float | None]:
+def judge(a: dict | None, b: dict | None, direction: str,
+          diff_ci: Sequence[float] | None = None) -> tuple[str, float | None]:
     """Whether `a` differs from `b` in `direction` (RULE): by more than their seed spreads added,
-    with disjoint 95% intervals where both have one. Returns (verdict, a - b): "holds",
+    with the 95% interval of the difference (`diff_ci`, `difference_intervals`) clear of 0; without
+    one, with disjoint 95% intervals where both have one. Returns (verdict, a - b): "holds",
     "reversed", "cannot tell" or "not measured"."""
     if not a or not b or a.get("mean") is None or b.get("mean") is None:
         return "not measured", None
     diff = a["mean"] - b["mean"]
     margin = (a.get("spread") or 0.0) + (b.get("spread") or 0.0)
-    ca, cb = a.get("ci95"), b.get("ci95")
-    overlapping = bool(ca and cb and ca[0] <= cb[1] and cb[0] <= ca[1])
+    if diff_ci is not None:
+        overlapping = diff_ci[0] <= 0 <= diff_ci[1]
+    else:
+        ca, cb = a.get("ci95"), b.get("ci95")
+        overlapping = bool(ca and cb and ca[0] <= cb[1] and cb[0] <= ca[1])
     if diff == 0 or abs(diff) <= margin or overlapping:
         return "cannot tell", diff
     wanted = diff > 0 if direction == "higher" else diff < 0
     return ("holds" if wanted else "reversed"), diff
 
 
-def judge_claims(rounds: dict[str, dict]) -> list[dict]:
+def judge_claims(rounds: dict[str, dict], runs: Sequence[dict] = (), **kw) -> list[dict]:
+    """Every claim whose two rounds were measured, judged by RULE; each comparison's `diff_ci`
+    comes from `difference_intervals` over the runs' per-piece figures (where all have them)."""
     out = []
     for text, first, second, tests in CLAIMS:
         if first not in rounds or second not in rounds:
             continue
+        pps = {label: [r["per_piece"] for r in runs if r["label"] == label] for label in (first, second)}
+        usable = all(pps.values()) and all(pp is not None for v in pps.values() for pp in v)
+        cis = difference_intervals(pps[first], pps[second], [n for n, _ in tests], **kw) if usable else {}
         rows = []
         for name, direction in tests:
             a, b = rounds[first]["numbers"].get(name), rounds[second]["numbers"].get(name)
-            verdict, diff = judge(a, b, direction)
+            verdict, diff = judge(a, b, direction, cis.get(name))
             rows.append({"number": name, "expect": direction, "first": a, "second": b, "diff": diff,
-                         "verdict": verdict})
+                         "diff_ci95": cis.get(name), "verdict": verdict})
         verdicts = {r["verdict"] for r in rows}
         overall = ("holds" if verdicts == {"holds"} else "reversed" if verdicts == {"reversed"}
                    else "partly" if "holds" in verdicts else "cannot tell")
@@ -331,7 +396,7 @@ def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, c
     shown = copy_media(runs, out_dir) if media else {}
     result = {"command": command, "settings": settings or {}, "rule": RULE,
               "bootstrap": {"resamples": resamples, "grid_points": BOOTSTRAP_GRID},
-              "rounds": rounds, "claims": judge_claims(rounds), "media": shown,
+              "rounds": rounds, "claims": judge_claims(rounds, runs, resamples=resamples), "media": shown,
               "runs": [{k: v for k, v in r.items() if k != "per_piece"} for r in runs],
               "real_folder": runs[0]["real_folder"]}
     (out_dir / REPORT_JSON).write_text(json.dumps(plain(result), indent=1) + "\n")
@@ -416,14 +481,19 @@ def _render_test_pieces(rounds: dict, cell) -> list[str]:
     return lines + [markdown_table(["round"] + list(ckeys), rows), ""]
 
 
+def diff_cell(test: dict) -> str:
+    ci = test.get("diff_ci95")
+    return fmt(test["diff"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
 def _render_claims(result: dict) -> list[str]:
     rounds = result["rounds"]
     lines = ["## The original findings, claim by claim", "", result.get("rule", RULE), ""]
     for c in result["claims"]:
         lines += [f"**{c['claim']}: {c['overall']}.**", ""]
-        header = ["number", "claim", c["first"], c["second"], "difference", "verdict"]
+        header = ["number", "claim", c["first"], c["second"], "difference [95% interval]", "verdict"]
         rows = [[t["number"], t["expect"], fmt_ms(t["first"], rounds[c["first"]]["n_seeds"]),
-                 fmt_ms(t["second"], rounds[c["second"]]["n_seeds"]), fmt(t["diff"]), t["verdict"]]
+                 fmt_ms(t["second"], rounds[c["second"]]["n_seeds"]), diff_cell(t), t["verdict"]]
                 for t in c["tests"]]
         lines += [markdown_table(header, rows), ""]
     return lines

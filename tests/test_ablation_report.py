@@ -154,7 +154,7 @@ def test_report_gives_every_number_an_interval_and_copies_seed_zeros_pieces(tmp_
     assert int(copied.notes[:, remi.score.PITCH].min()) == 64   # round 4's own sample (pitch 60 + 4)
     md = (out / "report.md").read_text()
     assert "media/round3/pianoroll_continuations.png" in md and "same prompts" in md
-    assert "95% intervals do not overlap" in md and "per_piece" not in json.dumps(data["runs"])
+    assert "interval of the difference excludes 0" in md and "per_piece" not in json.dumps(data["runs"])
 
 
 def test_progress_log_prints_plain_lines_with_time_left_when_not_a_terminal():
@@ -333,3 +333,37 @@ def test_report_only_reports_the_runs_trained_and_evaluated_so_far_and_trains_no
     assert not (out / "runs" / "round4-seed0").exists()   # nothing trained
     with pytest.raises(SystemExit, match="no run under .* is trained and evaluated"):
         ablate.main(["rounds=[4]", "seeds=[0]", f"out={out}", f"real={real}", "report_only=true"])
+
+
+def test_claims_compare_rounds_piece_by_piece_where_every_run_scored_the_same_pieces():
+    """Bits per note of the same real pieces: pieces differ far more from each other than the
+    rounds do, so each round's own interval is wide and the two overlap; the paired interval of
+    the difference (one draw of pieces for both rounds) is narrow and clear of 0."""
+    rng = np.random.default_rng(7)
+    first, second = [], []
+    for _ in range(2):                                    # two seeds a round
+        a, b = fake_per_piece(rng, 48, 48), fake_per_piece(rng, 48, 48)
+        first.append(a)
+        second.append(b)
+    for pp in first + second:                             # the same pieces, notes and lengths everywhere
+        for k in ("file", "notes", "seconds"):
+            pp["real"][k] = first[0]["real"][k]
+    hard = rng.uniform(6, 14, 48)                         # how hard each piece is, shared by the rounds
+    for pp in first:
+        pp["real"]["bits"] = list(np.asarray(first[0]["real"]["notes"]) * hard * 0.96)   # 4% fewer bits
+    for pp in second:
+        pp["real"]["bits"] = list(np.asarray(first[0]["real"]["notes"]) * hard)
+    own_a, own_b = A.bootstrap_intervals(first, resamples=200), A.bootstrap_intervals(second, resamples=200)
+    assert own_a["bits_per_note"][1] > own_b["bits_per_note"][0]        # the rounds' own intervals overlap
+    paired = A.difference_intervals(first, second, ["bits_per_note"], resamples=200)["bits_per_note"]
+    assert paired[1] < 0
+    cell = lambda pps: {"mean": float(np.mean([np.sum(pp["real"]["bits"]) / np.sum(pp["real"]["notes"])
+                                               for pp in pps])), "spread": 0.0}
+    assert A.judge(dict(cell(first), ci95=own_a["bits_per_note"]), dict(cell(second), ci95=own_b["bits_per_note"]),
+                   "lower")[0] == "cannot tell"
+    assert A.judge(cell(first), cell(second), "lower", paired)[0] == "holds"
+    # scored on different pieces: no pairing, so the difference's interval is the wide, unpaired one
+    for pp in second:
+        pp["real"]["file"] = [f"other_{i}.mid" for i in range(48)]
+    unpaired = A.difference_intervals(first, second, ["bits_per_note"], resamples=200)["bits_per_note"]
+    assert unpaired[1] - unpaired[0] > 3 * (paired[1] - paired[0]) and unpaired[0] < 0 < unpaired[1]
