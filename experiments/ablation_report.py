@@ -180,6 +180,17 @@ def _numbers_of(pp: dict, r: np.ndarray, f: np.ndarray, c: np.ndarray, grid: int
     return out
 
 
+def _percentiles(draws: dict[str, list[float]]) -> dict[str, list[float]]:
+    """name -> [2.5th, 97.5th percentile] of its finite resampled values (names with none left out)."""
+    out = {}
+    for name, v in draws.items():
+        v = np.asarray(v, dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[name] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return out
+
+
 def bootstrap_intervals(per_pieces: Sequence[dict], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                         grid: int = BOOTSTRAP_GRID) -> dict[str, list[float]]:
     """name -> [2.5th, 97.5th percentile] of the seed-averaged number over `resamples` resamples of
@@ -201,13 +212,7 @@ def bootstrap_intervals(per_pieces: Sequence[dict], resamples: int = BOOTSTRAP_R
             per_seed.append(_numbers_of(pp, r, rng.integers(0, n_free, n_free), rng.integers(0, n_cont, n_cont), grid))
         for k in per_seed[0]:
             draws.setdefault(k, []).append(_mean_finite(s[k] for s in per_seed))
-    out = {}
-    for k, v in draws.items():
-        v = np.asarray(v, dtype=float)
-        v = v[np.isfinite(v)]
-        if len(v):
-            out[k] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-    return out
+    return _percentiles(draws)
 
 
 def _shared(lists: Sequence[Sequence]) -> bool:
@@ -254,13 +259,7 @@ def difference_intervals(first: Sequence[dict], second: Sequence[dict], names: S
             sides.append({n: _mean_finite(x.get(n) for x in nums) for n in names})
         for n in names:
             draws[n].append(sides[0][n] - sides[1][n])
-    out = {}
-    for n, v in draws.items():
-        v = np.asarray(v, dtype=float)
-        v = v[np.isfinite(v)]
-        if len(v):
-            out[n] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
-    return out
+    return _percentiles(draws)
 
 
 def add_intervals(rounds: dict[str, dict], runs: Sequence[dict], **kw) -> None:
