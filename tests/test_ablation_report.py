@@ -303,7 +303,9 @@ def test_claim_one_compares_each_rounds_excess_over_the_real_pieces_on_its_own_g
     assert "| real, round1's grid |" in md and "| real, round2's grid |" in md
 
 
-def test_report_only_reports_the_runs_trained_and_evaluated_so_far_and_trains_nothing(tmp_path, capsys):
+def test_report_only_reports_the_runs_trained_and_evaluated_so_far_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    from functools import partial
+    monkeypatch.setattr(A, "build_ablation_report", partial(A.build_ablation_report, resamples=50))  # for time
     rng = np.random.default_rng(6)
     out, real = tmp_path / "study", tmp_path / "pieces"
     real.mkdir()
@@ -353,9 +355,9 @@ def test_claims_compare_rounds_piece_by_piece_where_every_run_scored_the_same_pi
         pp["real"]["bits"] = list(np.asarray(first[0]["real"]["notes"]) * hard * 0.96)   # 4% fewer bits
     for pp in second:
         pp["real"]["bits"] = list(np.asarray(first[0]["real"]["notes"]) * hard)
-    own_a, own_b = A.bootstrap_intervals(first, resamples=200), A.bootstrap_intervals(second, resamples=200)
+    own_a, own_b = A.bootstrap_intervals(first, resamples=100), A.bootstrap_intervals(second, resamples=100)
     assert own_a["bits_per_note"][1] > own_b["bits_per_note"][0]        # the rounds' own intervals overlap
-    paired = A.difference_intervals(first, second, ["bits_per_note"], resamples=200)["bits_per_note"]
+    paired = A.difference_intervals(first, second, ["bits_per_note"], resamples=100)["bits_per_note"]
     assert paired[1] < 0
     cell = lambda pps: {"mean": float(np.mean([np.sum(pp["real"]["bits"]) / np.sum(pp["real"]["notes"])
                                                for pp in pps])), "spread": 0.0}
@@ -365,5 +367,5 @@ def test_claims_compare_rounds_piece_by_piece_where_every_run_scored_the_same_pi
     # scored on different pieces: no pairing, so the difference's interval is the wide, unpaired one
     for pp in second:
         pp["real"]["file"] = [f"other_{i}.mid" for i in range(48)]
-    unpaired = A.difference_intervals(first, second, ["bits_per_note"], resamples=200)["bits_per_note"]
+    unpaired = A.difference_intervals(first, second, ["bits_per_note"], resamples=100)["bits_per_note"]
     assert unpaired[1] - unpaired[0] > 3 * (paired[1] - paired[0]) and unpaired[0] < 0 < unpaired[1]
