@@ -44,7 +44,8 @@ BOOTSTRAP_BIAS = (
 GRID_BITS = (
     "Bits per note and per second do not depend on the vocabulary (BPE or not) but do depend on the grid: "
     "a finer grid says more about every note (round 1's `fine` tokenizer: 32 velocities against 16, 8 "
-    "positions a beat against 4, finer durations, 32 tempos against 16), which costs bits by itself. Compare bits between rounds on the same grid (rounds 2, 3 and 4), not round 1 with the others.")
+    "positions a beat against 4, finer durations, 32 tempos against 16), which costs bits by itself. "
+    "Compare bits between rounds on the same grid (rounds 2, 3 and 4), not round 1 with the others.")
 SHOWN = 2  # pieces from scratch and continuations of each round copied beside the report
 
 # The original work's findings, each as comparisons of two rounds on one number of evaluate.py.
@@ -230,32 +231,26 @@ def difference_intervals(first: Sequence[dict], second: Sequence[dict], names: S
     continued the same prompts, one draw of prompts serves all continuations. Pieces from scratch
     are unrelated between runs and drawn per run. Without the shared pieces (or prompts) each
     round draws its own, which gives the wider, unpaired interval."""
-    runs = list(first) + list(second)
     if not first or not second:
         return {}
+    runs = list(first) + list(second)
     real_paired = _shared([pp["real"]["file"] for pp in runs])
-    cont_paired = _shared([pp["continuations"].get("file", []) for pp in runs]) and \
-        bool(runs[0]["continuations"].get("file"))
+    cont_paired = bool(runs[0]["continuations"].get("file")) and \
+        _shared([pp["continuations"].get("file", []) for pp in runs])
+    n_real, n_cont = len(runs[0]["real"]["file"]), len(runs[0]["continuations"]["errors"])
     rng = np.random.default_rng(seed)
 
-    def draw(n: int, shared: dict, key: str, paired: bool) -> np.ndarray:
-        if not paired:
-            return rng.integers(0, n, n)
-        if key not in shared:
-            shared[key] = rng.integers(0, n, n)
-        return shared[key]
+    def own(n: int) -> np.ndarray:
+        return rng.integers(0, n, n)
 
     draws: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(resamples):
-        shared: dict[str, np.ndarray] = {}
+        r = own(n_real) if real_paired else None    # one draw for every run of both rounds
+        c = own(n_cont) if cont_paired else None
         sides = []
         for group in (first, second):
-            nums = []
-            for pp in group:
-                n_real, n_free = len(pp["real"]["file"]), len(pp["free"]["errors"])
-                n_cont = len(pp["continuations"]["errors"])
-                nums.append(_numbers_of(pp, draw(n_real, shared, "real", real_paired), rng.integers(0, n_free, n_free),
-                                        draw(n_cont, shared, "cont", cont_paired), grid))
+            nums = [_numbers_of(pp, own(len(pp["real"]["file"])) if r is None else r, own(len(pp["free"]["errors"])),
+                                own(len(pp["continuations"]["errors"])) if c is None else c, grid) for pp in group]
             sides.append({n: _mean_finite(x.get(n) for x in nums) for n in names})
         for n in names:
             draws[n].append(sides[0][n] - sides[1][n])
