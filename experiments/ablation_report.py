@@ -135,6 +135,20 @@ def compute_cell(cell: dict | None, least: float | None) -> str:
     return f"{cell['mean']:.3g}{ratio}"
 
 
+def wall_time_covers_run(metrics: dict, run_dir: Path) -> bool:
+    """Whether a run's `wall_time_s` is the whole run's: train.py says so since it carries the time
+    across resumes; for a run of older code, false when the ablation's log beside the run folder
+    (`runs/<run>.train.log`) shows a resume (`ckpt_path=` on a command line), since its
+    `wall_time_s` is then the last process's alone."""
+    if "wall_time_covers_run" in metrics:
+        return bool(metrics["wall_time_covers_run"])
+    log = run_dir.parent / f"{run_dir.name}.train.log"
+    if not log.is_file():
+        return True
+    lines = log.read_text(errors="replace").splitlines()
+    return not any(line.startswith("$ ") and " ckpt_path=" in line for line in lines)
+
+
 def load_evaluated_run(run_dir: str | Path) -> dict:
     """A run folder's training figures (metrics.json) and evaluation (eval/evaluation.json)."""
     run_dir = Path(run_dir)
@@ -147,7 +161,7 @@ def load_evaluated_run(run_dir: str | Path) -> dict:
     run = {k: metrics.get(k) for k in RUN_FIGURES}
     run["train_compute"] = train_compute(metrics)
     return {"label": str(metrics.get("round") or run_dir.name), "seed": metrics.get("seed"), "dir": str(run_dir),
-            "run": run, "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
+            "run": run, "wall_time_covers_run": wall_time_covers_run(metrics, run_dir), "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
             "media": evaluation.get("media") or {}, "settings": evaluation.get("settings") or {},
             "real_folder": evaluation.get("real_folder"), "per_piece": evaluation.get("per_piece")}
 
@@ -438,12 +452,20 @@ def _render_training(result: dict) -> list[str]:
               "compute (6ND FLOP)"]
     least = min((agg["run"]["train_compute"]["mean"] for agg in rounds.values()
                  if (agg["run"].get("train_compute") or {}).get("mean")), default=None)
+    partial = {r["label"] for r in result["runs"] if not r.get("wall_time_covers_run", True)}
     rows = [[label, ",".join(map(str, agg["seeds"]))] +
-            [fmt_ms(agg["run"].get(k), agg["n_seeds"], 4) for k in RUN_FIGURES if k != "train_compute"] +
+            [fmt_ms(agg["run"].get(k), agg["n_seeds"], 4) + ("*" if k == "wall_time_s" and label in partial else "")
+             for k in RUN_FIGURES if k != "train_compute"] +
             [compute_cell(agg["run"].get("train_compute"), least)] for label, agg in rounds.items()]
     fingerprints = sorted({r.get("code_fingerprint") or "not recorded" for r in result["runs"]})
-    return ["## Training", "", markdown_table(header, rows), "",
-            f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""]
+    lines = ["## Training", "", markdown_table(header, rows), ""]
+    if partial:
+        resumed = ", ".join(f"{r['label']}-seed{r['seed']}" for r in result["runs"]
+                            if not r.get("wall_time_covers_run", True))
+        lines += [f"\\* Wall time of the last process only, not of the run: {resumed} were resumed from a "
+                  "checkpoint by code that did not carry the time across a resume (train.py now does), so "
+                  "these seconds do not compare between rounds.", ""]
+    return lines + [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""]
 
 
 def _render_test_pieces(rounds: dict, cell) -> list[str]:

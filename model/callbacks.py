@@ -61,6 +61,28 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
 
+class WallClock(L.Callback):
+    """A run's wall time across resumes: every checkpoint records `wall_time_s`, the seconds before
+    this process (`before`, read from the checkpoint it resumed from) plus this process's since
+    `start`. A run killed and resumed so reports the time of the steps that count (the steps redone
+    after the kill are not in it); None for `before` marks a resume from a checkpoint that did not
+    record it, and then no checkpoint of the run records one either."""
+
+    def __init__(self, before: float | None = 0.0, start: float | None = None):
+        self.before = before
+        self.start = time.time() if start is None else float(start)
+
+    def process_seconds(self) -> float:
+        return time.time() - self.start
+
+    def seconds(self) -> float | None:
+        """The run's wall time so far, or None where a resumed-from checkpoint did not record it."""
+        return None if self.before is None else float(self.before) + self.process_seconds()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["wall_time_s"] = self.seconds()
+
+
 class Throughput(L.Callback):
     """tokens/s over the last `log_every` steps, all ranks together; MFU when the peak is known."""
 

@@ -369,3 +369,29 @@ def test_claims_compare_rounds_piece_by_piece_where_every_run_scored_the_same_pi
         pp["real"]["file"] = [f"other_{i}.mid" for i in range(48)]
     unpaired = A.difference_intervals(first, second, ["bits_per_note"], resamples=100)["bits_per_note"]
     assert unpaired[1] - unpaired[0] > 3 * (paired[1] - paired[0]) and unpaired[0] < 0 < unpaired[1]
+
+
+def test_a_resumed_runs_wall_time_is_marked_when_it_is_the_last_process_alone(tmp_path):
+    rng = np.random.default_rng(5)
+    pp = fake_per_piece(rng, 16, 16)
+    dirs = {r: _fake_run(tmp_path, r, 0, pp, 10.0) for r in (2, 3, 4)}
+    for r, wall in ((2, 500.0), (3, 100.0), (4, 900.0)):
+        m = json.loads((dirs[r] / "metrics.json").read_text()) | {"wall_time_s": wall}
+        if r == 4:   # today's train.py: the time carried across its resume
+            m |= {"wall_time_covers_run": True, "resumed_from_step": 50}
+        (dirs[r] / "metrics.json").write_text(json.dumps(m))
+    # the ablation's logs beside the run folders: round 3 was resumed, round 2 ran once
+    runs = tmp_path / "runs"
+    (runs / "round2-seed0.train.log").write_text("$ python train.py +experiment=round2 seed=0\n[train] done\n")
+    (runs / "round3-seed0.train.log").write_text(
+        "$ python train.py +experiment=round3 seed=0\n[train] step 25/100\n"
+        "$ python train.py +experiment=round3 seed=0 ckpt_path=runs/round3-seed0/checkpoints/last.ckpt\n")
+    result = A.build_ablation_report(list(dirs.values()), tmp_path / "report", command="...", resamples=20)
+    assert {r["label"]: r["wall_time_covers_run"] for r in result["runs"]} == {
+        "round2": True, "round3": False, "round4": True}
+    md = (tmp_path / "report" / "report.md").read_text()
+    training = md.split("## Training")[1].split("## ")[0]
+    rows = {line.split(" | ")[0]: line.split(" | ")[3] for line in training.splitlines() if line.startswith("| round") and "wall s" not in line}
+    assert rows == {"| round2": "500", "| round3": "100*", "| round4": "900"}
+    assert "last process only" in training and "round3-seed0 were resumed" in training
+    assert "round2-seed0" not in training.split("last process only")[1]

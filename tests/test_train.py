@@ -116,6 +116,31 @@ def test_resume_from_last_ckpt_equals_a_straight_run(tmp_path, cache_dir):
     assert resumed["metrics"]["val_loss"] == pytest.approx(straight["metrics"]["val_loss"], rel=1e-4)
 
 
+def test_wall_time_is_carried_across_a_resume(tmp_path, cache_dir):
+    common = ["logger=none", "callbacks.samples=null", "optim.max_steps=6"]
+    first = train.train(compose_cfg(tmp_path / "run", cache_dir, *common, "trainer.max_steps=3"))["metrics"]
+    assert first["resumed_from_step"] is None and first["wall_time_covers_run"] is True
+    assert first["wall_time_s"] == first["process_wall_time_s"] > 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 3 and 0 < saved["wall_time_s"] <= first["wall_time_s"]
+    old = tmp_path / "old.ckpt"   # a checkpoint of code that recorded no wall time
+    torch.save({k: v for k, v in saved.items() if k != "wall_time_s"}, old)
+
+    resumed = train.train(compose_cfg(tmp_path / "run", cache_dir, *common, "trainer.max_steps=6",
+                                      f"ckpt_path={ckpt}"))["metrics"]
+    assert resumed["steps"] == 6 and resumed["resumed_from_step"] == 3 and resumed["wall_time_covers_run"]
+    # the run's time: the checkpoint's seconds plus this process's (rounded to 0.01 s each)
+    assert resumed["wall_time_s"] == pytest.approx(saved["wall_time_s"] + resumed["process_wall_time_s"], abs=0.02)
+    assert torch.load(ckpt, weights_only=True)["wall_time_s"] == pytest.approx(resumed["wall_time_s"], abs=0.5)
+
+    from_old = train.train(compose_cfg(tmp_path / "old", cache_dir, *common, "trainer.max_steps=6",
+                                       f"ckpt_path={old}"))["metrics"]
+    assert from_old["resumed_from_step"] == 3 and from_old["wall_time_covers_run"] is False
+    assert from_old["wall_time_s"] == from_old["process_wall_time_s"]
+    assert torch.load(tmp_path / "old" / "checkpoints" / "last.ckpt", weights_only=True)["wall_time_s"] is None
+
+
 def test_compile_trains_the_same_model_and_keeps_parameter_names(tmp_path, cache_dir):
     # aot_eager traces with TorchDynamo and AOTAutograd like Inductor does, without a C++ compiler
     runs = {c: train.train(compose_cfg(tmp_path / str(c), cache_dir, f"compile={c}", "logger=none"))
