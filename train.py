@@ -103,9 +103,9 @@ def wall_figures(clock: WallClock, resume: dict | None) -> dict[str, Any]:
     """metrics.json's wall time: `wall_time_s` the run's across resumes where known (else this
     process's), `process_wall_time_s` this process's, `resumed_from_step` (null: a fresh run) and
     `wall_time_covers_run` (false: resumed from a checkpoint that did not record its time)."""
-    total = clock.seconds()
-    return {"wall_time_s": round(clock.process_seconds() if total is None else total, 2),
-            "process_wall_time_s": round(clock.process_seconds(), 2),
+    process = clock.process_seconds()
+    total = None if clock.before is None else clock.before + process
+    return {"wall_time_s": round(process if total is None else total, 2), "process_wall_time_s": round(process, 2),
             "resumed_from_step": None if resume is None else int(resume.get("global_step") or 0),
             "wall_time_covers_run": total is not None}
 

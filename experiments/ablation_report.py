@@ -161,7 +161,8 @@ def load_evaluated_run(run_dir: str | Path) -> dict:
     run = {k: metrics.get(k) for k in RUN_FIGURES}
     run["train_compute"] = train_compute(metrics)
     return {"label": str(metrics.get("round") or run_dir.name), "seed": metrics.get("seed"), "dir": str(run_dir),
-            "run": run, "wall_time_covers_run": wall_time_covers_run(metrics, run_dir), "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
+            "run": run, "wall_time_covers_run": wall_time_covers_run(metrics, run_dir),
+            "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
             "media": evaluation.get("media") or {}, "settings": evaluation.get("settings") or {},
             "real_folder": evaluation.get("real_folder"), "per_piece": evaluation.get("per_piece")}
 
