@@ -8,7 +8,9 @@ several empty bars is a habit of the model or one unlucky draw. This draws `n` o
 `evaluate.py` samples (from BOS, grammar constraint off, one temperature and seed) and counts, in
 base ids (BPE expanded), the Bar tokens before the first Pitch: 1 is a note in the first bar,
 1 + k is k empty bars first. `--data` counts the same over a shard folder's train split, what the
-models learned from. Each share comes with its Wilson 95% interval.
+models learned from. Each share comes with its Wilson 95% interval. For each model without BPE it
+also gives `next_bar_after_empty_bars`: the probability that bar 1, 2, 3 holds nothing when every
+bar before it held nothing (from bar 2 on, a context the trimmed training songs never show).
 """
 from __future__ import annotations
 
@@ -62,8 +64,9 @@ def summarize(counts: Iterable[int | None]) -> dict:
 
 
 def model_openings(ckpt: str | Path, n: int, temperature: float, seed: int, max_new_tokens: int,
-                   threads: int | None, batch_size: int = 100) -> list[int | None]:
-    """`n` openings sampled from BOS by one checkpoint, each as bars before its first note."""
+                   threads: int | None, batch_size: int = 100) -> tuple[list[int | None], list[float]]:
+    """`n` openings sampled from BOS by one checkpoint, each as bars before its first note, and
+    `next_bar_after_empty_bars` of the model."""
     import pianolm
     from pianolm.generate import Sampling
 
@@ -71,7 +74,27 @@ def model_openings(ckpt: str | Path, n: int, temperature: float, seed: int, max_
     tok = m.tokenizer
     s = Sampling(temperature=temperature, grammar=False, max_new_tokens=max_new_tokens)
     rows = m.sample_ids([tok.bos_id], n, s, seed=seed, batch_size=batch_size)
-    return [bars_before_first_note(tok.base_ids(ids), tok) for ids, _ in rows]
+    return [bars_before_first_note(tok.base_ids(ids), tok) for ids, _ in rows], next_bar_after_empty_bars(m)
+
+
+def next_bar_after_empty_bars(m, k_max: int = 3, time_signature: str = "TimeSig_4/4") -> list[float] | None:
+    """P(bar k holds nothing | BOS and k - 1 bars that held nothing), k = 1..k_max, at T 1: the
+    probability of Bar right after the context `BOS (Bar TimeSig)^k`. None with BPE: there a
+    context cut right after a TimeSig is tokenized unlike the same bars inside a song (the merges
+    join the TimeSig with what follows it), so the model's probability at that cut says nothing
+    about how it opens a piece."""
+    import torch
+
+    tok = m.tokenizer
+    if tok.bpe is not None:
+        return None
+    bar_ts = [tok.bar_id] + tok.ids_from_tokens([time_signature])
+    out = []
+    for k in range(1, k_max + 1):
+        with torch.no_grad():
+            logits = m.model(torch.tensor([[tok.bos_id] + bar_ts * k]))[0, -1]
+        out.append(float(torch.softmax(logits.float(), dim=-1)[tok.bar_id]))
+    return out
 
 
 def data_openings(shard_dir: str | Path, head: int = 512) -> list[int | None]:
@@ -124,10 +147,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results[label] = {"source": path, **summarize(data_openings(path))}
     for spec in a.models:
         label, path = labelled(spec, "model")
-        counts = model_openings(path, a.n, a.temperature, a.seed, a.max_new_tokens, a.threads)
+        counts, next_bar = model_openings(path, a.n, a.temperature, a.seed, a.max_new_tokens, a.threads)
         results[label] = {"source": path, "temperature": a.temperature, "seed": a.seed,
-                          "max_new_tokens": a.max_new_tokens, **summarize(counts)}
+                          "max_new_tokens": a.max_new_tokens, **summarize(counts),
+                          "next_bar_after_empty_bars": next_bar}
     print(table(results))
+    for label, r in results.items():
+        if r.get("next_bar_after_empty_bars"):
+            print(f"{label}: P(bar 1, 2, 3 holds nothing | every bar before it held nothing) = "
+                  + ", ".join(f"{p:.4f}" for p in r["next_bar_after_empty_bars"]))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(results, indent=1))

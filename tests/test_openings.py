@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import remi
 from experiments import openings
@@ -72,6 +73,7 @@ def test_the_command_samples_n_openings_and_repeats_with_its_seed(tmp_path, tok)
     assert first["n"] == 12 and first["no_note"] + sum(first["histogram"].values()) == 12
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
     assert first == again
+    assert len(first["next_bar_after_empty_bars"]) == 3 and all(0 <= p <= 1 for p in first["next_bar_after_empty_bars"])
 
 
 def test_bad_labels_are_named(tmp_path):
@@ -79,3 +81,18 @@ def test_bad_labels_are_named(tmp_path):
         openings.main(["just/a/path.ckpt"])
     with pytest.raises(SystemExit, match="does not exist"):
         openings.main(["r=" + str(tmp_path / "missing.ckpt")])
+
+
+def test_next_bar_after_empty_bars_is_the_models_own_probability(tmp_path, tok):
+    import pianolm
+
+    m = pianolm.load(save_ckpt(tmp_path / "plain.ckpt", tok, tiny_gpt(tok)))
+    probs = openings.next_bar_after_empty_bars(m, k_max=2)
+    ts = tok.ids_from_tokens(["TimeSig_4/4"])[0]
+    with torch.no_grad():
+        logits = m.model(torch.tensor([[tok.bos_id, tok.bar_id, ts, tok.bar_id, ts]]))[0]
+    direct = torch.softmax(logits.float(), dim=-1)[:, tok.bar_id]
+    assert probs == pytest.approx([float(direct[2]), float(direct[4])], rel=1e-5)
+    # with BPE a context cut after a TimeSig is tokenized unlike inside a song: no figure
+    bpe = tok.train_bpe([opening(tok, e)[1:] for e in (0, 1, 2, 3)] * 4, vocab_size=tok.vocab_size + 12)
+    assert openings.next_bar_after_empty_bars(pianolm.load(save_ckpt(tmp_path / "bpe.ckpt", bpe, tiny_gpt(bpe)))) is None
