@@ -76,38 +76,20 @@ def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> dict[st
     if resume is not None:
         check_tokenizer_hash(resume, tok.hash, where=f"checkpoint {ckpt_path}")
 
-    clock = wall_clock(resume, start)
+    clock = WallClock.resuming(resume, start)
     trainer, loggers, cbs = build_trainer(cfg, tok, out_dir, extra["cfg"], [clock] + list(callbacks or []))
     trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path or None)
     if lit.last_val_step != trainer.global_step:
         trainer.validate(lit, datamodule=dm, verbose=False)
 
     metrics = run_metrics(cfg, tok, trainer, lit, dm, loggers, cbs, train_split, val)
-    metrics.update(wall_figures(clock, resume))
+    metrics.update(clock.figures(None if resume is None else int(resume.get("global_step") or 0)))
     metrics.update({"prepare_time_s": round(prepared - start, 2),
                     "shard_dir": str(shard_dir), "output_dir": str(out_dir), "code_fingerprint": code_fingerprint()})
     if trainer.is_global_zero:
         finish(metrics, loggers, out_dir)
     return {"metrics": metrics, "trainer": trainer, "lit": lit, "tokenizer": tok, "datamodule": dm,
             "callbacks": cbs}
-
-
-def wall_clock(resume: dict | None, start: float) -> WallClock:
-    """The run's clock: from 0, or from the wall time the resumed-from checkpoint recorded (None
-    where it recorded none: a checkpoint of code before WallClock)."""
-    before = 0.0 if resume is None else resume.get("wall_time_s")
-    return WallClock(before=None if before is None else float(before), start=start)
-
-
-def wall_figures(clock: WallClock, resume: dict | None) -> dict[str, Any]:
-    """metrics.json's wall time: `wall_time_s` the run's across resumes where known (else this
-    process's), `process_wall_time_s` this process's, `resumed_from_step` (null: a fresh run) and
-    `wall_time_covers_run` (false: resumed from a checkpoint that did not record its time)."""
-    process = clock.process_seconds()
-    total = None if clock.before is None else clock.before + process
-    return {"wall_time_s": round(process if total is None else total, 2), "process_wall_time_s": round(process, 2),
-            "resumed_from_step": None if resume is None else int(resume.get("global_step") or 0),
-            "wall_time_covers_run": total is not None}
 
 
 def build_trainer(cfg: DictConfig, tok, out_dir: Path, resolved: dict, callbacks: list[L.Callback] | None):

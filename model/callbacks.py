@@ -79,6 +79,21 @@ class WallClock(L.Callback):
         """The run's wall time so far, or None where a resumed-from checkpoint did not record it."""
         return None if self.before is None else float(self.before) + self.process_seconds()
 
+    @classmethod
+    def resuming(cls, resume: dict | None, start: float) -> "WallClock":
+        """The clock of a run: from 0, or from the seconds the resumed-from checkpoint recorded."""
+        before = 0.0 if resume is None else resume.get("wall_time_s")
+        return cls(before=None if before is None else float(before), start=start)
+
+    def figures(self, resumed_from_step: int | None) -> dict[str, Any]:
+        """metrics.json's wall time: `wall_time_s` the run's across resumes where known (else this
+        process's), `process_wall_time_s`, `resumed_from_step` (null: a fresh run) and
+        `wall_time_covers_run` (false: resumed from a checkpoint that did not record its time)."""
+        process = self.process_seconds()
+        total = None if self.before is None else self.before + process
+        return {"wall_time_s": round(process if total is None else total, 2), "process_wall_time_s": round(process, 2),
+                "resumed_from_step": resumed_from_step, "wall_time_covers_run": total is not None}
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint["wall_time_s"] = self.seconds()
 
