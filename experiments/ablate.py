@@ -4,14 +4,15 @@
 
 Steps (each a subprocess of the repository's own entry points, so what is measured is exactly
 what a user runs), seed by seed: every round of seed 0 is trained and evaluated before seed 1
-starts, so a study stopped part-way already compares the rounds:
-1. `train.py +experiment=roundN seed=S hydra.run.dir=OUT/runs/roundN-seedS` for every round
+starts, so a study stopped part-way already compares the rounds; each run is evaluated as soon as
+it is trained, so every run that ends is complete on its own:
+1. `train.py +experiment=roundN seed=S hydra.run.dir=OUT/runs/roundN-seedS`
    (a run folder that holds metrics.json and checkpoints/last.ckpt is kept; one with only a
    last.ckpt, a run stopped part-way, resumes from it with `ckpt_path=`). Progress lines, at
    most one a minute, say the step, the time left in the run and in the whole study;
 2. one folder of real pieces for every run: `real=FOLDER`, or the test split of the runs' shards
    (remi.corpus.prepare's content-hash split, the same for every round), linked into OUT/test-pieces/;
-3. `experiments/evaluate.py` on each run's last checkpoint into RUN/eval/ with the recipe's
+3. `experiments/evaluate.py` on the run's last checkpoint into RUN/eval/ with the recipe's
    protocol (bits per note of `eval_pieces` real pieces, `eval_n` pieces from scratch, a
    continuation of every piece's first 4 bars by 12 with the prompt kept in the window, grammar
    constraint off, one `temperature` and `sample_seed`); an evaluation newer than its
@@ -21,6 +22,12 @@ starts, so a study stopped part-way already compares the rounds:
    findings judged claim by claim.
 
 Every step resumes: an interrupted ablation is run again with the same command.
+
+A run's record, RUN/metrics.json and RUN/eval/evaluation.json (per-piece figures included: the
+report's intervals are computed from them), is small and committed (.gitignore keeps the
+checkpoints and samples out). A clone that has a run's record but not its checkpoint (a new
+machine) keeps the run as it is and builds the report from the records, so a study that moves
+between machines loses at most the run in progress; `retrain=true` trains it again.
 With `steps=N`, round 4 trains `N / round4_step_cost` steps (equal compute for its 1.5x layers);
 without it every round trains the scale's own max_steps (equal steps, as the original work).
 
@@ -141,14 +148,24 @@ class Progress:
         return left
 
 
+def recorded(run_dir: Path) -> bool:
+    """The run's committed record is here without its checkpoint: trained and evaluated elsewhere."""
+    return ((run_dir / "metrics.json").is_file() and (run_dir / "eval" / "evaluation.json").is_file()
+            and not (run_dir / "checkpoints" / "last.ckpt").is_file())
+
+
 def finished(run_dir: Path) -> bool:
-    return (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    """Trained to the end: metrics.json beside its last checkpoint, or the run's record."""
+    return (run_dir / "metrics.json").is_file() and ((run_dir / "checkpoints" / "last.ckpt").is_file()
+                                                     or recorded(run_dir))
 
 
 def kept_message(run_dir: Path, current_code: str) -> str:
     """What to say about a finished run that is kept, warning when other code trained it."""
     trained_by = json.loads((run_dir / "metrics.json").read_text()).get("code_fingerprint")
     msg = f"[ablate] {run_dir.name}: already trained, kept"
+    if recorded(run_dir):
+        msg += " (its record, metrics.json and eval/evaluation.json; the checkpoint is not on this machine)"
     if trained_by != current_code:
         msg += (f" -- WARNING: trained by other code (fingerprint {trained_by or 'not recorded'}, now "
                 f"{current_code}); pass retrain=true to train it again")
@@ -177,13 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     current_code = code_fingerprint(ROOT)
     progress = Progress(cfg, commands)
     # Seed by seed: every round of one seed is trained and evaluated before the next seed starts,
-    # so a study stopped part-way already compares all rounds on its first seeds.
+    # so a study stopped part-way already compares all rounds on its first seeds; each run is
+    # evaluated right after its training, so its record is complete before the next run starts.
     for seed in cfg.seeds:
-        batch = [c for c in commands if c.seed == int(seed)]
-        for c in batch:
+        for c in (c for c in commands if c.seed == int(seed)):
             train_run(cfg, c, progress, current_code, timings)
-        real = real_folder(cfg, [c.run_dir for c in commands], out)
-        for c in batch:
+            real = real_folder(cfg, [c.run_dir for c in commands], out)
             evaluate_run(cfg, c, real, progress, timings)
 
     t = time.time()
@@ -256,6 +272,10 @@ def evaluate_run(cfg: AblationConfig, c: TrainCommand, real: Path, progress: Pro
         print(f"[ablate] {c.run_dir.name}: already evaluated on {real}, kept", file=sys.stderr)
         progress.evaluated(None)
         return
+    if not (c.run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise SystemExit(f"ablate: {c.run_dir} has no checkpoints/last.ckpt to evaluate (its record was "
+                         f"evaluated on another folder of real pieces than {real}); pass retrain=true to "
+                         "train it again, or real= the folder it was evaluated on")
     print(f"[ablate] evaluating {c.run_dir.name} ...", file=sys.stderr, flush=True)
     t = time.time()
     (c.run_dir / "eval.log").unlink(missing_ok=True)
@@ -304,9 +324,12 @@ def evaluate_argv(cfg: AblationConfig, run_dir: Path, real: Path) -> list[str]:
 
 
 def evaluated(run_dir: Path, real: Path) -> bool:
-    """A run's evaluation is current: written after its last checkpoint, on the same real folder."""
+    """A run's evaluation is current: written after its last checkpoint (or the run's record, whose
+    checkpoint is elsewhere), on the same real folder."""
     result, ckpt = run_dir / "eval" / "evaluation.json", run_dir / "checkpoints" / "last.ckpt"
-    if not result.is_file() or not ckpt.is_file() or result.stat().st_mtime < ckpt.stat().st_mtime:
+    if not result.is_file() or (ckpt.is_file() and result.stat().st_mtime < ckpt.stat().st_mtime):
+        return False
+    if not ckpt.is_file() and not recorded(run_dir):
         return False
     try:
         return json.loads(result.read_text()).get("real_folder") == str(real)

@@ -28,6 +28,7 @@ from remi import metrics as M
 
 EVAL_DIR = "eval"  # evaluate.py --out of each run folder
 EVALUATION_JSON = "evaluation.json"
+SAMPLES_PNG, CONTINUATIONS_PNG = "pianoroll_samples.png", "pianoroll_continuations.png"  # in OUT/media/<round>/
 MEDIA_DIR = "media"  # seed 0's pieces of each round, copied beside the report
 RUN_FIGURES = ("steps", "wall_time_s", "train_tokens", "non_embedding_params", "vocab_size", "val_bits_per_note",
                "train_compute")
@@ -350,22 +351,32 @@ def copy_media(runs: Sequence[dict], out_dir: Path, shown: int = SHOWN) -> dict[
     out: dict[str, dict] = {}
     for label, r in first.items():
         src, dst = Path(r["dir"]) / EVAL_DIR, out_dir / MEDIA_DIR / label
-        shutil.rmtree(dst, ignore_errors=True)
-        dst.mkdir(parents=True)
         stems = [f"samples/sample_{i:02d}" for i in range(shown)]
         stems += [f"continuations/{kind}_{i:02d}" for i in range(shown) for kind in ("continuation", "real")]
+        sources = [(src / stem).with_suffix(suffix) for stem in stems for suffix in (".mid", ".ogg")]
+        prompts = ((r.get("per_piece") or {}).get("continuations") or {}).get("file", [])[:shown]
+        if not any(p.is_file() for p in sources) and dst.is_dir():
+            # The run's record without its samples (a clone on another machine): the media this
+            # report copied while the samples were here are kept as they are.
+            kept = [dst / p.name for p in sources] + [dst / n for n in (SAMPLES_PNG, CONTINUATIONS_PNG)]
+            kept = [str(p.relative_to(out_dir)) for p in kept if p.is_file()]
+            if kept:
+                out[label] = {"files": [f for f in kept if not f.endswith(".png")],
+                              "png": [f for f in kept if f.endswith(".png")], "prompts": list(prompts)}
+            continue
+        sources = [p for p in sources if p.is_file()]
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
         files = []
-        for stem in stems:
-            for suffix in (".mid", ".ogg"):
-                if (src / stem).with_suffix(suffix).is_file():
-                    target = dst / Path(stem).with_suffix(suffix).name
-                    shutil.copyfile((src / stem).with_suffix(suffix), target)
-                    files.append(target)
+        for source in sources:
+            target = dst / source.name
+            shutil.copyfile(source, target)
+            files.append(target)
         png = []
         samples = [dst / f"sample_{i:02d}.mid" for i in range(shown) if (dst / f"sample_{i:02d}.mid").is_file()]
         if samples:
             png.append(save_comparison([read_midi(p) for p in samples], [f"{label}: {p.stem}" for p in samples],
-                                       dst / "pianoroll_samples.png"))
+                                       dst / SAMPLES_PNG))
         pairs = [(dst / f"continuation_{i:02d}.mid", dst / f"real_{i:02d}.mid") for i in range(shown)]
         pairs = [(g, t) for g, t in pairs if g.is_file() and t.is_file()]
         if pairs:
@@ -376,11 +387,10 @@ def copy_media(runs: Sequence[dict], out_dir: Path, shown: int = SHOWN) -> dict[
                 scores += [read_midi(g), real]
                 labels += [f"{label}: {g.stem}", "real continuation"]
                 ends += [end, end]
-            png.append(save_comparison(scores, labels, dst / "pianoroll_continuations.png", prompt_end_ticks=ends))
+            png.append(save_comparison(scores, labels, dst / CONTINUATIONS_PNG, prompt_end_ticks=ends))
         if not files:
             shutil.rmtree(dst)
             continue
-        prompts = ((r.get("per_piece") or {}).get("continuations") or {}).get("file", [])[:shown]
         out[label] = {"files": [str(p.relative_to(out_dir)) for p in files],
                       "png": [str(Path(p).relative_to(out_dir)) for p in png], "prompts": list(prompts)}
     return out

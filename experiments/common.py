@@ -86,12 +86,14 @@ def parse_args(argv: Sequence[str]) -> AblationConfig:
 
 def run_logged(argv: list[str], log: Path, what: str, on_line: Callable[[str], None] | None = None) -> None:
     """Run a command with its output in `log` (appended: a resumed run keeps the first part's
-    lines), each line also handed to `on_line`; on failure, show the log's tail and stop."""
+    lines), each line also handed to `on_line`; on failure, show the log's tail and stop. It runs
+    in the caller's folder, so a relative path on the user's command line (`out=`, `paths.data_dir=`)
+    names the same place for this script and for every step it runs."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         f.write("$ " + shlex.join(argv) + "\n")
         f.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -206,6 +206,59 @@ def test_a_kept_run_trained_by_other_code_is_flagged(tmp_path):
     assert code_fingerprint(copy) != now
 
 
+def test_a_committed_record_without_its_checkpoint_is_kept(tmp_path):
+    """A clone on a new machine has a run's record (metrics.json, eval/evaluation.json) and no
+    checkpoint: the run counts as trained and evaluated, and is not trained again."""
+    from experiments import ablate
+
+    real = "experiments/results/x/test-pieces"
+    run = tmp_path / "round1-seed0"
+    (run / "eval").mkdir(parents=True)
+    assert not ablate.finished(run) and not ablate.evaluated(run, Path(real))
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"part-way")
+    assert not ablate.finished(run)  # stopped part-way: it resumes
+    (run / "metrics.json").write_text(json.dumps({"code_fingerprint": "0123456789abcdef"}))
+    assert ablate.finished(run) and not ablate.recorded(run) and not ablate.evaluated(run, Path(real))
+    (run / "eval" / "evaluation.json").write_text(json.dumps({"real_folder": real}))
+    assert ablate.evaluated(run, Path(real))
+    os.utime(run / "eval" / "evaluation.json", (1, 1))  # older than the checkpoint: evaluated again
+    assert not ablate.evaluated(run, Path(real))
+    (run / "checkpoints" / "last.ckpt").unlink()  # the clone: only what git keeps
+    assert ablate.recorded(run) and ablate.finished(run) and ablate.evaluated(run, Path(real))
+    assert not ablate.evaluated(run, Path("elsewhere"))
+    assert "its record" in ablate.kept_message(run, "0123456789abcdef")
+    cfg = ablate.parse_args([f"out={tmp_path}"])
+    cmd = ablate.TrainCommand("round1", 0, run, ["python", "train.py"])
+    progress = ablate.Progress(cfg, [cmd])
+    assert not progress.todo  # nothing left to train
+    with pytest.raises(SystemExit, match="round1-seed0 has no checkpoints/last.ckpt.*retrain=true"):
+        ablate.evaluate_run(cfg, cmd, Path("elsewhere"), progress, {})
+    # .gitignore commits exactly the record of a run folder, nothing heavier
+    kept = tracked_by_gitignore(tmp_path / "repo", {
+        "runs/round1-seed0/metrics.json": "", "runs/round1-seed0/eval/evaluation.json": "",
+        "runs/round1-seed0/checkpoints/last.ckpt": "", "runs/round1-seed0/eval/samples/sample_00.mid": "",
+        "runs/round1-seed0/eval/eval.log": "", "runs/round1-seed0/.hydra/config.yaml": "",
+        "runs/round1-seed0.train.log": "", "test-pieces/a.mid": "", "report.md": "",
+        "media/round1/sample_00.ogg": ""})
+    assert kept == {"runs/round1-seed0/metrics.json", "runs/round1-seed0/eval/evaluation.json", "report.md",
+                    "media/round1/sample_00.ogg"}
+
+
+def tracked_by_gitignore(repo: Path, files: dict[str, str | bytes]) -> set[str]:
+    """Which of `files` (paths inside an ablation's out folder) the repository's .gitignore lets
+    `git add` take, with the folder at experiments/results/study/ of a scratch repository."""
+    base = repo / "experiments" / "results" / "study"
+    for rel, content in files.items():
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(content if isinstance(content, bytes) else content.encode())
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    listed = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "experiments"], cwd=repo,
+                            check=True, capture_output=True, text=True).stdout.split()
+    return {str(Path(f).relative_to("experiments/results/study")) for f in listed}
+
+
 def fake_evaluation(bpn: float, gap: float, chords: float, errors: float, overlap: float) -> dict:
     """An evaluate.py --json result with the numbers the claims read."""
     from experiments.evaluate import KEY_METRICS
@@ -264,14 +317,18 @@ def test_ablation_report_judges_each_claim_against_the_seed_spread(tmp_path):
 @pytest.mark.slow
 def test_ablate_end_to_end_tiny(tmp_path):
     """Two rounds, a handful of steps, each evaluated by evaluate.py: the whole pipeline writes its
-    report, and a second call resumes (keeps every run and evaluation)."""
-    out = tmp_path / "ablation"
+    report, a second call resumes (keeps every run and evaluation), and a clone holding only what
+    git commits of the study (on a new machine) keeps every run and rebuilds the same report."""
+    rel = Path("experiments") / "results" / "study"  # relative, as in the README's command
+    work = tmp_path / "work"
+    out = work / rel
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), "scale=tiny", "data=bundled",
-           "rounds=[3,4]", "seeds=[0]", f"out={out}", "steps=4", "eval_n=2", "eval_pieces=3", "eval_bars=2",
+           "rounds=[3,4]", "seeds=[0]", f"out={rel}", "steps=4", "eval_n=2", "eval_pieces=3", "eval_bars=2",
            "eval_max_new_tokens=160", "data.limit=40", "logger=csv",
            f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    work.mkdir()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=work, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / R.REPORT_JSON).read_text())
     assert list(data["rounds"]) == ["round3", "round4"]
@@ -283,11 +340,29 @@ def test_ablate_end_to_end_tiny(tmp_path):
     for label in ("round3", "round4"):
         n = runs[label]["numbers"]
         assert n["bits_per_note"] > 0 and 0 <= n["grammar_error_rate"] <= 1
-        evaluation = json.loads((Path(runs[label]["dir"]) / "eval" / "evaluation.json").read_text())
+        evaluation = json.loads((work / runs[label]["dir"] / "eval" / "evaluation.json").read_text())
         assert evaluation["pieces"]["real"] == n_test and evaluation["pieces"]["sampled"] == 2
     assert [c["first"] for c in data["claims"]] == ["round4"]
     # Resume: nothing is trained or evaluated again.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=work, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already trained, kept" in proc.stderr and "already evaluated" in proc.stderr
     assert "training" not in proc.stderr.replace("already trained", "")
+    # A new machine: a clone has only the files that .gitignore lets git commit.
+    files = {str(f.relative_to(out)): f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    kept = tracked_by_gitignore(tmp_path / "repo", files)
+    assert {"runs/round3-seed0/metrics.json", "runs/round3-seed0/eval/evaluation.json"} <= kept
+    assert not any("checkpoints" in f or f.startswith("test-pieces") for f in kept)
+    clone = tmp_path / "clone"
+    for f in kept:
+        (clone / rel / f).parent.mkdir(parents=True, exist_ok=True)
+        (clone / rel / f).write_bytes(files[f])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=clone, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("its record") == 2 and proc.stderr.count("already evaluated") == 2
+    assert "training" not in proc.stderr.replace("already trained", "") and "evaluating" not in proc.stderr
+    again = json.loads((clone / rel / R.REPORT_JSON).read_text())
+    assert again["rounds"] == data["rounds"] and again["claims"] == data["claims"]
+    assert again["media"] == data["media"] and data["media"]  # the media the first report copied, kept
+    for label, shown in data["media"].items():
+        assert all((clone / rel / f).is_file() for f in shown["files"] + shown["png"])
