@@ -23,8 +23,9 @@ it is trained, so every run that ends is complete on its own:
 
 Every step resumes: an interrupted ablation is run again with the same command.
 
-A run's record, RUN/metrics.json and RUN/eval/evaluation.json (per-piece figures included: the
-report's intervals are computed from them), is small and committed (.gitignore keeps the
+A run's record, RUN/metrics.json, RUN/eval/evaluation.json (per-piece figures included: the
+report's intervals are computed from them) and RUN/machines.json (the CPU of every process that
+trained it), is small and committed (.gitignore keeps the
 checkpoints and samples out). A clone that has a run's record but not its checkpoint (a new
 machine) keeps the run as it is and builds the report from the records, so a study that moves
 between machines loses at most the run in progress; `retrain=true` trains it again.
@@ -45,7 +46,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-from experiments.common import ROOT, AblationConfig, parse_args, run_logged
+from experiments.common import MACHINES_JSON, ROOT, AblationConfig, machine, parse_args, run_logged
 from model.callbacks import RecentSpan, clock
 
 
@@ -250,7 +251,7 @@ def train_run(cfg: AblationConfig, c: TrainCommand, progress: Progress, current_
     if finished(c.run_dir) and not cfg.retrain:
         print(kept_message(c.run_dir, current_code), file=sys.stderr)
         return
-    argv, last = list(c.argv), c.run_dir / "checkpoints" / "last.ckpt"
+    argv, last, step = list(c.argv), c.run_dir / "checkpoints" / "last.ckpt", 0
     if last.is_file() and not cfg.retrain:
         import torch
 
@@ -259,11 +260,24 @@ def train_run(cfg: AblationConfig, c: TrainCommand, progress: Progress, current_
         argv.append(f"ckpt_path={last}")
     else:
         print(f"[ablate] training {c.run_dir.name} ...", file=sys.stderr, flush=True)
+    record_machine(c.run_dir, step, fresh=cfg.retrain or not last.is_file())
     t = time.time()
     progress.start(c)
     run_logged(argv, c.run_dir.parent / f"{c.run_dir.name}.train.log", f"training {c.run_dir.name}", progress.line)
     progress.done(c)
     timings[f"train {c.run_dir.name}"] = round(time.time() - t, 1)
+
+
+def record_machine(run_dir: Path, step: int | None, fresh: bool) -> None:
+    """RUN/machines.json (part of the run's record): the machine of every process that trained the
+    run, with the step it started from (a run resumed on another machine lists both)."""
+    path = run_dir / MACHINES_JSON
+    seen = [] if fresh or not path.is_file() else json.loads(path.read_text())
+    seen.append({"from_step": step or 0, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine()})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(seen, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def evaluate_run(cfg: AblationConfig, c: TrainCommand, real: Path, progress: Progress,

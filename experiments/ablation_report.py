@@ -23,7 +23,18 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.common import REPORT_JSON, REPORT_MD, aggregate, fmt, fmt_ms, markdown_table, plain, read_json
+from experiments.common import (
+    MACHINES_JSON,
+    REPORT_JSON,
+    REPORT_MD,
+    aggregate,
+    fmt,
+    fmt_ms,
+    machine_name,
+    markdown_table,
+    plain,
+    read_json,
+)
 from remi import metrics as M
 
 EVAL_DIR = "eval"  # evaluate.py --out of each run folder
@@ -163,6 +174,7 @@ def load_evaluated_run(run_dir: str | Path) -> dict:
     run["train_compute"] = train_compute(metrics)
     return {"label": str(metrics.get("round") or run_dir.name), "seed": metrics.get("seed"), "dir": str(run_dir),
             "run": run, "wall_time_covers_run": wall_time_covers_run(metrics, run_dir),
+            "machines": read_json(run_dir / MACHINES_JSON) or [],
             "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
             "media": evaluation.get("media") or {}, "settings": evaluation.get("settings") or {},
             "real_folder": evaluation.get("real_folder"), "per_piece": evaluation.get("per_piece")}
@@ -476,7 +488,29 @@ def _render_training(result: dict) -> list[str]:
         lines += [f"\\* Wall time of the last process only, not of the run: {resumed} were resumed from a "
                   "checkpoint by code that did not carry the time across a resume (train.py now does), so "
                   "these seconds do not compare between rounds.", ""]
-    return lines + [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""]
+    return lines + [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""] + _machines(result)
+
+
+def _machines(result: dict) -> list[str]:
+    """Which CPU trained which runs (each run's machines.json): CPUs with other instruction sets
+    round floats differently, and their seconds do not compare."""
+    where: dict[str, list[str]] = {}
+    spans = []
+    for r in result["runs"]:
+        name = f"{r['label']}-seed{r['seed']}"
+        names = list(dict.fromkeys(machine_name(m) for m in r.get("machines") or [])) or ["not recorded"]
+        for key in names:
+            where.setdefault(key, []).append(name)
+        if len(names) > 1:
+            spans.append(name)
+    if list(where) == ["not recorded"]:
+        return []
+    text = "; ".join(f"{key}: {', '.join(names)}" for key, names in where.items())
+    note = (" Runs on CPUs with other instruction sets round floats differently (the same seed does not "
+            "give the same weights bit for bit), and their wall seconds do not compare.") if len(where) > 1 else ""
+    if spans:
+        note += f" Trained part on one machine and part on another (resumed): {', '.join(spans)}."
+    return [f"Machines that trained the runs: {text}.{note}", ""]
 
 
 def _render_test_pieces(rounds: dict, cell) -> list[str]:

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
+MACHINES_JSON = "machines.json"  # in a run folder: experiments/ablate.py's record of where it trained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +83,39 @@ def parse_args(argv: Sequence[str]) -> AblationConfig:
     cfg = AblationConfig(**OmegaConf.to_container(merged))
     cfg.overrides = rest
     return cfg
+
+
+# Instruction sets that change how fast (bf16, AVX-512) or with which float rounding a CPU trains.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def machine(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """The machine a run trains on: CPU model, the instruction sets in CPU_FEATURES it has, cores
+    and torch's version. Runs of one study trained on different CPUs differ in float rounding
+    (and in seconds), so each run records where it trained."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = None
+    return {"cpu": model.group(1).strip() if model else None,
+            "instructions": [f for f in CPU_FEATURES if f in flags], "cores": os.cpu_count(),
+            "torch": torch_version}
+
+
+def machine_name(m: dict) -> str:
+    """`AMD EPYC (avx2, avx512f, avx512_bf16), 2 cores`"""
+    instructions = ", ".join(m.get("instructions") or []) or "no AVX2"
+    return f"{m.get('cpu') or 'unknown CPU'} ({instructions}), {m.get('cores')} cores"
 
 
 def run_logged(argv: list[str], log: Path, what: str, on_line: Callable[[str], None] | None = None) -> None:

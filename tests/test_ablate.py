@@ -237,12 +237,33 @@ def test_a_committed_record_without_its_checkpoint_is_kept(tmp_path):
     # .gitignore commits exactly the record of a run folder, nothing heavier
     kept = tracked_by_gitignore(tmp_path / "repo", {
         "runs/round1-seed0/metrics.json": "", "runs/round1-seed0/eval/evaluation.json": "",
+        "runs/round1-seed0/machines.json": "",
         "runs/round1-seed0/checkpoints/last.ckpt": "", "runs/round1-seed0/eval/samples/sample_00.mid": "",
         "runs/round1-seed0/eval/eval.log": "", "runs/round1-seed0/.hydra/config.yaml": "",
         "runs/round1-seed0.train.log": "", "test-pieces/a.mid": "", "report.md": "",
         "media/round1/sample_00.ogg": ""})
     assert kept == {"runs/round1-seed0/metrics.json", "runs/round1-seed0/eval/evaluation.json", "report.md",
-                    "media/round1/sample_00.ogg"}
+                    "runs/round1-seed0/machines.json", "media/round1/sample_00.ogg"}
+
+
+def test_a_run_records_the_machines_that_trained_it(tmp_path):
+    from experiments import ablate
+    from experiments.common import machine, machine_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    m = machine(cpuinfo)
+    assert m["cpu"] == "AMD EPYC 7B13" and m["instructions"] == ["avx2", "avx512f", "avx512_bf16"]
+    assert machine_name(m) == f"AMD EPYC 7B13 (avx2, avx512f, avx512_bf16), {m['cores']} cores"
+    assert machine(tmp_path / "absent")["cpu"] is None
+    run = tmp_path / "round1-seed0"
+    ablate.record_machine(run, None, fresh=True)
+    ablate.record_machine(run, 250, fresh=False)  # resumed at step 250
+    seen = json.loads((run / "machines.json").read_text())
+    assert [s["from_step"] for s in seen] == [0, 250] and seen[0]["cpu"] == machine()["cpu"]
+    ablate.record_machine(run, None, fresh=True)  # trained again from step 0: the list starts over
+    assert len(json.loads((run / "machines.json").read_text())) == 1
 
 
 def tracked_by_gitignore(repo: Path, files: dict[str, str | bytes]) -> set[str]:
@@ -286,6 +307,11 @@ def test_ablation_report_judges_each_claim_against_the_seed_spread(tmp_path):
             (d / "metrics.json").write_text(json.dumps({"round": f"round{r}", "seed": seed, "steps": 100 + r,
                                                         "wall_time_s": 60.0, "val_bits_per_note": row[0]}))
             (d / A.EVAL_DIR / A.EVALUATION_JSON).write_text(json.dumps(fake_evaluation(*row)))
+            machines = [{"from_step": 0, "cpu": "EPYC", "instructions": ["avx2", "avx512_bf16"], "cores": 2}]
+            if r == 2 and seed == 1:  # resumed at step 50 on a machine without AVX-512
+                machines.append({"from_step": 50, "cpu": "EPYC", "instructions": ["avx2"], "cores": 2})
+            if r != 4:  # round 4's runs were trained before runs recorded their machines
+                (d / "machines.json").write_text(json.dumps(machines))
             dirs.append(d)
     out = tmp_path / "report"
     result = A.build_ablation_report(dirs, out, command="python experiments/ablate.py ...")
@@ -308,6 +334,11 @@ def test_ablation_report_judges_each_claim_against_the_seed_spread(tmp_path):
     md = (out / R.REPORT_MD).read_text()
     assert "9.1 ± 0.14" in md and "claim by claim" in md and "cannot tell" in md
     assert "runs/round1-seed0/eval/pianoroll_samples.png" in md
+    line = next(x for x in md.splitlines() if x.startswith("Machines that trained the runs"))
+    assert ("EPYC (avx2, avx512_bf16), 2 cores: round1-seed0, round1-seed1, round2-seed0, round2-seed1, "
+            "round3-seed0, round3-seed1; EPYC (avx2), 2 cores: round2-seed1; not recorded: round4-seed0, "
+            "round4-seed1.") in line
+    assert "round floats differently" in line and "(resumed): round2-seed1." in line
     # A run without its evaluation is named, with the command that makes it.
     (dirs[0] / A.EVAL_DIR / A.EVALUATION_JSON).unlink()
     with pytest.raises(FileNotFoundError, match="round1-seed0.*evaluate.py"):
@@ -351,7 +382,11 @@ def test_ablate_end_to_end_tiny(tmp_path):
     # A new machine: a clone has only the files that .gitignore lets git commit.
     files = {str(f.relative_to(out)): f.read_bytes() for f in out.rglob("*") if f.is_file()}
     kept = tracked_by_gitignore(tmp_path / "repo", files)
-    assert {"runs/round3-seed0/metrics.json", "runs/round3-seed0/eval/evaluation.json"} <= kept
+    assert {"runs/round3-seed0/metrics.json", "runs/round3-seed0/eval/evaluation.json",
+            "runs/round3-seed0/machines.json"} <= kept
+    from experiments.common import machine, machine_name
+    assert f"Machines that trained the runs: {machine_name(machine())}: round3-seed0, round4-seed0." in (
+        out / R.REPORT_MD).read_text()
     assert not any("checkpoints" in f or f.startswith("test-pieces") for f in kept)
     clone = tmp_path / "clone"
     for f in kept:
