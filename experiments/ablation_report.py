@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -161,6 +162,31 @@ def wall_time_covers_run(metrics: dict, run_dir: Path) -> bool:
     return not any(line.startswith("$ ") and " ckpt_path=" in line for line in lines)
 
 
+TRAIN_LINE = re.compile(r"^\[train\] step (\d+)/\d+\s+loss ([0-9.]+)")
+LOSS_EVERY = 500  # the report's training-loss table: one column every this many steps
+
+
+def train_loss_curve(run_dir: Path) -> dict[int, float]:
+    """Step -> training loss from train.py's progress lines in the ablation's log of the run
+    (`runs/<run>.train.log`, part of the run's record). A resumed run trains the steps after its
+    checkpoint again: the last line of a step is the one that led to the final weights."""
+    log = run_dir.parent / f"{run_dir.name}.train.log"
+    curve: dict[int, float] = {}
+    if log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            m = TRAIN_LINE.match(line)
+            if m:
+                curve[int(m.group(1))] = float(m.group(2))
+    return dict(sorted(curve.items()))
+
+
+def loss_at(curve: dict, step: int, span: int = LOSS_EVERY // 5) -> float | None:
+    """The mean of the logged training losses of the `span` steps up to `step` (single batches
+    are noisy), or None where the log has none there."""
+    values = [v for s, v in curve.items() if step - span < int(s) <= step]
+    return float(np.mean(values)) if values else None
+
+
 def load_evaluated_run(run_dir: str | Path) -> dict:
     """A run folder's training figures (metrics.json) and evaluation (eval/evaluation.json)."""
     run_dir = Path(run_dir)
@@ -174,7 +200,7 @@ def load_evaluated_run(run_dir: str | Path) -> dict:
     run["train_compute"] = train_compute(metrics)
     return {"label": str(metrics.get("round") or run_dir.name), "seed": metrics.get("seed"), "dir": str(run_dir),
             "run": run, "wall_time_covers_run": wall_time_covers_run(metrics, run_dir),
-            "machines": read_json(run_dir / MACHINES_JSON) or [],
+            "machines": read_json(run_dir / MACHINES_JSON) or [], "train_loss": train_loss_curve(run_dir),
             "numbers": evaluation_numbers(evaluation), "code_fingerprint": metrics.get("code_fingerprint"),
             "media": evaluation.get("media") or {}, "settings": evaluation.get("settings") or {},
             "real_folder": evaluation.get("real_folder"), "per_piece": evaluation.get("per_piece")}
@@ -488,7 +514,42 @@ def _render_training(result: dict) -> list[str]:
         lines += [f"\\* Wall time of the last process only, not of the run: {resumed} were resumed from a "
                   "checkpoint by code that did not carry the time across a resume (train.py now does), so "
                   "these seconds do not compare between rounds.", ""]
-    return lines + [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""] + _machines(result)
+    return (lines + [f"Code that trained the runs (fingerprints): {', '.join(fingerprints)}.", ""] + _machines(result)
+            + _train_loss(result))
+
+
+def _train_loss(result: dict) -> list[str]:
+    """Training loss every LOSS_EVERY steps, mean ± seed spread per round: how far each round had
+    come, and whether the larger round 4 is catching up with round 3 (the same batches: same data,
+    tokenizer and seed) when the budget ends."""
+    runs = [r for r in result["runs"] if r.get("train_loss")]
+    if not runs:
+        return []
+    last = max(max(map(int, r["train_loss"])) for r in runs)
+    steps = list(range(LOSS_EVERY, last + 1, LOSS_EVERY)) or [last]
+    by_round: dict[str, list[dict]] = {}
+    for r in runs:
+        by_round.setdefault(r["label"], []).append(r["train_loss"])
+
+    def cell(values: list) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "–"
+        spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.3f}{spread}"
+
+    rows = [[label] + [cell([loss_at(c, s) for c in curves]) for s in steps] for label, curves in by_round.items()]
+    pairs = {r["seed"]: r["train_loss"] for r in runs if r["label"] == "round3"}
+    gaps = []
+    for r in (r for r in runs if r["label"] == "round4" and r["seed"] in pairs):
+        big, base = ([loss_at(c, s) for s in steps] for c in (r["train_loss"], pairs[r["seed"]]))
+        gaps.append([a - b if a is not None and b is not None else None for a, b in zip(big, base)])
+    if gaps:
+        rows.append(["round4 − round3 (same seed)"] + [cell([g[i] for g in gaps]) for i in range(len(steps))])
+    return ["Training loss per token (train.py's logged losses, mean of those in the "
+            f"{LOSS_EVERY // 5} steps up to each step; rounds with BPE count other tokens, so compare "
+            "rounds 3 and 4, which see the same batches):", "",
+            markdown_table(["round"] + [f"step {s}" for s in steps], rows), ""]
 
 
 def _machines(result: dict) -> list[str]:

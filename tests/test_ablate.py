@@ -243,7 +243,7 @@ def test_a_committed_record_without_its_checkpoint_is_kept(tmp_path):
         "runs/round1-seed0.train.log": "", "test-pieces/a.mid": "", "report.md": "",
         "media/round1/sample_00.ogg": ""})
     assert kept == {"runs/round1-seed0/metrics.json", "runs/round1-seed0/eval/evaluation.json", "report.md",
-                    "runs/round1-seed0/machines.json", "media/round1/sample_00.ogg"}
+                    "runs/round1-seed0/machines.json", "runs/round1-seed0.train.log", "media/round1/sample_00.ogg"}
 
 
 def test_a_run_records_the_machines_that_trained_it(tmp_path):
@@ -312,6 +312,12 @@ def test_ablation_report_judges_each_claim_against_the_seed_spread(tmp_path):
                 machines.append({"from_step": 50, "cpu": "EPYC", "instructions": ["avx2"], "cores": 2})
             if r != 4:  # round 4's runs were trained before runs recorded their machines
                 (d / "machines.json").write_text(json.dumps(machines))
+            if r in (3, 4):  # training losses: round 4 starts 0.3 above round 3 and ends 0.1 below
+                lines = [f"[train] step {k}/1000  loss {5 - k / 500 + (0.3 - k / 2500 if r == 4 else 0) + seed / 100:.4f}"
+                         "  9,000 tokens/s  left 1m" for k in range(25, 1001, 25)]
+                if seed == 1:  # killed at step 600, resumed from its checkpoint at 500: the rerun's lines win
+                    lines = lines[:24] + ["[train] step 550/1000  loss 9.0000", "$ python train.py ckpt_path=x"] + lines[19:]
+                (d.parent / f"{d.name}.train.log").write_text("\n".join(lines) + "\n")
             dirs.append(d)
     out = tmp_path / "report"
     result = A.build_ablation_report(dirs, out, command="python experiments/ablate.py ...")
@@ -339,6 +345,15 @@ def test_ablation_report_judges_each_claim_against_the_seed_spread(tmp_path):
             "round3-seed0, round3-seed1; EPYC (avx2), 2 cores: round2-seed1; not recorded: round4-seed0, "
             "round4-seed1.") in line
     assert "round floats differently" in line and "(resumed): round2-seed1." in line
+    curve = A.train_loss_curve(dirs[5])  # round3-seed1, resumed
+    assert len(curve) == 40 and curve[550] == pytest.approx(5 - 1.1 + 0.01)
+    assert A.loss_at(curve, 500) == pytest.approx(np.mean([5 - k / 500 + 0.01 for k in (425, 450, 475, 500)]))
+    assert A.loss_at(curve, 10) is None and A.train_loss_curve(tmp_path / "nowhere") == {}
+    table = md[md.index("Training loss per token"):].split("\n\n")[1].splitlines()
+    assert table[0] == "| round | step 500 | step 1000 |"
+    gap = lambda k: np.mean([0.3 - j / 2500 for j in range(k - 75, k + 1, 25)])  # noqa: E731
+    assert table[-1] == f"| round4 − round3 (same seed) | {gap(500):.3f} ± 0.000 | {gap(1000):.3f} ± 0.000 |"
+    assert table[2].startswith("| round3 | ") and len(table) == 5  # rounds 1 and 2 have no logs here
     # A run without its evaluation is named, with the command that makes it.
     (dirs[0] / A.EVAL_DIR / A.EVALUATION_JSON).unlink()
     with pytest.raises(FileNotFoundError, match="round1-seed0.*evaluate.py"):
