@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in cfg.seeds:
         for c in (c for c in commands if c.seed == int(seed)):
             train_run(cfg, c, progress, current_code, timings)
-            real = real_folder(cfg, [c.run_dir for c in commands], out)
+            real = real_folder(cfg, commands, out)
             evaluate_run(cfg, c, real, progress, timings)
 
     t = time.time()
@@ -298,10 +298,10 @@ def evaluate_run(cfg: AblationConfig, c: TrainCommand, real: Path, progress: Pro
     progress.evaluated(time.time() - t)
 
 
-def real_folder(cfg: AblationConfig, run_dirs: Sequence[Path], out: Path) -> Path:
+def real_folder(cfg: AblationConfig, commands: Sequence[TrainCommand], out: Path) -> Path:
     """The folder of real pieces every run is evaluated on: `real`, or the test split of the
-    trained runs' shards (the largest among their shard folders: splits are fixed by content, so
-    it holds the others'), linked into OUT/test-pieces as `experiments/link_pieces.py` links them,
+    rounds' shards (the largest among their shard folders, `base_shards`: splits are fixed by
+    content, so it holds the others'), linked into OUT/test-pieces as `experiments/link_pieces.py` links them,
     so `evaluate.py --max-pieces` picks the same pieces as for the recipe (kept when present, so a
     resumed ablation evaluates on the same pieces; links, never copies of the corpus)."""
     from experiments.common import test_split_files
@@ -316,17 +316,38 @@ def real_folder(cfg: AblationConfig, run_dirs: Sequence[Path], out: Path) -> Pat
     if folder.is_dir() and any(folder.iterdir()):
         return folder
     best, best_n = None, 0
-    for d in run_dirs:
-        if finished(d):
-            shard_dir = json.loads((d / "metrics.json").read_text()).get("shard_dir")
-            n = len(test_split_files(shard_dir)) if shard_dir and Path(shard_dir).is_dir() else 0
-            if n > best_n:
-                best, best_n = shard_dir, n
+    for shard_dir in base_shards(commands):
+        n = len(test_split_files(shard_dir))
+        if n > best_n:
+            best, best_n = shard_dir, n
     if best is None:
-        raise SystemExit("ablate: the runs' shard manifests list no test-split pieces; "
+        raise SystemExit("ablate: the rounds' shard manifests list no test-split pieces; "
                          "raise data.test_fraction or data.limit, or pass real=FOLDER")
     link_split(best, folder)
     return folder
+
+
+def base_shards(commands: Sequence[TrainCommand]) -> list[Path]:
+    """The base (BPE-free) shard folder of every round of the study, prepared where the cache has
+    none, from each round's own train.py overrides composed the way train.py composes them. The
+    test split is fixed by file content, so the largest of these holds every round's test pieces,
+    whichever round trains first (round 1 reads MAESTRO alone)."""
+    from hydra import compose, initialize_config_dir
+
+    import remi
+    from pianolm.config import tokenizer_config
+    from remi.corpus.prepare import base_tokenizer, prepare
+
+    folders: dict[str, Path] = {}
+    for c in commands:
+        if c.label in folders:
+            continue
+        overrides = [a for a in c.argv[2:] if not a.startswith(("hydra.", "ckpt_path="))]
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        tok = base_tokenizer(remi.Tokenizer(tokenizer_config(cfg)))
+        folders[c.label] = prepare(cfg.data, tok, cfg.paths.data_dir, cfg.paths.cache_dir, progress=False).dir
+    return list(folders.values())
 
 
 def evaluate_argv(cfg: AblationConfig, run_dir: Path, real: Path) -> list[str]:

@@ -361,6 +361,25 @@ def test_ablation_report_judges_each_claim_against_the_seed_spread(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_test_pieces_do_not_depend_on_which_round_trains_first(tmp_path):
+    """Round 1 reads a part of the corpus: evaluated first, it must not set the study's test pieces
+    to its own smaller test split. They come from every round's shards, prepared up front."""
+    from experiments import ablate
+    from experiments.common import test_split_files
+
+    cfg = ablate.parse_args(["scale=tiny", "data=bundled", "data.limit=40", "rounds=[1,3]", f"out={tmp_path / 'out'}",
+                             f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}"])
+    commands = ablate.train_commands(cfg)
+    round1, round3 = ablate.base_shards(commands)  # nothing trained yet
+    assert round1 != round3 and "bpe" not in round1.name
+    n1, n3 = len(test_split_files(round1)), len(test_split_files(round3))
+    assert 0 < n1 < n3  # round 1 reads a fixed half of the bundled files
+    assert {p.name for p in test_split_files(round1)} <= {p.name for p in test_split_files(round3)}
+    folder = ablate.real_folder(cfg, commands, tmp_path / "out")
+    assert len(list(folder.iterdir())) == n3
+
+
+@pytest.mark.slow
 def test_ablate_end_to_end_tiny(tmp_path):
     """Two rounds, a handful of steps, each evaluated by evaluate.py: the whole pipeline writes its
     report, a second call resumes (keeps every run and evaluation), and a clone holding only what
