@@ -10,8 +10,10 @@ it is trained, so every run that ends is complete on its own:
    (a run folder that holds metrics.json and checkpoints/last.ckpt is kept; one with only a
    last.ckpt, a run stopped part-way, resumes from it with `ckpt_path=`). Progress lines, at
    most one a minute, say the step, the time left in the run and in the whole study;
-2. one folder of real pieces for every run: `real=FOLDER`, or the test split of the runs' shards
-   (remi.corpus.prepare's content-hash split, the same for every round), linked into OUT/test-pieces/;
+2. one folder of real pieces for every run: `real=FOLDER`, or the test split of the rounds' base
+   shards (remi.corpus.prepare's content-hash split, the same for every round; the largest, from
+   every round's shards prepared up front, so not whichever round trained first), linked into
+   OUT/test-pieces/;
 3. `experiments/evaluate.py` on the run's last checkpoint into RUN/eval/ with the recipe's
    protocol (bits per note of `eval_pieces` real pieces, `eval_n` pieces from scratch, a
    continuation of every piece's first 4 bars by 12 with the prompt kept in the window, grammar
@@ -24,9 +26,9 @@ it is trained, so every run that ends is complete on its own:
 Every step resumes: an interrupted ablation is run again with the same command.
 
 A run's record, RUN/metrics.json, RUN/eval/evaluation.json (per-piece figures included: the
-report's intervals are computed from them) and RUN/machines.json (the CPU of every process that
-trained it), is small and committed (.gitignore keeps the
-checkpoints and samples out). A clone that has a run's record but not its checkpoint (a new
+report's intervals are computed from them), RUN/machines.json (the CPU of every process that
+trained it) and runs/<run>.train.log (its commands and losses), is small and committed
+(.gitignore keeps the checkpoints and samples out). A clone that has a run's record but not its checkpoint (a new
 machine) keeps the run as it is and builds the report from the records, so a study that moves
 between machines loses at most the run in progress; `retrain=true` trains it again.
 With `steps=N`, round 4 trains `N / round4_step_cost` steps (equal compute for its 1.5x layers);
@@ -362,9 +364,9 @@ def evaluated(run_dir: Path, real: Path) -> bool:
     """A run's evaluation is current: written after its last checkpoint (or the run's record, whose
     checkpoint is elsewhere), on the same real folder."""
     result, ckpt = run_dir / "eval" / "evaluation.json", run_dir / "checkpoints" / "last.ckpt"
-    if not result.is_file() or (ckpt.is_file() and result.stat().st_mtime < ckpt.stat().st_mtime):
+    if not (ckpt.is_file() or recorded(run_dir)):
         return False
-    if not ckpt.is_file() and not recorded(run_dir):
+    if not result.is_file() or (ckpt.is_file() and result.stat().st_mtime < ckpt.stat().st_mtime):
         return False
     try:
         return json.loads(result.read_text()).get("real_folder") == str(real)
