@@ -27,11 +27,16 @@ def mask_disallowed(logits: Tensor, allowed: Tensor) -> Tensor:
         raise ValueError(f"allowed mask has shape {tuple(allowed.shape)}, logits have {tuple(logits.shape)}")
     if allowed.dtype != torch.bool:
         raise ValueError(f"allowed mask must be a bool tensor, got {allowed.dtype}")
-    some = allowed.any(dim=-1)
-    if not bool(some.all()):  # one check per step (the rows only when it fails)
-        rows = (~some).nonzero().flatten().tolist()
-        raise ValueError(f"allowed mask permits no token at all in batch row(s) {rows}; the grammar is stuck")
+    check_some_allowed(allowed.any(dim=-1))
     return torch.where(allowed, logits, float("-inf"))
+
+
+def check_some_allowed(some) -> None:
+    """The ValueError for a mask row that permits nothing; `some` (B,) bool: whether row b permits
+    any id (a tensor or a NumPy array; one check per step, the rows only when it fails)."""
+    if not bool(some.all()):
+        rows = [b for b, ok in enumerate(some.tolist()) if not ok]
+        raise ValueError(f"allowed mask permits no token at all in batch row(s) {rows}; the grammar is stuck")
 
 
 def is_number(x) -> bool:
