@@ -19,7 +19,16 @@ import torch
 from torch import Tensor
 
 from model.cpu_decode import ENGINES, CpuDecoder, usable
-from model.sampling import add_logit_bias, check_some_allowed, check_temperature, is_number, next_token
+from model.sampling import (
+    add_logit_bias,
+    check_some_allowed,
+    check_temperature,
+    is_number,
+    min_p_filter,
+    next_token,
+    top_k_filter,
+    top_p_filter,
+)
 from model.threads import decode_threads, threads_for
 from model.window import check_stride, window_start
 
@@ -55,11 +64,6 @@ class Sampler:
         w = self.repetition_window
         if r is not None and w is not None and int(w) < 1:
             raise ValueError(f"repetition_window must be a positive number of tokens or None, got {w}")
-
-    @property
-    def plain(self) -> bool:
-        """Temperature only: no top-k, top-p, min-p or repetition penalty (`_plain_loop` applies)."""
-        return self.top_k is None and self.top_p is None and self.min_p is None and self.repetition_penalty is None
 
     def recent(self, out: Tensor, n: int) -> Tensor | None:
         """The ids the repetition penalty looks at, out of the first `n` of `out` (None: no penalty)."""
@@ -218,9 +222,16 @@ def generate(gpt, idx: Tensor, max_new_tokens: int, sampler: Sampler = Sampler()
 
 def _loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, stride, steps, penalized, logit_bias,
           on_token):
-    if isinstance(steps, CpuDecoder) and sampler.plain:
-        return _plain_loop(gpt, idx, max_new_tokens, sampler.temperature, eos_id, allowed, generator, keep, stride,
-                           steps, logit_bias, on_token)
+    if isinstance(steps, CpuDecoder) and sampler.repetition_penalty is None:
+        return _numpy_loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, stride, steps,
+                           logit_bias, on_token)
+    return _torch_loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, stride, steps, penalized,
+                       logit_bias, on_token)
+
+
+def _torch_loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, stride, steps, penalized,
+                logit_bias, on_token):
+    """The general loop: any sampler, any engine, any device; `next_token` a step."""
     B, n = idx.shape
     n0 = n
     out = torch.empty(B, n + max_new_tokens, dtype=torch.long, device=idx.device)
@@ -249,7 +260,7 @@ def _loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, s
     return out[:, :n]
 
 
-# ----------------------------------------------------------------------------- the plain loop
+# ----------------------------------------------------------------------------- the NumPy loop
 
 
 class _Races:
@@ -281,40 +292,49 @@ class _Races:
             torch.empty(self.used, *self.shape).exponential_(generator=self.gen)
 
 
-class _PlainPick:
-    """`model.sampling.next_token` for a plain sampler (temperature only, no top-k, top-p, min-p or
-    repetition penalty) over NumPy logits, with the same arithmetic in the same order, so the same
-    ids: the mask as -inf, the bias added in float32, the division by the temperature in float32
-    (what torch's `logits / t` computes), torch's softmax, then argmax(p / race) (an IEEE division
-    and the first maximum, as torch's). Torch is called once a step: after the step has streamed
-    12.6 MB of weights through the caches, each call costs ~3x what it costs warm."""
+class _Pick:
+    """`model.sampling.next_token` over NumPy logits for a sampler without a repetition penalty,
+    with the same arithmetic in the same order, so the same ids: the mask as -inf, the bias added
+    in float32 and the division by the temperature in float32 (what torch's `logits / t`
+    computes) in NumPy; top-k, top-p and min-p by `model.sampling`'s own functions, the softmax by
+    torch; then argmax(p / race) (an IEEE division and the first maximum, as torch's). A plain
+    sampler calls torch once a step: after the step has streamed 12.6 MB of weights through the
+    caches, each call costs ~3x what it costs warm."""
 
-    def __init__(self, rows: int, vocab: int, temperature: float, bias: Tensor | None, races: _Races | None):
+    def __init__(self, rows: int, vocab: int, sampler: Sampler, bias: Tensor | None, races: _Races | None):
         self.x, self.q = np.empty((rows, vocab), np.float32), np.empty((rows, vocab), np.float32)
         self.x_t = torch.from_numpy(self.x)
-        self.t, self.t32, self.races = temperature, np.float32(temperature), races
+        self.s, self.t32, self.races = sampler, np.float32(sampler.temperature), races
         self.bias = None if bias is None else bias.detach().to(device="cpu", dtype=torch.float32).numpy()
 
     def __call__(self, logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-        x = self.x
+        x, s = self.x, self.s
         np.copyto(x, logits, casting="same_kind")  # float64 logits rounded as Tensor.float() rounds them
         if mask is not None:
             np.copyto(x, -np.inf, where=~mask)
         if self.bias is not None:
             x += self.bias
-        if self.t == 0.0:
+        if s.temperature == 0.0:
             return x.argmax(axis=-1)
-        if self.t != 1.0:
+        if s.temperature != 1.0:
             np.divide(x, self.t32, out=x)
-        probs = torch.softmax(self.x_t, dim=-1).numpy()
+        scaled = self.x_t
+        if s.top_k is not None:
+            scaled = top_k_filter(scaled, s.top_k)
+        if s.top_p is not None:
+            scaled = top_p_filter(scaled, s.top_p)
+        if s.min_p is not None:
+            scaled = min_p_filter(scaled, s.min_p)
+        probs = torch.softmax(scaled, dim=-1).numpy()
         np.divide(probs, self.races.next(), out=self.q)
         return self.q.argmax(axis=-1)
 
 
-def _plain_loop(gpt, idx, max_new_tokens, temperature, eos_id, allowed, generator, keep, stride, steps, logit_bias,
+def _numpy_loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, keep, stride, steps, logit_bias,
                 on_token):
-    """`_loop` for a plain sampler over the CPU decoders: the same ids, with the step's bookkeeping
-    in NumPy (a torch call costs microseconds, and at batch 1 a step is ~300 µs)."""
+    """`_loop` over the CPU decoders for a sampler without a repetition penalty: the same ids and
+    generator state, with the step's bookkeeping in NumPy (a torch call costs microseconds, and at
+    batch 1 a step is ~300 µs)."""
     B, n = idx.shape
     n0, V = n, gpt.config.vocab_size
     out = torch.empty(B, n + max_new_tokens, dtype=torch.long)
@@ -322,8 +342,8 @@ def _plain_loop(gpt, idx, max_new_tokens, temperature, eos_id, allowed, generato
     ids = out.numpy()
     if logit_bias is not None:  # add_logit_bias's checks, once
         add_logit_bias(torch.zeros(B, V), logit_bias.to("cpu"))
-    races = None if temperature == 0.0 else _Races(generator, B, V, max_new_tokens)
-    pick = _PlainPick(B, V, temperature, logit_bias, races)
+    races = None if sampler.temperature == 0.0 else _Races(generator, B, V, max_new_tokens)
+    pick = _Pick(B, V, sampler, logit_bias, races)
     finished = np.zeros(B, dtype=bool)
     window = _Window(gpt, out, keep, stride, steps)
     try:
