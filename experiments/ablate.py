@@ -34,6 +34,9 @@ between machines loses at most the run in progress; `retrain=true` trains it aga
 With `steps=N`, round 4 trains `N / round4_step_cost` steps (equal compute for its 1.5x layers);
 without it every round trains the scale's own max_steps (equal steps, as the original work).
 
+`rounds` names conf/experiment/roundN files: 1-4 by default; `1c`, the data-vs-grid arm (round 2's
+tokenizer on round 1's data), is added with 'rounds=[1,2,3,4,1c]' and judged in its own section.
+
 Keys of this script (everything else goes to train.py as a Hydra override, e.g. `scale=tiny`,
 `data=bundled`, `logger=none`, `data.limit=200`, `trainer.max_steps=300`):
 """
@@ -62,9 +65,14 @@ class TrainCommand:
 
 def train_commands(cfg: AblationConfig) -> list[TrainCommand]:
     out = Path(cfg.out)
+    experiments = ROOT / "conf" / "experiment"
     cmds = []
     for r in cfg.rounds:
         label = f"round{r}"
+        if not (experiments / f"{label}.yaml").is_file():
+            known = ", ".join(sorted(p.stem.removeprefix("round") for p in experiments.glob("round*.yaml")))
+            raise SystemExit(f"ablate: rounds={list(cfg.rounds)} names round {r!r}, which has no "
+                             f"conf/experiment/{label}.yaml; the rounds are {known}")
         for seed in cfg.seeds:
             run_dir = out / "runs" / f"{label}-seed{seed}"
             argv = [cfg.python, str(ROOT / "train.py"), f"+experiment={label}", f"seed={seed}",

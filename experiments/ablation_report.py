@@ -58,7 +58,8 @@ GRID_BITS = (
     "Bits per note and per second do not depend on the vocabulary (BPE or not) but do depend on the grid: "
     "a finer grid says more about every note (round 1's `fine` tokenizer: 32 velocities against 16, 8 "
     "positions a beat against 4, finer durations, 32 tempos against 16), which costs bits by itself. "
-    "Compare bits between rounds on the same grid (rounds 2, 3 and 4), not round 1 with the others.")
+    "Compare bits between rounds on the same grid (rounds 2, 3 and 4, and 1c where trained), not round 1 with "
+    "the others.")
 SHOWN = 2  # pieces from scratch and continuations of each round copied beside the report
 
 # The original work's findings, each as comparisons of two rounds on one number of evaluate.py.
@@ -85,6 +86,27 @@ CLAIMS = (
      [("bits_per_note", "lower"), ("bits_per_second", "lower"), ("mean_overlap", "higher"),
       ("grammar_error_rate", "lower")]),
 )
+# What makes round 1 differ, measured by the data-vs-grid arm (conf/experiment/round1c.yaml: round
+# 2's tokenizer on round 1's data), each hypothesis judged as a claim; reported only where the
+# study trained that arm. Bits compare only between round 1c and round 2 (the same grid).
+_SLAMS = CLAIMS[0][3]
+_PAUSES = CLAIMS[1][3]
+CAUSES = (
+    ("Round 1's tokenizer makes it slam keys (round 1 vs round 1c: the same data)", "round1", "round1c", _SLAMS),
+    ("Round 1's data makes it slam keys (round 1c vs round 2: the same tokenizer)", "round1c", "round2", _SLAMS),
+    ("Round 1's tokenizer (leading silence kept) makes its long pauses (round 1c vs round 1: the same data)",
+     "round1c", "round1", _PAUSES),
+    ("Round 1's data makes its long pauses (round 2 vs round 1c: the same tokenizer)", "round2", "round1c", _PAUSES),
+    ("Round 1's data makes a worse model of the test pieces (round 1c vs round 2: the same grid)", "round1c", "round2",
+     [("bits_per_note", "higher"), ("bits_per_second", "higher"), ("mean_overlap", "lower"),
+      ("grammar_error_rate", "higher")]),
+)
+CAUSES_INTRO = (
+    "Round 1 differs from round 2 in its tokenizer (the fine grid, leading silence kept) and in its data (the "
+    "classical performance corpora alone). Round 1c, not a round of the original work, is round 2's tokenizer on "
+    "round 1's data: round 1 against 1c measures the tokenizer with the data fixed, 1c against round 2 the data "
+    "with the tokenizer fixed. Each hypothesis is judged by the rule above; the \"claim\" column is the direction "
+    "that would make it hold.")
 RULE = ("A comparison *holds* when the difference goes the claimed way by more than the two rounds' "
         "seed spreads added and the 95% bootstrap interval of the difference excludes 0 (one resampling "
         "of both rounds: the same real pieces and the same prompts drawn for both, since every run is "
@@ -348,11 +370,12 @@ def judge(a: dict | None, b: dict | None, direction: str,
     return ("holds" if wanted else "reversed"), diff
 
 
-def judge_claims(rounds: dict[str, dict], runs: Sequence[dict] = (), **kw) -> list[dict]:
-    """Every claim whose two rounds were measured, judged by RULE; each comparison's `diff_ci`
-    comes from `difference_intervals` over the runs' per-piece figures (where all have them)."""
+def judge_claims(rounds: dict[str, dict], runs: Sequence[dict] = (), claims=CLAIMS, **kw) -> list[dict]:
+    """Every claim (of `claims`: CLAIMS or CAUSES) whose two rounds were measured, judged by RULE;
+    each comparison's `diff_ci` comes from `difference_intervals` over the runs' per-piece figures
+    (where all have them)."""
     out = []
-    for text, first, second, tests in CLAIMS:
+    for text, first, second, tests in claims:
         if first not in rounds or second not in rounds:
             continue
         pps = {label: [r["per_piece"] for r in runs if r["label"] == label] for label in (first, second)}
@@ -453,7 +476,8 @@ def build_ablation_report(run_dirs: Sequence[str | Path], out_dir: str | Path, c
     shown = copy_media(runs, out_dir) if media else {}
     result = {"command": command, "settings": settings or {}, "rule": RULE,
               "bootstrap": {"resamples": resamples, "grid_points": BOOTSTRAP_GRID},
-              "rounds": rounds, "claims": judge_claims(rounds, runs, resamples=resamples), "media": shown,
+              "rounds": rounds, "claims": judge_claims(rounds, runs, resamples=resamples),
+              "causes": judge_claims(rounds, runs, CAUSES, resamples=resamples), "media": shown,
               "runs": [{k: v for k, v in r.items() if k != "per_piece"} for r in runs],
               "real_folder": runs[0]["real_folder"]}
     (out_dir / REPORT_JSON).write_text(json.dumps(plain(result), indent=1) + "\n")
@@ -609,9 +633,17 @@ def diff_cell(test: dict) -> str:
 
 
 def _render_claims(result: dict) -> list[str]:
-    rounds = result["rounds"]
     lines = ["## The original findings, claim by claim", "", result.get("rule", RULE), ""]
-    for c in result["claims"]:
+    lines += _claim_tables(result["rounds"], result["claims"])
+    if result.get("causes"):
+        lines += ["## What makes round 1 differ: the data-vs-grid arm (round 1c)", "", CAUSES_INTRO, ""]
+        lines += _claim_tables(result["rounds"], result["causes"])
+    return lines
+
+
+def _claim_tables(rounds: dict, claims: list[dict]) -> list[str]:
+    lines = []
+    for c in claims:
         lines += [f"**{c['claim']}: {c['overall']}.**", ""]
         header = ["number", "claim", c["first"], c["second"], "difference [95% interval]", "verdict"]
         rows = [[t["number"], t["expect"], fmt_ms(t["first"], rounds[c["first"]]["n_seeds"]),

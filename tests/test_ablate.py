@@ -179,6 +179,13 @@ def test_ablate_plans_commands(tmp_path):
     assert sum(a.startswith("trainer.max_steps=") for a in first.argv) == 1
     plain = ablate.train_commands(ablate.parse_args(["rounds=[2]", "steps=11"]))[0].argv
     assert [a for a in plain if a.startswith("trainer.")] == ["trainer.max_steps=11"]
+    # the data-vs-grid arm is a round by name; a round without a config is refused before anything runs
+    arm = ablate.train_commands(ablate.parse_args(["rounds=[1,1c]", "steps=11"]))
+    assert [c.run_dir.name for c in arm] == ["round1-seed0", "round1c-seed0"]
+    assert "+experiment=round1c" in arm[1].argv and "trainer.max_steps=11" in arm[1].argv
+    with pytest.raises(SystemExit, match=r"names round 5, which has no conf/experiment/round5.yaml; the rounds are "
+                                         r"1, 1c, 2, 3, 4"):
+        ablate.train_commands(ablate.parse_args(["rounds=[1,5]"]))
 
 
 def test_a_kept_run_trained_by_other_code_is_flagged(tmp_path):

@@ -94,15 +94,16 @@ def _write_midi(path: Path, pitch: int, bars: int = 8) -> None:
     score_to_midifile(remi.Score.from_notes(rows)).save(str(path))
 
 
-def _fake_run(root: Path, r: int, seed: int, per_piece: dict, bits: float) -> Path:
+def _fake_run(root: Path, r: int | str, seed: int, per_piece: dict, bits: float) -> Path:
     d = root / "runs" / f"round{r}-seed{seed}"
     ev = d / A.EVAL_DIR
+    n = int(str(r)[0])  # round 1c: 1
     for i in range(2):
-        _write_midi(ev / "samples" / f"sample_{i:02d}.mid", 60 + r)
-        _write_midi(ev / "continuations" / f"continuation_{i:02d}.mid", 62 + r, bars=16)
+        _write_midi(ev / "samples" / f"sample_{i:02d}.mid", 60 + n)
+        _write_midi(ev / "continuations" / f"continuation_{i:02d}.mid", 62 + n, bars=16)
         _write_midi(ev / "continuations" / f"real_{i:02d}.mid", 64, bars=16)
     (d / "metrics.json").write_text(json.dumps({"round": f"round{r}", "seed": seed, "steps": 100,
-                                                "tokens_per_step": 8192, "non_embedding_params": 1000 * r,
+                                                "tokens_per_step": 8192, "non_embedding_params": 1000 * n,
                                                 "code_fingerprint": "abc"}))
     metrics = {k: {"mean": 0.0, "real_mean": 0.0, "overlap": 0.8, "kl": 0.1} for k in M.PIECE_METRICS}
     (ev / A.EVALUATION_JSON).write_text(json.dumps({
@@ -301,6 +302,42 @@ def test_claim_one_compares_each_rounds_excess_over_the_real_pieces_on_its_own_g
     assert {verdicts[f"metrics.{k}.excess"] for k in claim1} == {"holds"}
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| real, round1's grid |" in md and "| real, round2's grid |" in md
+
+
+def test_the_data_vs_grid_arm_says_whether_round_1s_data_or_its_tokenizer_makes_the_difference(tmp_path):
+    """Round 1c (round 2's tokenizer on round 1's data) slams keys as round 1 does and round 2 does
+    not: the data makes the difference, the tokenizer cannot be told. The causes are judged only
+    where the arm was trained."""
+    rng = np.random.default_rng(7)
+    claim1 = ("big_chord_share", "notes_per_onset", "short_ioi_share")
+    dirs, files = [], None
+    for r, excess in ((1, 1.5), ("1c", 1.5), (2, 0.0)):
+        pp = fake_per_piece(rng, 48, 48)
+        files = files or pp["real"]["file"]
+        pp["real"]["file"] = pp["continuations"]["file"] = files
+        for k in claim1:
+            pp["free"]["metrics"][k] = list(rng.normal(excess, 1, 48))
+        pp["free"]["metrics"]["groove_consistency"] = list(rng.normal(-excess, 1, 48))
+        d = _fake_run(tmp_path, r, 0, pp, 10.0)
+        ev = json.loads((d / A.EVAL_DIR / A.EVALUATION_JSON).read_text())
+        for k in claim1:
+            ev["metrics"][k].update(mean=float(np.mean(pp["free"]["metrics"][k])),
+                                    real_mean=float(np.mean(pp["real"]["metrics"][k])))
+        ev["metrics"]["groove_consistency"]["overlap"] = 0.9 - 0.2 * excess
+        (d / A.EVAL_DIR / A.EVALUATION_JSON).write_text(json.dumps(ev, default=lambda o: o.item()))
+        dirs.append(d)
+    result = A.build_ablation_report(dirs, tmp_path / "report", resamples=100, media=False)
+    slams = [c for c in result["causes"] if "slam" in c["claim"]]
+    assert [(c["first"], c["second"]) for c in slams] == [("round1", "round1c"), ("round1c", "round2")]
+    grid_effect, data_effect = ({t["number"]: t["verdict"] for t in c["tests"]} for c in slams)
+    assert {data_effect[f"metrics.{k}.excess"] for k in claim1} == {"holds"}
+    assert {grid_effect[f"metrics.{k}.excess"] for k in claim1} == {"cannot tell"}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## What makes round 1 differ: the data-vs-grid arm (round 1c)" in md
+    assert "**Round 1's data makes it slam keys (round 1c vs round 2: the same tokenizer): " in md
+    # without the arm there is nothing to judge and no section
+    plain = A.build_ablation_report([dirs[0], dirs[2]], tmp_path / "plain", resamples=50, media=False)
+    assert plain["causes"] == [] and "data-vs-grid" not in (tmp_path / "plain" / "report.md").read_text()
 
 
 def test_report_only_reports_the_runs_trained_and_evaluated_so_far_and_trains_nothing(tmp_path, capsys, monkeypatch):

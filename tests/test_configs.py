@@ -176,6 +176,22 @@ def test_round_diffs_are_exactly_the_documented_ones():
     assert diff(r["round3"], r["round4"]) == {"model.n_layer", "depth_factor"} | LOG
 
 
+def test_round1c_is_round2s_tokenizer_on_round1s_data():
+    """The data-vs-grid arm: against round 1 only the tokenizer differs, against round 2 only the
+    data selection, on every data set the project runs (its own copy of round 1's table aside)."""
+    fine, coarse = _tokenizer_yaml("fine"), _tokenizer_yaml("coarse")
+    for data in ("piano", "bundled", "real"):
+        r1, r1c, r2 = (cfg_of(f"+experiment={n}", f"data={data}") for n in ("round1", "round1c", "round2"))
+        coarse["bpe_vocab_size"] = r2.tokenizer.bpe_vocab_size
+        tokenizer_changes = {f"tokenizer.{k}" for k in fine.keys() | coarse.keys() if fine.get(k) != coarse.get(k)}
+        assert diff(r1, r1c) == tokenizer_changes | LOG
+        assert OmegaConf.to_container(r1c.tokenizer) == OmegaConf.to_container(r2.tokenizer)
+        table = {k for k in diff(r1c, r2) if k.startswith("round1_data.")}
+        assert diff(r1c, r2) - table <= {"data.only_sources", "data.fraction", "data.fraction_seed"} | LOG
+        assert (r1c.data.only_sources, r1c.data.fraction) == (r1.data.only_sources, r1.data.fraction)
+    assert list(r1c.data.only_sources) == ["maestro_v2"]  # the real corpora: MAESTRO alone, as round 1
+
+
 def _cli_cfg_job(*args) -> dict:
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, "hydra.run.dir=/tmp/pianolm-unused",
                           "--cfg", "job", "--resolve"], capture_output=True, text=True, cwd=ROOT, timeout=300)
