@@ -21,6 +21,7 @@ from torch import Tensor
 from model.cpu_decode import ENGINES, CpuDecoder, usable
 from model.sampling import (
     add_logit_bias,
+    check_mask_shape,
     check_some_allowed,
     check_temperature,
     is_number,
@@ -352,6 +353,7 @@ def _numpy_loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, k
             mask = None
             if allowed is not None:
                 mask = np.asarray(torch.as_tensor(allowed(out[:, :n]), dtype=torch.bool).cpu())
+                check_mask_shape(mask.shape, logits.shape)
                 if eos_id is not None:
                     mask = mask | finished[:, None]
                 check_some_allowed(mask.any(axis=-1))

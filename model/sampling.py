@@ -23,12 +23,17 @@ from torch import Tensor
 
 def mask_disallowed(logits: Tensor, allowed: Tensor) -> Tensor:
     """Logits (B, V) with every position where `allowed` (B, V) bool is False set to -inf."""
-    if allowed.shape != logits.shape:
-        raise ValueError(f"allowed mask has shape {tuple(allowed.shape)}, logits have {tuple(logits.shape)}")
+    check_mask_shape(allowed.shape, logits.shape)
     if allowed.dtype != torch.bool:
         raise ValueError(f"allowed mask must be a bool tensor, got {allowed.dtype}")
     check_some_allowed(allowed.any(dim=-1))
     return torch.where(allowed, logits, float("-inf"))
+
+
+def check_mask_shape(mask_shape, logits_shape) -> None:
+    """The ValueError for an allowed mask whose shape is not the logits' (B, V)."""
+    if tuple(mask_shape) != tuple(logits_shape):
+        raise ValueError(f"allowed mask has shape {tuple(mask_shape)}, logits have {tuple(logits_shape)}")
 
 
 def check_some_allowed(some) -> None:

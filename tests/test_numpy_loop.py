@@ -134,6 +134,9 @@ def test_the_numpy_loop_gives_the_general_loops_errors():
 
     with pytest.raises(ValueError, match=r"permits no token at all in batch row\(s\) \[1\]; the grammar is stuck"):
         G.generate(gpt, idx, 3, G.Sampler(), allowed=stuck)
+    # a mask for one row would broadcast over both in NumPy: refused, as the general loop refuses it
+    with pytest.raises(ValueError, match=r"allowed mask has shape \(1, 201\), logits have \(2, 201\)"):
+        G.generate(gpt, idx, 3, G.Sampler(), allowed=lambda rows: torch.ones(1, V, dtype=torch.bool))
     with pytest.raises(ValueError, match="logit bias must be finite"):
         G.generate(gpt, idx, 3, G.Sampler(), logit_bias=torch.full((V,), float("inf")))
     with pytest.raises(ValueError, match=r"logit bias must have shape \(201,\)"):
