@@ -20,7 +20,7 @@ from torch import Tensor
 
 from model.cpu_decode import ENGINES, CpuDecoder, usable
 from model.sampling import (
-    add_logit_bias,
+    check_logit_bias,
     check_mask_shape,
     check_some_allowed,
     check_temperature,
@@ -283,7 +283,8 @@ class _Races:
         if self.draws is None or self.used == len(self.draws):
             n = min(self.block, self.left)
             self.state = self.gen.get_state()
-            self.draws, self.used, self.left = torch.empty(n, *self.shape).exponential_(generator=self.gen).numpy(), 0, self.left - n
+            self.draws = torch.empty(n, *self.shape).exponential_(generator=self.gen).numpy()
+            self.used, self.left = 0, self.left - n
         self.used += 1
         return self.draws[self.used - 1]
 
@@ -341,8 +342,8 @@ def _numpy_loop(gpt, idx, max_new_tokens, sampler, eos_id, allowed, generator, k
     out = torch.empty(B, n + max_new_tokens, dtype=torch.long)
     out[:, :n] = idx
     ids = out.numpy()
-    if logit_bias is not None:  # add_logit_bias's checks, once
-        add_logit_bias(torch.zeros(B, V), logit_bias.to("cpu"))
+    if logit_bias is not None:  # the checks add_logit_bias makes, once
+        check_logit_bias(logit_bias, (B, V))
     races = None if sampler.temperature == 0.0 else _Races(generator, B, V, max_new_tokens)
     pick = _Pick(B, V, sampler, logit_bias, races)
     finished = np.zeros(B, dtype=bool)

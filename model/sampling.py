@@ -142,11 +142,17 @@ def repetition_penalty(logits: Tensor, recent: Tensor, penalty: float, penalized
 def add_logit_bias(logits: Tensor, bias: Tensor) -> Tensor:
     """Logits (B, V) plus a fixed bias (V,) or (B, V): a soft preference (negative: fewer of those
     ids) that, unlike a mask, never forbids anything. -inf (masked) entries stay -inf."""
-    if bias.shape not in (logits.shape[-1:], logits.shape):
-        raise ValueError(f"logit bias must have shape ({logits.size(-1)},) or {tuple(logits.shape)}, got {tuple(bias.shape)}")
+    check_logit_bias(bias, tuple(logits.shape))
+    return logits + bias.to(device=logits.device, dtype=logits.dtype)
+
+
+def check_logit_bias(bias: Tensor, logits_shape: tuple[int, int]) -> None:
+    """The ValueError for a bias that is not (V,) or (B, V), or not finite."""
+    if tuple(bias.shape) not in (tuple(logits_shape[-1:]), tuple(logits_shape)):
+        raise ValueError(f"logit bias must have shape ({logits_shape[-1]},) or {tuple(logits_shape)}, "
+                         f"got {tuple(bias.shape)}")
     if not torch.isfinite(bias).all():
         raise ValueError("logit bias must be finite (use the allowed mask to forbid ids)")
-    return logits + bias.to(device=logits.device, dtype=logits.dtype)
 
 
 def sample(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
