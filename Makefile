@@ -21,7 +21,7 @@ install: $(BIN)/python  ## the venv with torch (CPU wheel), the package and its 
 train: install  ## train the tiny model on the bundled corpus (offline, minutes)
 	$(BIN)/python train.py
 
-# The 2-core recipe on the real piano corpora in ../shared/midi (about 30 minutes of training).
+# The 2-core recipe on the real piano corpora in ../shared/midi (1,591 s, 27 minutes, in the README's run).
 train-real: install  ## the 2-core recipe on ../shared/midi (about 27 minutes; bf16 autocast on the CPU; key tokens)
 	$(BIN)/python train.py +experiment=round3 data=real paths.data_dir=../shared/midi scale=cpu trainer=cpu_bf16 tokenizer.key_tokens=true
 

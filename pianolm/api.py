@@ -157,7 +157,7 @@ class PianoLM:
         grammar: mask what the REMI grammar forbids (every piece decodes with no skipped token).
         tempo (bpm, to the nearest tempo bin of the tokenizer), meter ("3/4"): fixed exactly, by a
         forced start and a ban on other Tempo/TimeSig tokens; key ("D minor", "F#", "Bbm"): a soft
-        penalty on out-of-key pitches (the tokenizer has no key token); see `pianolm.control`.
+        penalty on out-of-key pitches (with key tokens, every other `Key_*` token is masked too); see `pianolm.control`.
         max_new_tokens: the token budget (None: 128 per bar asked for, at least 256; 1024 without bars).
         seed: the same seed and settings give the same pieces (None: a fresh random seed, kept in `last`).
         """
