@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 import numpy as np
@@ -85,7 +86,10 @@ def sample(cfg: DictConfig) -> list[dict]:
     train_step = lm.config["train_step"]  # Lightning's global_step: which point of training this is
     if cfg.get("infill") is not None:
         return sample_infill(cfg, lm, device)
-    prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, lm.block_size)
+    skipped: list[tuple[str, str]] = []
+    prompts = load_prompts(tok, cfg.prompt, cfg.prompt_bars, lm.block_size, skipped=skipped)
+    for name, reason in skipped:
+        print(f"sample: skipped {name}: {reason}", file=sys.stderr)
     control = ctl.fixed(tok, cfg.get("tempo"), cfg.get("meter"), cfg.get("key"), lm.key_penalty)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,20 +125,21 @@ def sample(cfg: DictConfig) -> list[dict]:
                             [f"temperature {r['temperature']:g}" for r in firsts], out_dir / name,
                             title=f"{prompt.name}: first sample at each temperature (seed {cfg.seed})",
                             prompt_end_ticks=[prompt.end_tick] * len(firsts))
-    write_summary(out_dir, cfg, tok, device, train_step, records)
+    write_summary(out_dir, cfg, tok, device, train_step, records, skipped)
     print(f"wrote {len(records)} piece{'' if len(records) == 1 else 's'} to {out_dir}"
           + (f" (audio with {Path(media.synth.soundfont).name})" if media.synth else ""), file=sys.stderr)
     return records
 
 
 def write_summary(out_dir: Path, cfg, tok: remi.Tokenizer, device: str, train_step: int | None,
-                  records: list[dict]) -> None:
-    """samples.json: the checkpoint, the config, the mean grammar error rate and every piece's
-    record (without its ids)."""
+                  records: list[dict], skipped: Sequence[tuple[str, str]] = ()) -> None:
+    """samples.json: the checkpoint, the config, the mean grammar error rate, every piece's
+    record (without its ids) and the prompt files left out, with why."""
     summary = {"checkpoint": str(cfg.ckpt), "train_step": train_step, "tokenizer_hash": tok.hash,
                "device": device, "config": OmegaConf.to_container(cfg, resolve=True),
                "mean_token_errors": float(np.mean([r["token_errors"] for r in records])),
-               "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records]}
+               "pieces": [{k: v for k, v in r.items() if k != "ids"} for r in records],
+               "skipped_prompts": [{"file": name, "reason": reason} for name, reason in skipped]}
     (out_dir / "samples.json").write_text(json.dumps(summary, indent=2))
 
 

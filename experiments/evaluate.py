@@ -44,6 +44,7 @@ from experiments.infill_eval import evaluate_infill, render_infill_text
 from model.generate import Sampler, cut_at_eos, only_eos_after
 from model.generate import generate as generate_ids
 from model.gpt import GPT
+from pianolm.errors import CheckpointError
 from pianolm.likelihood import nll_bits_per_piece, read_pieces, summed_nll_bits  # shared with pianolm.api
 from remi import metrics as M
 from remi.bars import bar_ids, count_bars, cut_bars
@@ -187,6 +188,8 @@ def evaluate(gpt: GPT, tok, files: Sequence[Path], n: int = 16, seed: int = 0, b
                 threads=threads)
     clock = [time.time()]
     real = _real_side(gpt, tok, files, bars, likelihood)
+    for problem in real["skipped"]:  # said even with --json: a piece left out changes every figure
+        print(f"[evaluate] skipped {problem}", file=sys.stderr, flush=True)
     clock.append(time.time())
     say(f"[evaluate] bits/note {real['bits'] / real['notes']:.4f} over {len(real['seqs'])} pieces "
         f"({clock[1] - clock[0]:.0f} s)")
@@ -426,7 +429,7 @@ def baselines(gpt: GPT, tok, seqs: Sequence[Sequence[int]], train_shards: Path, 
             "step0_bits_per_note": summed_nll_bits(fresh, seqs) / notes}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python experiments/evaluate.py", description=__doc__.split("\n")[0])
     p.add_argument("ckpt", help="a checkpoint written by train.py (or its run folder)")
     p.add_argument("--real", required=True, metavar="FOLDER", help="real MIDI files the model never saw")
@@ -452,13 +455,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also measure infilling (a model trained with data.infill_share > 0): adds `infill`")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's for the likelihood, model/threads.py's rule for sampling)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"--n must be >= 1, got {args.n}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tok, gpt, extra = load_model(args.ckpt)
     files = real_files(args.real, args.max_pieces)
+    try:
+        tok, gpt, extra = load_model(args.ckpt)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"evaluate: {e}") from None
     result = evaluate(gpt, tok, files, n=args.n, seed=args.seed, bars=args.bars, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, continuations=not args.no_continuations,
                       top_k=args.top_k, top_p=args.top_p, progress=not args.json, keep_prompt=args.keep_prompt,
@@ -505,7 +516,9 @@ def render_report(r: dict, argv: Sequence[str]) -> str:
 
 
 def render_text(r: dict) -> str:
-    lines = [f"bits per note: {r['bits_per_note']:.4f}  ({r['pieces']['real']} real pieces, {r['pieces']['notes']:,} notes)"]
+    skipped = len(r["pieces"].get("skipped") or [])
+    lines = [f"bits per note: {r['bits_per_note']:.4f}  ({r['pieces']['real']} real pieces, {r['pieces']['notes']:,} notes"
+             + (f"; {skipped} file{'s' * (skipped > 1)} skipped: unreadable or without notes)" if skipped else ")")]
     if "bits_per_second" in r:
         lines.append(f"bits per second of music: {r['bits_per_second']:.2f}")
     if "baselines" in r:

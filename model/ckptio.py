@@ -9,7 +9,9 @@ rule `sample.py` applies to a downloaded checkpoint.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,28 @@ def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for non-plain data, RuntimeError for non-zip files
-        raise ValueError(f"{path} is not a plain-data checkpoint (torch.load(weights_only=True) "
-                         f"refused it: {e})") from e
+        raise ValueError(_why_not_loaded(path, e)) from e
+
+
+def _why_not_loaded(path: Path, e: Exception) -> str:
+    """One sentence on why torch.load refused `path`: not a torch file at all, a damaged (e.g.
+    truncated) archive, or a pickle of objects beyond tensors and plain containers."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return f"{path} is empty (0 bytes): pass a .ckpt that train.py wrote"
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # neither torch's zip archive nor a pickle
+        return (f"{path} is not a checkpoint: neither a torch archive nor a pickle ({path.stat().st_size:,} "
+                f"bytes starting {head!r}); pass a .ckpt that train.py wrote")
+    refusal = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. |\n\n|$)", str(e), re.DOTALL)
+    if head[:1] == b"\x80" or (refusal and zipfile.is_zipfile(path)):
+        what = refusal.group(1).strip() if refusal else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return (f"{path} does not load as plain data (torch.load(weights_only=True): {what[:160]}): it holds "
+                "objects other than tensors and plain containers, which pianolm does not unpickle, or was not "
+                "written by torch.save; pass a .ckpt that train.py wrote")
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:160]
+    return (f"{path} is damaged or incomplete, e.g. cut short while copying ({first}); copy it again or use "
+            "another checkpoint (train.py writes its own whole: a killed save leaves the previous one)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -69,7 +69,7 @@ def read_header(path: str | Path) -> Header:
     try:
         ckpt = load_plain(path)
     except ValueError as e:  # a pickle error, a zip error, a text file: all mean "not a checkpoint"
-        raise CheckpointError((str(e).strip().splitlines() or [""])[0][:300]) from None
+        raise CheckpointError((str(e).strip().splitlines() or [""])[0][:600]) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a pianolm checkpoint: it lacks {', '.join(map(repr, missing))} "

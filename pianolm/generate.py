@@ -90,16 +90,35 @@ def prompt_from(tok: remi.Tokenizer, src, prompt_bars: int | None, block_size: i
     return Prompt(name=name, ids=ids, path=path, n_bars=n_bars, end_tick=prompt_end_tick(tok, ids))
 
 
-def load_prompts(tok: remi.Tokenizer, prompt: str | Path | None, prompt_bars: int | None, block_size: int) -> list[Prompt]:
+def load_prompts(tok: remi.Tokenizer, prompt: str | Path | None, prompt_bars: int | None, block_size: int,
+                 skipped: list[tuple[str, str]] | None = None) -> list[Prompt]:
+    """The prompts of `prompt`: None (one from scratch), a MIDI file, or a folder of them.
+
+    A file that cannot be a prompt (not MIDI, no notes, longer than the context) raises
+    PromptError. In a folder, where `skipped` is a list, such files are left out and listed there
+    as (file name, reason), so one broken file does not stop the others; a folder with no usable
+    file still raises, naming the first reasons."""
     if prompt is None:
         return [Prompt(name="sample", ids=[tok.bos_id])]
-    prompts, used = [], set()
-    for path in prompt_files(prompt):
+    prompts, used, refused = [], set(), []
+    files = prompt_files(prompt)
+    for path in files:
         name = safe_name(path.stem)
         while name in used:
             name += "_"
+        try:
+            prompts.append(prompt_from(tok, path, prompt_bars, block_size, name=name))
+        except PromptError as e:
+            if skipped is None or not Path(prompt).is_dir():
+                raise
+            refused.append((path.name, str(e)))
+            continue
         used.add(name)
-        prompts.append(prompt_from(tok, path, prompt_bars, block_size, name=name))
+    if not prompts:
+        raise PromptError(f"none of the {len(files)} files in prompt folder {prompt} can be a prompt: "
+                          + "; ".join(reason for _, reason in refused[:3]))
+    if skipped is not None:
+        skipped.extend(refused)
     return prompts
 
 

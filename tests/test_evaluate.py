@@ -49,6 +49,7 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     real.mkdir()
     for i in range(3):
         write_prompt(real / f"piece_{i}.mid", n_bars=18, notes_per_beat=1 + i % 2, seed=7 + i)
+    (real / "piece_broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")  # skipped and said, not fatal
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "experiments/evaluate.py", str(ckpt), "--real", str(real), "--n", "2",
                            "--max-new-tokens", "48", "--bars", "4", "--json", "--out", str(out)],
@@ -57,6 +58,8 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     r = json.loads(proc.stdout)
     assert {"bits_per_note", "metrics", "grammar_error_rate", "empty_pieces", "continuation"} <= set(r)
     assert r["bits_per_note"] > 0 and r["pieces"]["real"] == 3 and r["pieces"]["continued"] == 3
+    assert len(r["pieces"]["skipped"]) == 1 and "piece_broken.mid" in r["pieces"]["skipped"][0]
+    assert "[evaluate] skipped" in proc.stderr and "piece_broken.mid" in proc.stderr  # said even with --json
     assert set(KEY_METRICS) <= set(r["metrics"])
     for name, m in r["metrics"].items():
         assert set(m) == {"mean", "real_mean", "overlap", "kl"}, name
@@ -78,7 +81,7 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     from remi.metrics import continuation_consistency
 
     tok = remi.Tokenizer.from_dict(torch.load(ckpt, weights_only=True)["tokenizer"])
-    real16 = [tok.decode_score(cut_bars(tok, tok.encode(f), 16)[0]) for f in sorted(real.iterdir())]
+    real16 = [tok.decode_score(cut_bars(tok, tok.encode(f), 16)[0]) for f in sorted(real.glob("piece_[0-9].mid"))]
     expected = np.mean([continuation_consistency(s, 4)["density_ratio"] for s in real16])
     assert r["continuation"]["density_ratio_real"] == pytest.approx(expected)
     assert json.loads((out / "evaluation.json").read_text())["bits_per_note"] == r["bits_per_note"]
@@ -87,6 +90,20 @@ def test_command_line_json_has_the_stated_keys(ckpt, tmp_path):  # noqa: F811
     assert (out / "pianoroll_samples.png").is_file() and (out / "pianoroll_continuations.png").is_file()
     report = (out / "report.md").read_text()
     assert "pianoroll_continuations.png" in report and f"{r['bits_per_note']:.4f}" in report
+    assert "(3 real pieces" in report and "1 file skipped: unreadable or without notes" in report
+
+
+def test_a_file_that_is_not_a_checkpoint_stops_with_one_sentence(tmp_path):
+    from experiments.evaluate import main
+
+    real = tmp_path / "real"
+    real.mkdir()
+    write_prompt(real / "piece.mid", n_bars=2)
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match=r"^evaluate: .*notes.ckpt is not a checkpoint: neither a torch archive"):
+        main([str(tmp_path / "notes.ckpt"), "--real", str(real)])
+    with pytest.raises(SystemExit, match=r"^evaluate: checkpoint .*gone.ckpt does not exist"):
+        main([str(tmp_path / "gone.ckpt"), "--real", str(real)])
 
 
 def test_grammar_errors_count_only_the_generated_tokens_by_both_definitions():

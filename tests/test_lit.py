@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 from pathlib import Path
 
 import lightning as L
@@ -132,8 +134,24 @@ def test_atomic_save_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch)
 def test_load_plain_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"obj": Path("x")}, path)                           # a class instance: needs pickle
-    with pytest.raises(ValueError, match="plain-data"):
+    with pytest.raises(ValueError, match=r"evil.ckpt does not load as plain data .*Unsupported global.*PosixPath"):
         load_plain(path)
+
+
+def test_load_plain_says_which_kind_of_bad_file(tmp_path):
+    """Each way a file fails to be a checkpoint gets its own sentence, naming the file."""
+    good = tmp_path / "good.ckpt"
+    save_atomic({"w": torch.arange(50_000.0)}, good)
+    data = good.read_bytes()
+    cases = {"empty.ckpt": (b"", "empty.ckpt is empty"),
+             "text.ckpt": (b"step: 3\n", "text.ckpt is not a checkpoint: neither a torch archive nor a pickle"),
+             "cut.ckpt": (data[: len(data) // 2], "cut.ckpt is damaged or incomplete"),
+             "pickle.ckpt": (pickle.dumps({"w": 1}, protocol=4), "pickle.ckpt does not load as plain data")}
+    for name, (content, said) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            load_plain(tmp_path / name)
+    assert torch.equal(load_plain(good)["w"], torch.arange(50_000.0))
 
 
 class PoisonAt(L.Callback):

@@ -272,6 +272,29 @@ def test_bad_input_is_one_clear_line(case, ckpt, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_prompt_folder_skips_its_unusable_files_and_lists_them(ckpt, tmp_path, capsys):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    write_prompt(folder / "a.mid", n_bars=2, seed=1)
+    (folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    mf = mido.MidiFile(ticks_per_beat=480)
+    mf.tracks.append(mido.MidiTrack([mido.MetaMessage("end_of_track", time=1920)]))
+    mf.save(folder / "silent.mid")
+    write_prompt(folder / "z.mid", n_bars=2, seed=2)
+    records = sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path / "out", prompt=folder, prompt_bars=2,
+                                       n_samples=1, max_new_tokens=20, audio=False, progress=False))
+    assert sorted(r["prompt_name"] for r in records) == ["a", "z"]
+    skipped = json.loads((tmp_path / "out" / "samples.json").read_text())["skipped_prompts"]
+    assert [s["file"] for s in skipped] == ["broken.mid", "silent.mid"]
+    assert "does not parse as MIDI" in skipped[0]["reason"] and "no notes" in skipped[1]["reason"]
+    err = capsys.readouterr().err
+    assert "skipped broken.mid" in err and "skipped silent.mid" in err
+    (folder / "a.mid").unlink()
+    (folder / "z.mid").unlink()
+    with pytest.raises(InputError, match=r"none of the 2 files in prompt folder .*prompts can be a prompt: .*broken.mid"):
+        sample_mod.sample(config(ckpt=ckpt, out_dir=tmp_path / "o2", prompt=folder, audio=False, progress=False))
+
+
 def test_prompt_longer_than_context_is_refused(ckpt, tmp_path):
     block = torch.load(ckpt, weights_only=True)["model_config"]["block_size"]
     prompt = write_prompt(tmp_path / "dense.mid", n_bars=6, notes_per_beat=4)
