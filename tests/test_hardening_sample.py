@@ -1,4 +1,4 @@
-"""sample.py refuses bad options and damaged checkpoints before any work (issue 15): a SampleError
+"""sample.py refuses bad options and damaged checkpoints before any work (issue 15): an InputError
 naming the option or the checkpoint, never a traceback from inside generation or torch."""
 from __future__ import annotations
 
